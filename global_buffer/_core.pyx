@@ -1,0 +1,744 @@
+# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled core of global_buffer: handles on mapped ring segments.
+
+Everything that touches shared memory goes through here and the C header
+``csrc/gb_ring.h``.  The public classes in ``stream.py`` subclass these
+handles, so a ``write()`` or a ``next()`` crosses from Python into compiled
+code exactly once.
+"""
+import os
+
+cimport cython
+cimport numpy as cnp
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+
+
+from global_buffer.errors import (
+    BufferClosed,
+    BufferCorrupt,
+    Empty,
+    Full,
+    GlobalBufferError,
+    StaleView,
+)
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+    void Py_INCREF(object)
+
+cdef extern from "numpy/arrayobject.h":
+    # steals a reference to descr
+    object PyArray_Empty(int nd, cnp.npy_intp *dims, cnp.dtype descr, int fortran)
+    bint _equiv "PyArray_EquivTypes"(cnp.PyArray_Descr *a, cnp.PyArray_Descr *b)
+
+# ---------------------------------------------------------------------------
+# process-wide state
+# ---------------------------------------------------------------------------
+
+cdef uint32_t _pid = <uint32_t>os.getpid()
+
+
+def _reset_pid():
+    global _pid
+    _pid = <uint32_t>os.getpid()
+
+
+os.register_at_fork(after_in_child=_reset_pid)
+
+cdef int _use_futex = GB_HAVE_FUTEX
+cdef int64_t _spin_ns = 20000          # spin before parking (measured: benchmarks/wake.py)
+cdef int64_t _SLICE_NS = 50000000      # longest sleep between signal checks (50 ms)
+cdef int64_t _CORRUPT_NS = 1000000000  # a slot that never validates for this long is corrupt
+
+HAVE_FUTEX = bool(GB_HAVE_FUTEX)
+HEADER_SIZE = GB_HEADER_SIZE
+SLOT_HEADER = GB_SLOT_HEADER
+LAYOUT_VERSION = GB_LAYOUT_VERSION
+KIND_ARRAY = GB_KIND_ARRAY
+KIND_MESSAGE = GB_KIND_MESSAGE
+KIND_OBJECT = GB_KIND_OBJECT
+KIND_BYTES = GB_KIND_BYTES
+FLAG_QUEUE = GB_FLAG_QUEUE
+FLAG_BROADCAST = GB_FLAG_BROADCAST
+
+
+def set_wait_backend(str name):
+    """Choose how blocked calls sleep: ``"futex"`` (Linux default) or
+    ``"poll"`` (the portable adaptive poll, used where no futex exists)."""
+    global _use_futex
+    if name == "futex":
+        if not GB_HAVE_FUTEX:
+            raise ValueError("futex waits are not available on this platform")
+        _use_futex = 1
+    elif name == "poll":
+        _use_futex = 0
+    else:
+        raise ValueError(f"unknown wait backend {name!r}: use 'futex' or 'poll'")
+
+
+def get_wait_backend():
+    return "futex" if _use_futex else "poll"
+
+
+def set_spin(double seconds):
+    """Set how long a blocked call spins before parking in the kernel."""
+    global _spin_ns
+    if seconds < 0:
+        raise ValueError("spin time must be >= 0")
+    _spin_ns = <int64_t>(seconds * 1e9)
+
+
+def now_ns():
+    """The monotonic clock heartbeats use (shared by all processes)."""
+    return gb_now_ns()
+
+
+def segment_nbytes(int kind, int flags, long long capacity, long long slot_size,
+                   long long meta_len):
+    """Bytes needed for a ring segment with these parameters."""
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    if slot_size < 0 or meta_len < 0:
+        raise ValueError("sizes must be >= 0")
+    cdef long long nslots = capacity if flags & GB_FLAG_QUEUE else capacity + 1
+    if nslots >= (1 << 30):
+        raise ValueError(f"capacity {capacity} is too large")
+    cdef uint64_t n = gb_ring_nbytes(<uint32_t>nslots, <uint64_t>slot_size,
+                                     <uint32_t>meta_len)
+    if n == 0:
+        raise ValueError("segment parameters out of range")
+    return n
+
+
+cdef int _check(int rc, what) except -1:
+    """The one place C status codes become exceptions."""
+    if rc == GB_OK:
+        return 0
+    if rc == GB_EMPTY:
+        raise Empty()
+    if rc == GB_FULL_RING:
+        raise Full()
+    if rc == GB_E_MAGIC:
+        raise BufferCorrupt(f"{what}: not a global_buffer segment (bad magic)")
+    if rc == GB_E_VERSION:
+        raise BufferCorrupt(
+            f"{what}: segment layout version is not {GB_LAYOUT_VERSION} "
+            "(made by another global_buffer version?)")
+    if rc == GB_E_LAYOUT:
+        raise BufferCorrupt(f"{what}: segment header sizes are inconsistent")
+    if rc == GB_E_SIZE:
+        raise BufferCorrupt(f"{what}: segment is smaller than its header says (truncated)")
+    if rc == GB_E_ARG:
+        raise ValueError(f"{what}: invalid ring parameters")
+    raise GlobalBufferError(f"{what}: unexpected status {rc}")
+
+
+def init_segment(buffer, int kind, int flags, long long capacity, long long slot_size,
+                 long long maxsize, unsigned long long schema_hash, bytes meta,
+                 unsigned long long owner_pid, unsigned long long owner_start):
+    """Lay out a fresh, zeroed segment in ``buffer`` (writable)."""
+    cdef Py_buffer b
+    PyObject_GetBuffer(buffer, &b, PyBUF_WRITABLE)
+    try:
+        rc = gb_ring_init(b.buf, <uint64_t>b.len, kind, flags, <uint32_t>capacity,
+                          <uint64_t>slot_size, maxsize, schema_hash,
+                          PyBytes_AS_STRING(meta), <uint32_t>len(meta),
+                          owner_pid, owner_start)
+    finally:
+        PyBuffer_Release(&b)
+    _check(rc, "init")
+
+
+cdef inline int64_t _deadline(object timeout) except -2:
+    """Absolute deadline in gb_now_ns() time; -1 means wait forever."""
+    if timeout is None:
+        return -1
+    cdef double t = timeout
+    if t != t:
+        raise ValueError("timeout must be a number, not NaN")
+    if t <= 0:
+        return gb_now_ns()
+    if t > 1e9:
+        return -1
+    return gb_now_ns() + <int64_t>(t * 1e9)
+
+
+# ---------------------------------------------------------------------------
+# Handle: one mapping of one segment
+# ---------------------------------------------------------------------------
+
+cdef class Handle:
+    """A process-local handle on a mapped ring segment."""
+
+    cdef gb_ring r
+    cdef Py_buffer _buf
+    cdef bint _bound
+    cdef public int64_t _poll_min_ns
+    cdef public int64_t _poll_max_ns
+    cdef cnp.dtype _descr
+    cdef int _ndim
+    cdef cnp.npy_intp _dims[32]
+    cdef uint64_t _nbytes
+
+    def __cinit__(self):
+        self._bound = False
+        self._poll_min_ns = 100000     # 0.1 ms
+        self._poll_max_ns = 2000000    # 2 ms
+        self._ndim = -1
+
+    def __dealloc__(self):
+        if self._bound:
+            PyBuffer_Release(&self._buf)
+
+    def _bind(self, mm, str what):
+        """Map ``mm`` (a writable buffer) and validate the segment in it."""
+        if self._bound:
+            raise RuntimeError("handle already bound")
+        PyObject_GetBuffer(mm, &self._buf, PyBUF_WRITABLE)
+        rc = gb_ring_open(&self.r, self._buf.buf, <uint64_t>self._buf.len)
+        if rc != GB_OK:
+            PyBuffer_Release(&self._buf)
+            _check(rc, what)
+        self._bound = True
+
+    def _set_array(self, dtype, tuple shape):
+        """Fix the sample dtype/shape checked and produced by the hot path."""
+        cdef Py_ssize_t i
+        if len(shape) > 32:
+            raise ValueError("at most 32 dimensions")
+        self._descr = dtype
+        self._ndim = len(shape)
+        for i in range(self._ndim):
+            self._dims[i] = shape[i]
+        self._nbytes = dtype.itemsize
+        for i in range(self._ndim):
+            self._nbytes *= <uint64_t>shape[i]
+        if self._nbytes > self.r.slot_size:
+            raise BufferCorrupt("array sample larger than the segment's slots")
+
+    def _unbind(self):
+        if self._bound:
+            self._bound = False
+            PyBuffer_Release(&self._buf)
+
+    @property
+    def closed(self):
+        return not self._bound
+
+    cdef inline int _live(self) except -1:
+        if not self._bound:
+            raise BufferClosed(f"{type(self).__name__} is closed")
+        return 0
+
+    # -- header fields (read-only views for Python, CLI and tests) --------
+
+    @property
+    def _kind(self):
+        self._live()
+        return self.r.kind
+
+    @property
+    def _flags(self):
+        self._live()
+        return self.r.flags
+
+    @property
+    def _nslots(self):
+        self._live()
+        return self.r.nslots
+
+    @property
+    def capacity(self):
+        self._live()
+        return self.r.capacity
+
+    @property
+    def _slot_size(self):
+        self._live()
+        return self.r.slot_size
+
+    @property
+    def _slot_stride(self):
+        self._live()
+        return self.r.stride
+
+    @property
+    def _slots_offset(self):
+        self._live()
+        return self.r.hdr.slots_offset
+
+    @property
+    def _schema_hash(self):
+        self._live()
+        return self.r.hdr.schema_hash
+
+    @property
+    def _meta(self):
+        self._live()
+        return PyBytes_FromStringAndSize(<char *>self.r.base + self.r.hdr.meta_offset,
+                                         self.r.hdr.meta_len)
+
+    @property
+    def _maxsize(self):
+        self._live()
+        return self.r.hdr.maxsize
+
+    @property
+    def _owner(self):
+        self._live()
+        return (self.r.hdr.owner_pid, self.r.hdr.owner_start)
+
+    @property
+    def _writer(self):
+        self._live()
+        return (gb_load_u64(&self.r.hdr.writer_pid), gb_load_u64(&self.r.hdr.writer_start))
+
+    @property
+    def _heartbeat_ns(self):
+        self._live()
+        return gb_get_heartbeat(&self.r)
+
+    @property
+    def _tail(self):
+        self._live()
+        return gb_stream_tail(&self.r)
+
+    @property
+    def _head(self):
+        self._live()
+        return gb_load_u64(&self.r.hdr.head)
+
+    @property
+    def _wake_calls(self):
+        self._live()
+        return gb_load_u64(&self.r.hdr.wake_calls)
+
+    @property
+    def _readers(self):
+        self._live()
+        return gb_load_u64(&self.r.hdr.readers)
+
+    @property
+    def _created_ns(self):
+        self._live()
+        return self.r.hdr.created_ns
+
+    def _add_readers(self, int delta):
+        self._live()
+        gb_add_u64(&self.r.hdr.readers, delta)
+
+    def _payload_offset(self, uint64_t pos):
+        """Byte offset of the payload of the slot holding position ``pos``."""
+        self._live()
+        return <uint64_t>(<uint8_t *>gb_payload(gb_slot_at(&self.r, pos)) - self.r.base)
+
+    def _set_writer(self, unsigned long long pid, unsigned long long start):
+        self._live()
+        gb_set_writer(&self.r, pid, start)
+        gb_set_heartbeat(&self.r, gb_now_ns())
+
+    # -- waiting -----------------------------------------------------------
+
+    cdef int _park(self, gb_waitq *q, uint32_t seen, int64_t deadline,
+                   int64_t *poll) except -1:
+        """Sleep once on q (registered by gb_wait_prepare).  Returns 1 when
+        the deadline has passed, 0 otherwise; raises on a pending signal."""
+        cdef int64_t now = gb_now_ns()
+        cdef int64_t span = _SLICE_NS
+        if deadline >= 0:
+            if now >= deadline:
+                gb_wait_done(q)
+                return 1
+            if deadline - now < span:
+                span = deadline - now
+        with nogil:
+            gb_wait_sleep(q, seen, span, poll[0], _use_futex)
+        gb_wait_done(q)
+        if not _use_futex:
+            poll[0] = poll[0] * 2 if poll[0] * 2 < self._poll_max_ns else self._poll_max_ns
+        PyErr_CheckSignals()
+        return 0
+
+    cdef int _wait_tail(self, uint64_t seen, int64_t deadline) except -1:
+        """Wait until the stream tail passes ``seen``.  1 on timeout."""
+        cdef gb_waitq *q = &self.r.hdr.data
+        cdef int64_t spin_end
+        cdef int64_t poll = self._poll_min_ns
+        cdef uint32_t ev
+        cdef int i
+        if gb_stream_tail(&self.r) > seen:
+            return 0
+        if deadline >= 0 and gb_now_ns() >= deadline:
+            return 1
+        if _spin_ns > 0:
+            spin_end = gb_now_ns() + _spin_ns
+            while True:
+                for i in range(64):
+                    if gb_stream_tail(&self.r) > seen:
+                        return 0
+                    gb_cpu_relax()
+                if gb_now_ns() >= spin_end:
+                    break
+        while True:
+            ev = gb_wait_prepare(q)
+            if gb_stream_tail(&self.r) > seen:
+                gb_wait_done(q)
+                return 0
+            if self._park(q, ev, deadline, &poll):
+                return 0 if gb_stream_tail(&self.r) > seen else 1
+            if not self._bound:
+                raise BufferClosed("handle closed while waiting")
+
+
+# ---------------------------------------------------------------------------
+# Streams
+# ---------------------------------------------------------------------------
+
+cdef class StreamWriter(Handle):
+    """Compiled half of the stream writer (``gb.GlobalBuffer``)."""
+
+    cdef int64_t _hb_interval_ns
+    cdef int64_t _last_hb
+    cdef bint _reserving
+    cdef object _encode
+    cdef object _views
+
+    def _setup_writer(self, double heartbeat_interval, encode):
+        if heartbeat_interval < 0:
+            raise ValueError("heartbeat_interval must be >= 0")
+        self._hb_interval_ns = <int64_t>(heartbeat_interval * 1e9)
+        self._encode = encode
+        self._last_hb = gb_now_ns()
+
+    cdef inline void _beat(self):
+        cdef int64_t now = gb_now_ns()
+        if now - self._last_hb >= self._hb_interval_ns:
+            self._last_hb = now
+            gb_set_heartbeat(&self.r, now)
+
+    def heartbeat(self):
+        """Stamp the writer's heartbeat now (keeps an idle writer alive)."""
+        self._live()
+        self._last_hb = gb_now_ns()
+        gb_set_heartbeat(&self.r, self._last_hb)
+
+    cdef int _check_array(self, object sample) except -1:
+        cdef cnp.ndarray a
+        cdef int i
+        if not cnp.PyArray_Check(sample):
+            raise TypeError(
+                f"expected a numpy.ndarray of dtype {self._descr} and shape "
+                f"{self._shape_tuple()}, got {type(sample).__name__}")
+        a = <cnp.ndarray>sample
+        if not _equiv(cnp.PyArray_DESCR(a), <cnp.PyArray_Descr *>self._descr):
+            raise ValueError(f"expected dtype {self._descr}, got {(<object>a).dtype}")
+        if cnp.PyArray_NDIM(a) != self._ndim:
+            raise ValueError(f"expected shape {self._shape_tuple()}, got {(<object>a).shape}")
+        for i in range(self._ndim):
+            if cnp.PyArray_DIMS(a)[i] != self._dims[i]:
+                raise ValueError(f"expected shape {self._shape_tuple()}, got {(<object>a).shape}")
+        return 0
+
+    def _shape_tuple(self):
+        return tuple([self._dims[i] for i in range(self._ndim)])
+
+    def write(self, sample):
+        """Publish one sample: an ndarray of the stream's exact dtype and
+        shape, or a model instance (or dict) for message streams."""
+        cdef uint64_t pos
+        cdef uint8_t *p
+        cdef cnp.ndarray a
+        cdef bytes data
+        cdef Py_ssize_t n
+        self._live()
+        if self._reserving:
+            raise RuntimeError("write() inside an open reserve() block")
+        if self._ndim >= 0:
+            self._check_array(sample)
+            a = <cnp.ndarray>sample
+            if cnp.PyArray_IS_C_CONTIGUOUS(a):
+                p = gb_stream_begin(&self.r, _pid, &pos)
+                memcpy(p, cnp.PyArray_DATA(a), self._nbytes)
+            else:
+                pos = self._begin_view_copy(a)
+            gb_stream_commit(&self.r, _pid, pos, self._nbytes)
+        else:
+            data = self._encode(sample)
+            n = len(data)
+            if <uint64_t>n > self.r.slot_size:
+                raise ValueError(
+                    f"message encodes to {n} bytes, larger than the stream's "
+                    f"max_bytes={self.r.slot_size}")
+            p = gb_stream_begin(&self.r, _pid, &pos)
+            memcpy(p, PyBytes_AS_STRING(data), n)
+            gb_stream_commit(&self.r, _pid, pos, <uint64_t>n)
+        self._beat()
+
+    cdef uint64_t _begin_view_copy(self, cnp.ndarray a) except? 0xFFFFFFFFFFFFFFFF:
+        # non-contiguous input: let numpy do the strided copy into the slot
+        cdef uint64_t pos
+        gb_stream_begin(&self.r, _pid, &pos)
+        try:
+            cnp.PyArray_CopyInto(self._slot_view(pos), a)
+        except BaseException:
+            gb_stream_abort(&self.r, pos)
+            raise
+        return pos
+
+    def _slot_view(self, uint64_t pos):
+        """Writable ndarray over the payload of the slot for ``pos``."""
+        if self._views is None:
+            self._views = [None] * self.r.nslots
+        i = pos % self.r.nslots
+        v = self._views[i]
+        if v is None:
+            v = self._make_view(pos)
+            self._views[i] = v
+        return v
+
+    def _make_view(self, uint64_t pos):
+        raise NotImplementedError
+
+    def _drop_views(self):
+        self._views = None
+
+    def _reserve_begin(self):
+        self._live()
+        if self._reserving:
+            raise RuntimeError("reserve() blocks cannot nest")
+        cdef uint64_t pos
+        gb_stream_begin(&self.r, _pid, &pos)
+        self._reserving = True
+        return pos
+
+    def _reserve_end(self, uint64_t pos, bint commit):
+        self._reserving = False
+        if not self._bound:
+            return
+        if commit:
+            gb_stream_commit(&self.r, _pid, pos, self._nbytes)
+            self._beat()
+        else:
+            gb_stream_abort(&self.r, pos)
+
+
+cdef class StreamReader(Handle):
+    """Compiled half of the stream reader (``gb.Reader``)."""
+
+    cdef public uint64_t _cursor
+    cdef public uint64_t overruns
+    cdef object _decode
+
+    def _setup_reader(self, decode, bint from_oldest):
+        self._decode = decode
+        cdef uint64_t t = gb_stream_tail(&self.r)
+        if from_oldest:
+            self._cursor = t - self.r.capacity if t > self.r.capacity else 0
+        else:
+            self._cursor = t
+
+    cdef object _copy_out(self, uint64_t pos, bint *ok):
+        """Copy sample ``pos`` into a new object; ok=False if it went stale."""
+        cdef cnp.ndarray out
+        cdef uint64_t w, n
+        cdef const uint8_t *p
+        cdef bytes data
+        if self._ndim >= 0:
+            Py_INCREF(self._descr)  # PyArray_Empty steals a reference
+            out = PyArray_Empty(self._ndim, self._dims, self._descr, 0)
+            ok[0] = gb_read_copy(&self.r, pos, cnp.PyArray_DATA(out), self._nbytes, &n) == GB_OK
+            return out
+        if gb_read_begin(&self.r, pos, &w, &p, &n) != GB_OK:
+            ok[0] = False
+            return None
+        data = PyBytes_FromStringAndSize(<const char *>p, n)
+        ok[0] = gb_read_check(&self.r, pos, w) != 0
+        return data
+
+    cdef inline object _finish(self, object raw):
+        if self._decode is None:
+            return raw
+        return self._decode(raw)
+
+    cdef int _stale(self, uint64_t pos, int64_t *since) except -1:
+        """A read of pos went stale: fine if the writer lapped us, corrupt if
+        the slot never validates while nothing moves."""
+        cdef int64_t now = gb_now_ns()
+        if since[0] == 0:
+            since[0] = now
+        elif now - since[0] > _CORRUPT_NS:
+            raise BufferCorrupt(f"slot for sample {pos} never validates: segment corrupt")
+        return 0
+
+    cdef object _next(self, object timeout, uint64_t *seq):
+        cdef int64_t deadline = _deadline(timeout)
+        cdef int64_t since = 0
+        cdef uint64_t pos
+        cdef bint ok
+        self._live()
+        while True:
+            if self._wait_tail(self._cursor, deadline):
+                raise Empty()
+            gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+            pos = self._cursor
+            raw = self._copy_out(pos, &ok)
+            if ok:
+                self._cursor = pos + 1
+                seq[0] = pos
+                return self._finish(raw)
+            self._stale(pos, &since)
+
+    def next(self, timeout=None):
+        """The next sample in order; blocks up to ``timeout`` seconds
+        (forever if None) and raises ``gb.Empty`` on timeout."""
+        cdef uint64_t seq
+        return self._next(timeout, &seq)
+
+    def _next_seq(self, timeout=None):
+        cdef uint64_t seq
+        sample = self._next(timeout, &seq)
+        return sample, seq
+
+    cdef object _latest(self, uint64_t *seq):
+        cdef uint64_t t, pos
+        cdef int64_t since = 0
+        cdef bint ok
+        self._live()
+        while True:
+            t = gb_stream_tail(&self.r)
+            if t == 0:
+                return None
+            pos = t - 1
+            raw = self._copy_out(pos, &ok)
+            if ok:
+                seq[0] = pos
+                return self._finish(raw)
+            self._stale(pos, &since)
+
+    def latest(self):
+        """The newest committed sample, or None if nothing was written."""
+        cdef uint64_t seq
+        return self._latest(&seq)
+
+    def _latest_seq(self):
+        cdef uint64_t seq = 0
+        sample = self._latest(&seq)
+        return sample, seq
+
+    def _wait_new(self, uint64_t seen, timeout):
+        """Wait until more than ``seen`` samples were committed; True if so."""
+        self._live()
+        return not self._wait_tail(seen, _deadline(timeout))
+
+    cdef int _check_out(self, object out, bint batch) except -1:
+        cdef cnp.ndarray a
+        cdef int i, off = 1 if batch else 0
+        if self._ndim < 0:
+            raise TypeError("next_into() needs an array stream")
+        if not cnp.PyArray_Check(out):
+            raise ValueError(f"out must be {self._out_what(batch)}, got {type(out).__name__}")
+        a = <cnp.ndarray>out
+        if not _equiv(cnp.PyArray_DESCR(a), <cnp.PyArray_Descr *>self._descr):
+            raise ValueError(f"out must be {self._out_what(batch)}; its dtype is {(<object>a).dtype}")
+        if cnp.PyArray_NDIM(a) != self._ndim + off:
+            raise ValueError(f"out must be {self._out_what(batch)}; its shape is {(<object>a).shape}")
+        for i in range(self._ndim):
+            if cnp.PyArray_DIMS(a)[i + off] != self._dims[i]:
+                raise ValueError(f"out must be {self._out_what(batch)}; its shape is {(<object>a).shape}")
+        if not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError("out must be writable")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError("out must be C-contiguous")
+        return 0
+
+    def _out_what(self, bint batch):
+        shape = ("k",) + self._shape_tuple() if batch else self._shape_tuple()
+        return f"an array of dtype {self._descr} and shape {shape}"
+
+    def _shape_tuple(self):
+        return tuple([self._dims[i] for i in range(self._ndim)])
+
+    def next_into(self, out, timeout=None):
+        """Copy the next sample into ``out`` (no allocation); return its
+        sequence number.  ``gb.Empty`` on timeout."""
+        cdef int64_t deadline
+        cdef int64_t since = 0
+        cdef uint64_t pos, n
+        self._live()
+        self._check_out(out, False)
+        deadline = _deadline(timeout)
+        while True:
+            if self._wait_tail(self._cursor, deadline):
+                raise Empty()
+            gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+            pos = self._cursor
+            if gb_read_copy(&self.r, pos, cnp.PyArray_DATA(<cnp.ndarray>out),
+                            self._nbytes, &n) == GB_OK:
+                self._cursor = pos + 1
+                return pos
+            self._stale(pos, &since)
+
+    def next_batch_into(self, out, timeout=None):
+        """Copy up to ``len(out)`` samples into ``out`` (shape ``(k, *shape)``):
+        every committed sample at once, else wait for at least one.
+        Returns how many were copied."""
+        cdef int64_t deadline
+        cdef int64_t since = 0
+        cdef uint64_t pos, n, t, k, got = 0
+        cdef uint8_t *dst
+        self._live()
+        self._check_out(out, True)
+        k = <uint64_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0]
+        if k == 0:
+            return 0
+        dst = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+        deadline = _deadline(timeout)
+        while got == 0:
+            if self._wait_tail(self._cursor, deadline):
+                raise Empty()
+            t = gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+            while got < k and self._cursor < t:
+                pos = self._cursor
+                if gb_read_copy(&self.r, pos, dst + got * self._nbytes,
+                                self._nbytes, &n) != GB_OK:
+                    self._stale(pos, &since)
+                    break  # lapped: re-clamp (counts the overrun)
+                self._cursor = pos + 1
+                got += 1
+        return got
+
+    def _view_begin(self, bint take_next, timeout):
+        """Start a zero-copy read: (pos, word) of the sample to view."""
+        cdef int64_t deadline = _deadline(timeout)
+        cdef int64_t since = 0
+        cdef uint64_t pos, w, n, t
+        cdef const uint8_t *p
+        self._live()
+        while True:
+            if take_next:
+                if self._wait_tail(self._cursor, deadline):
+                    raise Empty()
+                gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+                pos = self._cursor
+            else:
+                t = gb_stream_tail(&self.r)
+                if t == 0:
+                    return None
+                pos = t - 1
+            if gb_read_begin(&self.r, pos, &w, &p, &n) == GB_OK:
+                if take_next:
+                    self._cursor = pos + 1
+                return pos, w
+            self._stale(pos, &since)
+
+    def _view_check(self, uint64_t pos, uint64_t word):
+        """True if the slot still holds the sample a view started on."""
+        if not self._bound:
+            return False
+        return gb_read_check(&self.r, pos, word) != 0

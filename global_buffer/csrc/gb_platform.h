@@ -1,0 +1,135 @@
+/* Platform shims for the global_buffer ring core: monotonic time, CPU
+ * relax hint, and the wait backend (futex on Linux, bounded sleep elsewhere).
+ *
+ * Plain C11, no Python.h.  Linux is built and tested; the macOS and Windows
+ * branches compile by design but are unverified (see docs/platforms.md).
+ */
+#ifndef GB_PLATFORM_H
+#define GB_PLATFORM_H
+
+#include <stdint.h>
+#include <stdatomic.h>
+
+#if defined(__linux__)
+#  define GB_HAVE_FUTEX 1
+#  include <errno.h>
+#  include <time.h>
+#  include <unistd.h>
+#  include <sys/syscall.h>
+#  include <linux/futex.h>
+#elif defined(_WIN32)
+#  define GB_HAVE_FUTEX 0
+#  define WIN32_LEAN_AND_MEAN
+#  include <windows.h>
+#else
+#  define GB_HAVE_FUTEX 0
+#  include <errno.h>
+#  include <time.h>
+#  include <unistd.h>
+#endif
+
+#if defined(_MSC_VER)
+#  include <intrin.h>
+#  define GB_INLINE static __inline
+#else
+#  define GB_INLINE static inline
+#endif
+
+/* Nanoseconds on a clock shared by every process on the host (heartbeats are
+ * compared across processes, so a per-process clock would be wrong). */
+GB_INLINE int64_t gb_now_ns(void)
+{
+#if defined(_WIN32)
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER c;
+    if (freq.QuadPart == 0)
+        QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&c);
+    return (int64_t)((double)c.QuadPart * 1e9 / (double)freq.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#endif
+}
+
+/* Hint to the CPU that we are spinning (frees the sibling hyperthread). */
+GB_INLINE void gb_cpu_relax(void)
+{
+#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    _mm_pause();
+#elif defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* Sleep until *word != expected, a wake, a signal, or timeout_ns elapses.
+ * Spurious returns are allowed; callers re-check their condition.
+ * Returns 0 on wake/changed, 1 on timeout, 2 on signal (EINTR).
+ *
+ * Without a futex (or with use_futex == 0, which benchmarks use to measure
+ * the fallback on Linux) the word is polled with a sleep of poll_ns; the
+ * caller grows it adaptively between poll_min and poll_max. */
+GB_INLINE int gb_futex_wait(_Atomic uint32_t *word, uint32_t expected,
+                            int64_t timeout_ns, int64_t poll_ns, int use_futex)
+{
+#if GB_HAVE_FUTEX
+    struct timespec ts;
+    if (!use_futex)
+        goto poll;
+    if (timeout_ns < 0)
+        timeout_ns = 0;
+    ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+    ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
+    /* Not FUTEX_PRIVATE_FLAG: the waker lives in another process. */
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts,
+                      NULL, 0);
+    if (rc == 0)
+        return 0;
+    if (errno == ETIMEDOUT)
+        return 1;
+    if (errno == EINTR)
+        return 2;
+    return 0; /* EAGAIN: the word already changed */
+poll:
+#else
+    (void)use_futex;
+#endif
+    {
+    int64_t d = poll_ns < timeout_ns ? poll_ns : timeout_ns;
+    if (d < 0)
+        d = 0;
+    /* relaxed: only a hint to stop sleeping early; callers re-check. */
+    if (atomic_load_explicit(word, memory_order_relaxed) != expected)
+        return 0;
+#  if defined(_WIN32)
+    Sleep((DWORD)(d / 1000000));
+#  else
+    {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(d / 1000000000LL);
+        ts.tv_nsec = (long)(d % 1000000000LL);
+        if (nanosleep(&ts, NULL) != 0 && errno == EINTR)
+            return 2;
+    }
+#  endif
+    return d >= timeout_ns ? 1 : 0;
+    }
+}
+
+/* Wake every process sleeping on word. */
+GB_INLINE void gb_futex_wake_all(_Atomic uint32_t *word)
+{
+#if GB_HAVE_FUTEX
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 0x7fffffff, NULL, NULL,
+            0);
+#else
+    (void)word; /* pollers notice the changed word by themselves */
+#endif
+}
+
+#endif /* GB_PLATFORM_H */

@@ -1,0 +1,652 @@
+/* The global_buffer ring core: segment layout and ring operations.
+ *
+ * One layout and one slot protocol serve every face of the library:
+ *
+ *   - streams (single writer, many readers, overwrite-oldest): the writer
+ *     publishes with a per-slot seqlock; readers copy and re-check;
+ *   - queue rings (many producers, many consumers, lossless): producers and
+ *     consumers claim a slot by CAS on the same slot word, so a process that
+ *     dies holding a claim is visible (its pid is in the word) and can be
+ *     recovered by a peer.
+ *
+ * The caller allocates the memory (a shared-memory segment, or plain malloc
+ * in the C test); gb_ring_init() lays it out, gb_ring_open() validates it.
+ * Nothing here opens files or segments, and nothing includes Python.h.
+ *
+ * Slot word (64 bits): [ pos:40 | pid:22 | state:2 ]
+ *   pos    the ring position this slot currently belongs to (mod 2^40);
+ *   pid    the process holding a claim (0 when free);
+ *   state  FREE -> WRITING -> FULL -> READING -> FREE (queue), or
+ *          WRITING -> FULL (stream).
+ * Every change to a slot changes its word (pos grows each lap), which is what
+ * makes the word usable as a seqlock sequence: a reader that sees the same
+ * word before and after copying saw an untouched payload.
+ *
+ * Memory model: the seqlock follows Boehm, "Can seqlocks get along with
+ * programming language memory models?" (MSPC 2012): writer does relaxed
+ * mark + release fence + payload + release publish; reader does acquire
+ * load + payload + acquire fence + relaxed re-load.  The payload itself is
+ * copied with memcpy, as every production seqlock does (the Linux kernel's
+ * seqcount, folly); the fences order it on weakly ordered CPUs (aarch64).
+ */
+#ifndef GB_RING_H
+#define GB_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <stdatomic.h>
+
+#include "gb_platform.h"
+
+/* ------------------------------------------------------------------ */
+/* Constants                                                           */
+/* ------------------------------------------------------------------ */
+
+#define GB_MAGIC 0x31304752425F4247ULL /* "GB_RGR01" little-endian */
+#define GB_LAYOUT_VERSION 1u
+#define GB_CACHELINE 64u
+#define GB_PAGE 4096u
+#define GB_HEADER_SIZE 1024u        /* fixed part; metadata follows */
+#define GB_SLOT_HEADER 64u          /* per-slot header; payload follows */
+#define GB_MAX_SLOTS (1u << 30)
+#define GB_MAX_META (1u << 20)
+
+/* kinds of payload (what the Python layer stores in the slots) */
+#define GB_KIND_ARRAY 1u   /* fixed dtype/shape numpy sample */
+#define GB_KIND_MESSAGE 2u /* msgspec msgpack of a pydantic model */
+#define GB_KIND_OBJECT 3u  /* pickled object (rings) */
+#define GB_KIND_BYTES 4u   /* raw bytes (pipes) */
+#define GB_KIND_MAX 4u
+
+/* flags */
+#define GB_FLAG_QUEUE 1u     /* lossless MPMC protocol (else stream) */
+#define GB_FLAG_BROADCAST 2u /* ring in stream mode */
+
+/* slot states */
+#define GB_FREE 0u
+#define GB_WRITING 1u
+#define GB_FULL 2u
+#define GB_READING 3u
+
+/* status codes (turned into exceptions in exactly one Cython helper) */
+#define GB_OK 0
+#define GB_EMPTY 1       /* nothing to read */
+#define GB_FULL_RING 2   /* no free slot */
+#define GB_BUSY 3        /* a peer holds a claim we must wait for */
+#define GB_STALE 4       /* slot changed under us (reader must retry) */
+#define GB_E_MAGIC -1    /* not a global_buffer segment */
+#define GB_E_VERSION -2  /* layout version we do not speak */
+#define GB_E_LAYOUT -3   /* sizes inconsistent with each other */
+#define GB_E_SIZE -4     /* segment smaller than its header says */
+#define GB_E_ARG -5      /* bad argument to init */
+
+/* ------------------------------------------------------------------ */
+/* Segment layout                                                      */
+/* ------------------------------------------------------------------ */
+
+/* A wait queue: a futex word bumped on every wake, and a count of sleepers
+ * so that the waking side makes no syscall when nobody sleeps. */
+typedef struct gb_waitq {
+    _Atomic uint32_t ev;      /* futex word: bumped before each wake */
+    _Atomic uint32_t waiters; /* processes/threads registered to sleep */
+} gb_waitq;
+
+typedef struct gb_header {
+    /* --- line 0: identity, written once by gb_ring_init --- */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;  /* GB_HEADER_SIZE at init */
+    uint32_t kind;         /* GB_KIND_* */
+    uint32_t flags;        /* GB_FLAG_* */
+    uint32_t nslots;       /* slots in the ring */
+    uint32_t capacity;     /* logical capacity: nslots-1 (stream), nslots (queue) */
+    uint64_t slot_size;    /* payload bytes per slot */
+    uint64_t slot_stride;  /* bytes from one slot to the next */
+    uint64_t slots_offset; /* offset of slot 0 */
+    uint64_t total_size;   /* bytes of the whole segment */
+    /* --- line 1: identity, continued --- */
+    uint64_t schema_hash;  /* 64-bit hash of the schema metadata */
+    uint32_t meta_offset;  /* schema metadata (JSON, UTF-8) */
+    uint32_t meta_len;
+    int64_t maxsize;       /* queue bound (<= 0: unbounded) */
+    uint64_t owner_pid;    /* creating process */
+    uint64_t owner_start;  /* its start time (opaque, pid-reuse guard) */
+    int64_t created_ns;    /* gb_now_ns() at creation */
+    uint8_t _pad1[16];
+    /* --- line 2: producer side, hot --- */
+    _Atomic uint64_t tail;         /* stream: samples committed; queue: next position to claim */
+    _Atomic int64_t heartbeat_ns;  /* writer's last sign of life (gb_now_ns) */
+    _Atomic uint64_t writer_pid;   /* current stream writer */
+    _Atomic uint64_t writer_start; /* its start time */
+    uint8_t _pad2[32];
+    /* --- line 3: consumer side, hot --- */
+    _Atomic uint64_t head;         /* queue: next position to consume */
+    uint8_t _pad3[56];
+    /* --- line 4: wait queues --- */
+    gb_waitq data;                 /* readers/consumers waiting for items */
+    gb_waitq space;                /* producers waiting for free slots */
+    gb_waitq join;                 /* JoinableRing.join() */
+    _Atomic int64_t unfinished;    /* JoinableRing: tasks not yet done */
+    _Atomic uint64_t wake_calls;   /* futex wake syscalls made (tests, stat) */
+    _Atomic uint64_t readers;      /* attached handles (informational) */
+    uint8_t _pad4[16];
+    /* --- line 5 ... : reserved for later layout growth --- */
+    uint8_t _reserved[GB_HEADER_SIZE - 5 * GB_CACHELINE];
+} gb_header;
+
+typedef struct gb_slot {
+    _Atomic uint64_t word;     /* [pos:40 | pid:22 | state:2] */
+    _Atomic uint64_t len;      /* payload length, read inside the seqlock */
+    _Atomic uint64_t owner_start; /* claimant's start time (pid-reuse guard) */
+    _Atomic int64_t stamp_ns;  /* commit time, for latency and stat */
+    _Atomic uint64_t aux;      /* payload-specific (e.g. out-of-line flag) */
+    uint8_t _pad[GB_SLOT_HEADER - 40];
+} gb_slot;
+
+_Static_assert(sizeof(gb_waitq) == 8, "gb_waitq must be 8 bytes");
+_Static_assert(sizeof(gb_header) == GB_HEADER_SIZE, "header size");
+_Static_assert(offsetof(gb_header, schema_hash) == 64, "line 1");
+_Static_assert(offsetof(gb_header, tail) == 128, "line 2");
+_Static_assert(offsetof(gb_header, head) == 192, "line 3");
+_Static_assert(offsetof(gb_header, data) == 256, "line 4");
+_Static_assert(sizeof(gb_slot) == GB_SLOT_HEADER, "slot header size");
+_Static_assert(sizeof(_Atomic uint64_t) == 8, "lock-free 64-bit atomics");
+_Static_assert(sizeof(_Atomic uint32_t) == 4, "lock-free 32-bit atomics");
+
+/* Process-local view of a mapped segment (immutable fields cached, so the
+ * hot path never re-reads or re-validates the header). */
+typedef struct gb_ring {
+    uint8_t *base;
+    gb_header *hdr;
+    uint8_t *slots;
+    uint64_t stride;
+    uint64_t slot_size;
+    uint32_t nslots;
+    uint32_t capacity;
+    uint32_t kind;
+    uint32_t flags;
+} gb_ring;
+
+/* ------------------------------------------------------------------ */
+/* Slot words                                                          */
+/* ------------------------------------------------------------------ */
+
+#define GB_POS_BITS 40
+#define GB_PID_BITS 22
+#define GB_POS_MASK ((1ULL << GB_POS_BITS) - 1)
+#define GB_PID_MASK ((1ULL << GB_PID_BITS) - 1)
+
+GB_INLINE uint64_t gb_word(uint64_t pos, uint64_t pid, uint64_t state)
+{
+    return ((pos & GB_POS_MASK) << 24) | ((pid & GB_PID_MASK) << 2) | state;
+}
+GB_INLINE uint64_t gb_word_pos(uint64_t w) { return w >> 24; }
+GB_INLINE uint32_t gb_word_pid(uint64_t w) { return (uint32_t)((w >> 2) & GB_PID_MASK); }
+GB_INLINE uint32_t gb_word_state(uint64_t w) { return (uint32_t)(w & 3u); }
+
+/* Signed distance a - b between two 40-bit positions (wrap-safe). */
+GB_INLINE int64_t gb_pos_diff(uint64_t a, uint64_t b)
+{
+    uint64_t d = (a - b) & GB_POS_MASK;
+    return (d & (1ULL << (GB_POS_BITS - 1))) ? (int64_t)(d | ~GB_POS_MASK)
+                                             : (int64_t)d;
+}
+
+GB_INLINE gb_slot *gb_slot_at(const gb_ring *r, uint64_t pos)
+{
+    return (gb_slot *)(r->slots + (pos % r->nslots) * r->stride);
+}
+GB_INLINE uint8_t *gb_payload(gb_slot *s) { return (uint8_t *)s + GB_SLOT_HEADER; }
+
+/* ------------------------------------------------------------------ */
+/* Sizing, init, validation                                            */
+/* ------------------------------------------------------------------ */
+
+GB_INLINE uint64_t gb_round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+/* Slot stride: cache-line aligned payloads; slots of half a page or more are
+ * page aligned (large frames start on a page, which the copy loops and the
+ * TLB like), small ones are packed to cache lines so a ring of small items
+ * does not spend a page per item. */
+GB_INLINE uint64_t gb_slot_stride(uint64_t slot_size)
+{
+    uint64_t s = gb_round_up(GB_SLOT_HEADER + slot_size, GB_CACHELINE);
+    return s >= GB_PAGE / 2 ? gb_round_up(s, GB_PAGE) : s;
+}
+
+/* Bytes needed for a segment; 0 if the arguments are out of range. */
+GB_INLINE uint64_t gb_ring_nbytes(uint32_t nslots, uint64_t slot_size, uint32_t meta_len)
+{
+    if (nslots < 1 || nslots > GB_MAX_SLOTS || meta_len > GB_MAX_META ||
+        slot_size > (1ULL << 46))
+        return 0;
+    uint64_t off = gb_round_up(GB_HEADER_SIZE + (uint64_t)meta_len, GB_PAGE);
+    return off + (uint64_t)nslots * gb_slot_stride(slot_size);
+}
+
+/* Lay out a zeroed segment of `size` bytes.  `capacity` is the logical
+ * capacity: streams get capacity + 1 slots, queues exactly capacity. */
+GB_INLINE int gb_ring_init(void *mem, uint64_t size, uint32_t kind, uint32_t flags,
+                           uint32_t capacity, uint64_t slot_size, int64_t maxsize,
+                           uint64_t schema_hash, const void *meta, uint32_t meta_len,
+                           uint64_t owner_pid, uint64_t owner_start)
+{
+    gb_header *h = (gb_header *)mem;
+    uint32_t nslots;
+    if (capacity < 1 || kind < 1 || kind > GB_KIND_MAX)
+        return GB_E_ARG;
+    nslots = (flags & GB_FLAG_QUEUE) ? capacity : capacity + 1;
+    uint64_t need = gb_ring_nbytes(nslots, slot_size, meta_len);
+    if (need == 0 || need > size || capacity >= GB_MAX_SLOTS)
+        return GB_E_ARG;
+    memset(mem, 0, GB_HEADER_SIZE);
+    h->version = GB_LAYOUT_VERSION;
+    h->header_size = GB_HEADER_SIZE;
+    h->kind = kind;
+    h->flags = flags;
+    h->nslots = nslots;
+    h->capacity = capacity;
+    h->slot_size = slot_size;
+    h->slot_stride = gb_slot_stride(slot_size);
+    h->slots_offset = gb_round_up(GB_HEADER_SIZE + (uint64_t)meta_len, GB_PAGE);
+    h->total_size = need;
+    h->schema_hash = schema_hash;
+    h->meta_offset = GB_HEADER_SIZE;
+    h->meta_len = meta_len;
+    h->maxsize = maxsize;
+    h->owner_pid = owner_pid;
+    h->owner_start = owner_start;
+    h->created_ns = gb_now_ns();
+    if (meta_len)
+        memcpy((uint8_t *)mem + GB_HEADER_SIZE, meta, meta_len);
+    for (uint32_t i = 0; i < nslots; i++) {
+        gb_slot *s = (gb_slot *)((uint8_t *)mem + h->slots_offset + (uint64_t)i * h->slot_stride);
+        /* relaxed: the segment is published by the release store of magic */
+        atomic_store_explicit(&s->word, gb_word(i, 0, GB_FREE), memory_order_relaxed);
+        atomic_store_explicit(&s->len, 0, memory_order_relaxed);
+    }
+    /* Stream slots start as "belongs to no position yet": a word whose pos
+     * can never match a sample a reader asks for (pos i - nslots). */
+    if (!(flags & GB_FLAG_QUEUE)) {
+        for (uint32_t i = 0; i < nslots; i++) {
+            gb_slot *s = (gb_slot *)((uint8_t *)mem + h->slots_offset + (uint64_t)i * h->slot_stride);
+            /* relaxed: published by the release store of magic below */
+            atomic_store_explicit(&s->word, gb_word(i - (uint64_t)nslots, 0, GB_FREE),
+                                  memory_order_relaxed);
+        }
+    }
+    /* release: a peer that sees the magic sees a fully initialised header */
+    atomic_store_explicit((_Atomic uint64_t *)&h->magic, GB_MAGIC, memory_order_release);
+    return GB_OK;
+}
+
+/* Validate a mapped segment of `size` bytes and fill the local view.
+ * Every size is checked against the others and against `size` with
+ * overflow-safe arithmetic, so a garbage segment can never lead a later
+ * operation out of bounds. */
+GB_INLINE int gb_ring_open(gb_ring *r, void *mem, uint64_t size)
+{
+    const gb_header *h = (const gb_header *)mem;
+    if (size < GB_HEADER_SIZE)
+        return GB_E_SIZE;
+    /* acquire: pairs with the release store in gb_ring_init */
+    if (atomic_load_explicit((_Atomic uint64_t *)&h->magic, memory_order_acquire) != GB_MAGIC)
+        return GB_E_MAGIC;
+    if (h->version != GB_LAYOUT_VERSION)
+        return GB_E_VERSION;
+    if (h->header_size != GB_HEADER_SIZE || h->kind < 1 || h->kind > GB_KIND_MAX ||
+        h->nslots < 1 || h->nslots > GB_MAX_SLOTS || h->capacity < 1 ||
+        h->capacity != ((h->flags & GB_FLAG_QUEUE) ? h->nslots : h->nslots - 1) ||
+        h->slot_size > (1ULL << 46) ||
+        h->slot_stride != gb_slot_stride(h->slot_size) ||
+        h->meta_offset != GB_HEADER_SIZE || h->meta_len > GB_MAX_META ||
+        h->slots_offset != gb_round_up(GB_HEADER_SIZE + (uint64_t)h->meta_len, GB_PAGE) ||
+        h->total_size != gb_ring_nbytes(h->nslots, h->slot_size, h->meta_len))
+        return GB_E_LAYOUT;
+    if (h->total_size > size)
+        return GB_E_SIZE;
+    r->base = (uint8_t *)mem;
+    r->hdr = (gb_header *)mem;
+    r->slots = (uint8_t *)mem + h->slots_offset;
+    r->stride = h->slot_stride;
+    r->slot_size = h->slot_size;
+    r->nslots = h->nslots;
+    r->capacity = h->capacity;
+    r->kind = h->kind;
+    r->flags = h->flags;
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Waiting and waking                                                  */
+/* ------------------------------------------------------------------ */
+/* Protocol (Dekker-style, race-free against a concurrent commit):
+ *   sleeper: gb_wait_prepare (waiters++ ; full fence ; snapshot ev)
+ *            re-check condition; if still unmet gb_futex_wait(ev, snapshot)
+ *            gb_wait_done (waiters--)
+ *   waker:   publish (release) ; gb_wake (full fence ; if waiters: ev++, wake)
+ * Either the sleeper's re-check sees the publish, or the waker sees
+ * waiters > 0 and bumps ev, which makes a late futex_wait return at once. */
+
+GB_INLINE uint32_t gb_wait_prepare(gb_waitq *q)
+{
+    /* seq_cst: the increment must be visible before we re-check the
+     * condition (pairs with the fence in gb_wake) */
+    atomic_fetch_add_explicit(&q->waiters, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    /* relaxed: ev is only compared by the kernel; the fence above orders it */
+    return atomic_load_explicit(&q->ev, memory_order_relaxed);
+}
+
+/* Sleep on q until a wake, timeout or signal (see gb_futex_wait). */
+GB_INLINE int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int64_t poll_ns,
+                            int use_futex)
+{
+    return gb_futex_wait(&q->ev, seen, timeout_ns, poll_ns, use_futex);
+}
+
+GB_INLINE void gb_wait_done(gb_waitq *q)
+{
+    /* relaxed: an over-count only costs a waker one spare syscall */
+    atomic_fetch_sub_explicit(&q->waiters, 1, memory_order_relaxed);
+}
+
+/* Called after publishing.  No syscall unless someone sleeps. */
+GB_INLINE void gb_wake(gb_ring *r, gb_waitq *q)
+{
+    /* seq_cst fence: our publish must be visible before we read waiters
+     * (pairs with the fence in gb_wait_prepare) */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* relaxed: ordered by the fence above */
+    if (atomic_load_explicit(&q->waiters, memory_order_relaxed) != 0) {
+        /* release: a sleeper that sees the new ev sees our publish */
+        atomic_fetch_add_explicit(&q->ev, 1, memory_order_release);
+        /* relaxed: statistics only */
+        atomic_fetch_add_explicit(&r->hdr->wake_calls, 1, memory_order_relaxed);
+        gb_futex_wake_all(&q->ev);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Streams: one writer, many readers, overwrite oldest                 */
+/* ------------------------------------------------------------------ */
+
+/* Start writing the next sample; returns its payload.  The slot's previous
+ * occupant (pos - nslots) is already outside every reader's window, which is
+ * why streams keep one spare slot. */
+GB_INLINE uint8_t *gb_stream_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out)
+{
+    /* relaxed: only the single writer stores tail */
+    uint64_t pos = atomic_load_explicit(&r->hdr->tail, memory_order_relaxed);
+    gb_slot *s = gb_slot_at(r, pos);
+    /* relaxed store + release fence (Boehm): the WRITING mark is ordered
+     * before every payload store that follows */
+    atomic_store_explicit(&s->word, gb_word(pos, pid, GB_WRITING), memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    *pos_out = pos;
+    return gb_payload(s);
+}
+
+/* Publish the sample begun at pos. */
+GB_INLINE void gb_stream_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* relaxed: published by the release store of the word below */
+    atomic_store_explicit(&s->len, len, memory_order_relaxed);
+    atomic_store_explicit(&s->stamp_ns, gb_now_ns(), memory_order_relaxed);
+    /* release: payload and len are visible to whoever sees FULL */
+    atomic_store_explicit(&s->word, gb_word(pos, pid, GB_FULL), memory_order_release);
+    /* release: a reader that sees tail > pos sees the slot's FULL word */
+    atomic_store_explicit(&r->hdr->tail, pos + 1, memory_order_release);
+    gb_wake(r, &r->hdr->data);
+}
+
+/* Abandon the sample begun at pos: tail never moved, so no reader can ask
+ * for it, and the slot's old sample was already out of every window. */
+GB_INLINE void gb_stream_abort(gb_ring *r, uint64_t pos)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* release: a stale reader of the old occupant sees a changed word */
+    atomic_store_explicit(&s->word, gb_word(pos - r->nslots, 0, GB_FREE), memory_order_release);
+}
+
+/* Committed samples so far (the next sample's sequence number). */
+GB_INLINE uint64_t gb_stream_tail(const gb_ring *r)
+{
+    /* acquire: pairs with the release store in gb_stream_commit */
+    return atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
+}
+
+/* Move a reader cursor into the readable window [tail - capacity, tail).
+ * Returns the tail seen; lost samples are added to *overruns. */
+GB_INLINE uint64_t gb_stream_clamp(const gb_ring *r, uint64_t *cursor, uint64_t *overruns)
+{
+    uint64_t t = gb_stream_tail(r);
+    if (t > *cursor && t - *cursor > r->capacity) {
+        *overruns += t - r->capacity - *cursor;
+        *cursor = t - r->capacity;
+    }
+    return t;
+}
+
+/* Seqlock read, step 1: the word and payload of sample pos, or GB_STALE if
+ * the slot does not (or no longer) hold it. */
+GB_INLINE int gb_read_begin(const gb_ring *r, uint64_t pos, uint64_t *word,
+                            const uint8_t **payload, uint64_t *len)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* acquire: payload loads below happen after this load */
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_acquire);
+    if (gb_word_state(w) != GB_FULL || gb_word_pos(w) != (pos & GB_POS_MASK))
+        return GB_STALE;
+    /* relaxed: validated by the re-check in gb_read_check */
+    uint64_t l = atomic_load_explicit(&s->len, memory_order_relaxed);
+    if (l > r->slot_size)
+        return GB_STALE; /* torn (or corrupt) length: never copy past the slot */
+    *word = w;
+    *payload = gb_payload(s);
+    *len = l;
+    return GB_OK;
+}
+
+/* Seqlock read, step 2: 1 if the slot still holds what step 1 saw. */
+GB_INLINE int gb_read_check(const gb_ring *r, uint64_t pos, uint64_t word)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* acquire fence (Boehm): payload loads above complete before re-load */
+    atomic_thread_fence(memory_order_acquire);
+    /* relaxed: ordered by the fence */
+    return atomic_load_explicit(&s->word, memory_order_relaxed) == word;
+}
+
+/* Copy sample pos into dst (at most cap bytes).  GB_OK, or GB_STALE if the
+ * sample is gone or was overwritten during the copy. */
+GB_INLINE int gb_read_copy(const gb_ring *r, uint64_t pos, void *dst, uint64_t cap,
+                           uint64_t *len)
+{
+    uint64_t w, l;
+    const uint8_t *p;
+    if (gb_read_begin(r, pos, &w, &p, &l) != GB_OK)
+        return GB_STALE;
+    if (l > cap)
+        l = cap;
+    memcpy(dst, p, (size_t)l);
+    if (!gb_read_check(r, pos, w))
+        return GB_STALE;
+    *len = l;
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Queue rings: many producers, many consumers, each item once         */
+/* ------------------------------------------------------------------ */
+/* A Vyukov bounded MPMC queue whose claims are made on the slot word (not
+ * on the counters), so a claim carries the claimant's pid.  tail and head
+ * are hints that anyone may advance once the slot at that position has
+ * been claimed; the slot words are the truth.  See docs/design.md. */
+
+GB_INLINE void gb_help_advance(_Atomic uint64_t *ctr, uint64_t pos)
+{
+    /* relaxed: counters are hints; slot words carry all ordering */
+    atomic_compare_exchange_strong_explicit(ctr, &pos, pos + 1, memory_order_relaxed,
+                                            memory_order_relaxed);
+}
+
+/* Claim a slot for writing.  GB_OK: *pos_out is ours.  GB_FULL_RING: every
+ * slot holds an item.  GB_BUSY: the slot is held by a claim of the previous
+ * lap (*blocker is its word; check its pid, see gb_queue_recover). */
+GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, uint64_t *blocker)
+{
+    gb_header *h = r->hdr;
+    for (;;) {
+        /* relaxed: a hint; the CAS on the slot word decides */
+        uint64_t pos = atomic_load_explicit(&h->tail, memory_order_relaxed);
+        gb_slot *s = gb_slot_at(r, pos);
+        /* acquire: the consumer that freed the slot finished reading it */
+        uint64_t w = atomic_load_explicit(&s->word, memory_order_acquire);
+        int64_t d = gb_pos_diff(gb_word_pos(w), pos & GB_POS_MASK);
+        if (d == 0 && gb_word_state(w) == GB_FREE) {
+            /* acquire on success: as for the load above */
+            if (atomic_compare_exchange_strong_explicit(&s->word, &w,
+                    gb_word(pos, pid, GB_WRITING), memory_order_acquire, memory_order_relaxed)) {
+                gb_help_advance(&h->tail, pos);
+                *pos_out = pos;
+                return GB_OK;
+            }
+        } else if (d >= 0) {
+            gb_help_advance(&h->tail, pos); /* claimed by a peer or tail stale */
+        } else {
+            /* the previous lap still occupies the slot */
+            if (atomic_load_explicit(&h->tail, memory_order_relaxed) != pos)
+                continue;
+            *blocker = w;
+            return gb_word_state(w) == GB_FULL ? GB_FULL_RING : GB_BUSY;
+        }
+    }
+}
+
+GB_INLINE void gb_queue_put_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* relaxed: published by the release store of the word */
+    atomic_store_explicit(&s->len, len, memory_order_relaxed);
+    atomic_store_explicit(&s->stamp_ns, gb_now_ns(), memory_order_relaxed);
+    /* release: payload and len visible to the consumer that sees FULL */
+    atomic_store_explicit(&s->word, gb_word(pos, pid, GB_FULL), memory_order_release);
+    gb_wake(r, &r->hdr->data);
+}
+
+/* Claim the oldest item.  GB_OK: *pos_out is ours to read.  GB_EMPTY: no
+ * item.  GB_BUSY: the next item is claimed by a producer that has not
+ * committed yet, or its slot is still being read from the previous lap
+ * (*blocker is the word holding it up). */
+GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, uint64_t *blocker)
+{
+    gb_header *h = r->hdr;
+    for (;;) {
+        /* relaxed: a hint; the CAS on the slot word decides */
+        uint64_t pos = atomic_load_explicit(&h->head, memory_order_relaxed);
+        gb_slot *s = gb_slot_at(r, pos);
+        /* acquire: the producer's payload is visible once we see FULL */
+        uint64_t w = atomic_load_explicit(&s->word, memory_order_acquire);
+        int64_t d = gb_pos_diff(gb_word_pos(w), pos & GB_POS_MASK);
+        uint32_t st = gb_word_state(w);
+        if (d == 0 && st == GB_FULL) {
+            /* acquire on success: as for the load above */
+            if (atomic_compare_exchange_strong_explicit(&s->word, &w,
+                    gb_word(pos, pid, GB_READING), memory_order_acquire, memory_order_relaxed)) {
+                gb_help_advance(&h->head, pos);
+                *pos_out = pos;
+                return GB_OK;
+            }
+        } else if (d > 0 || (d == 0 && st == GB_READING)) {
+            gb_help_advance(&h->head, pos); /* consumed by a peer or head stale */
+        } else {
+            if (atomic_load_explicit(&h->head, memory_order_relaxed) != pos)
+                continue;
+            if (d == 0 && st == GB_FREE)
+                return GB_EMPTY;
+            *blocker = w; /* WRITING at pos, or READING of the previous lap */
+            return GB_BUSY;
+        }
+    }
+}
+
+GB_INLINE void gb_queue_get_commit(gb_ring *r, uint64_t pos)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* release: our payload reads finish before a producer may reuse it */
+    atomic_store_explicit(&s->word, gb_word(pos + r->nslots, 0, GB_FREE), memory_order_release);
+    gb_wake(r, &r->hdr->space);
+}
+
+/* A claim whose holder died: free the slot for the next lap (the held item,
+ * if any, is lost, as the contract allows).  Returns 1 if we recovered it,
+ * 0 if the word changed meanwhile (someone else did, or it was live). */
+GB_INLINE int gb_queue_recover(gb_ring *r, uint64_t word)
+{
+    uint64_t pos = gb_word_pos(word);
+    gb_slot *s = gb_slot_at(r, pos);
+    uint64_t w = word;
+    /* acq_rel: we take over the slot, and free it for the next lap */
+    if (!atomic_compare_exchange_strong_explicit(&s->word, &w,
+            gb_word(pos + r->nslots, 0, GB_FREE), memory_order_acq_rel, memory_order_relaxed))
+        return 0;
+    gb_help_advance(&r->hdr->head, pos);
+    gb_wake(r, &r->hdr->data);
+    gb_wake(r, &r->hdr->space);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Small accessors for the binding (keeps _Atomic out of Cython)       */
+/* ------------------------------------------------------------------ */
+
+GB_INLINE void gb_set_heartbeat(gb_ring *r, int64_t now)
+{
+    /* relaxed: a liveness hint, read with a generous tolerance */
+    atomic_store_explicit(&r->hdr->heartbeat_ns, now, memory_order_relaxed);
+}
+GB_INLINE int64_t gb_get_heartbeat(const gb_ring *r)
+{
+    /* relaxed: see gb_set_heartbeat */
+    return atomic_load_explicit(&r->hdr->heartbeat_ns, memory_order_relaxed);
+}
+GB_INLINE void gb_set_writer(gb_ring *r, uint64_t pid, uint64_t start)
+{
+    /* relaxed: liveness information only */
+    atomic_store_explicit(&r->hdr->writer_pid, pid, memory_order_relaxed);
+    atomic_store_explicit(&r->hdr->writer_start, start, memory_order_relaxed);
+}
+GB_INLINE uint64_t gb_load_u64(_Atomic uint64_t *p)
+{
+    /* relaxed: statistics and liveness fields, no data depends on them */
+    return atomic_load_explicit(p, memory_order_relaxed);
+}
+GB_INLINE int64_t gb_add_i64(_Atomic int64_t *p, int64_t v)
+{
+    /* acq_rel: counters such as unfinished tasks order with their items */
+    return atomic_fetch_add_explicit(p, v, memory_order_acq_rel) + v;
+}
+GB_INLINE uint64_t gb_add_u64(_Atomic uint64_t *p, int64_t v)
+{
+    /* relaxed: informational counters */
+    return atomic_fetch_add_explicit(p, (uint64_t)v, memory_order_relaxed) + (uint64_t)v;
+}
+GB_INLINE uint64_t gb_slot_word(const gb_ring *r, uint64_t pos)
+{
+    /* acquire: callers may go on to read the slot */
+    return atomic_load_explicit(&gb_slot_at(r, pos)->word, memory_order_acquire);
+}
+
+/* Approximate number of items waiting (claimed-for-write minus consumed). */
+GB_INLINE int64_t gb_queue_size(const gb_ring *r)
+{
+    /* relaxed: qsize is approximate by contract */
+    uint64_t t = atomic_load_explicit(&r->hdr->tail, memory_order_relaxed);
+    uint64_t hd = atomic_load_explicit(&r->hdr->head, memory_order_relaxed);
+    return t >= hd ? (int64_t)(t - hd) : 0;
+}
+
+#endif /* GB_RING_H */

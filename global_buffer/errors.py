@@ -1,0 +1,55 @@
+"""Exceptions raised by global_buffer (SPEC §6).
+
+Each subclasses :class:`GlobalBufferError`, and also the builtin or stdlib
+exception existing code already catches: ``except queue.Empty`` keeps
+working with ``gb.Empty``, ``except ValueError`` with ``gb.BufferClosed``.
+"""
+import queue
+
+__all__ = [
+    "GlobalBufferError",
+    "Empty",
+    "Full",
+    "SchemaMismatch",
+    "BufferClosed",
+    "BufferExists",
+    "BufferNotFound",
+    "BufferCorrupt",
+    "StaleView",
+]
+
+
+class GlobalBufferError(Exception):
+    """Base class of every global_buffer error."""
+
+
+class Empty(GlobalBufferError, queue.Empty):
+    """Nothing arrived before the timeout (also ``queue.Empty``)."""
+
+
+class Full(GlobalBufferError, queue.Full):
+    """No room before the timeout (also ``queue.Full``)."""
+
+
+class SchemaMismatch(GlobalBufferError, TypeError):
+    """The model given to ``attach`` differs from the stream's schema."""
+
+
+class BufferClosed(GlobalBufferError, ValueError):
+    """The handle was closed (also ``ValueError``, as for closed files)."""
+
+
+class BufferExists(GlobalBufferError, FileExistsError):
+    """A segment of that name already exists."""
+
+
+class BufferNotFound(GlobalBufferError, FileNotFoundError):
+    """No segment of that name exists."""
+
+
+class BufferCorrupt(GlobalBufferError):
+    """The named segment is not a valid global_buffer segment."""
+
+
+class StaleView(GlobalBufferError):
+    """The writer overwrote a slot while a zero-copy view of it was open."""

@@ -1,0 +1,471 @@
+"""Streams (SPEC §2): one writer publishes samples under a name; any process
+attaches by name and reads the newest sample or every sample in order.
+
+The hot methods (``write``, ``next``, ``latest``, ``next_into``, ...) are
+inherited from the compiled handles in ``_core``; this module adds segment
+lifetime, zero-copy views and background callbacks.
+"""
+import contextlib
+import logging
+import threading
+import time
+
+import numpy as np
+
+from . import _core
+from .codec import MessageCodec, is_model
+from .errors import BufferClosed, BufferCorrupt, Empty, SchemaMismatch, StaleView
+from .schema import ArraySpec, decode_meta, encode_meta, model_schema, schema_hash
+from .segment import Segment, process_alive, self_start_time, unlink as _unlink_name
+
+__all__ = ["create", "attach", "unlink", "GlobalBuffer", "Reader", "Consumer",
+           "CallbackHandle"]
+
+log = logging.getLogger("global_buffer")
+
+DEFAULT_MAX_BYTES = 4096
+ALIVE_WINDOW = 2.0  # seconds of heartbeat silence before a writer reads as dead
+
+
+def _check_capacity(capacity):
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
+        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    return int(capacity)
+
+
+def _layout(schema, max_bytes):
+    """(kind, slot_size, meta dict, codec-or-None, spec-or-None) for a schema."""
+    if isinstance(schema, ArraySpec):
+        if max_bytes is not None:
+            raise ValueError("max_bytes applies to message streams; an array stream's "
+                             "slot size is its ArraySpec's nbytes")
+        meta = {"kind": "array", **schema.to_json()}
+        return _core.KIND_ARRAY, schema.nbytes, meta, None, schema
+    if is_model(schema):
+        if max_bytes is None:
+            max_bytes = DEFAULT_MAX_BYTES
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        meta = {"kind": "message", "model": f"{schema.__module__}.{schema.__qualname__}",
+                "schema": model_schema(schema)}
+        return _core.KIND_MESSAGE, int(max_bytes), meta, MessageCodec(schema), None
+    raise TypeError(
+        "schema must be a gb.ArraySpec(dtype, shape) or a pydantic.BaseModel subclass, "
+        f"got {schema!r}")
+
+
+def _meta_hash(meta):
+    # the hash covers what must match for two processes to understand the
+    # same bytes: the array layout, or the model's JSON schema
+    return schema_hash(meta["schema"] if meta["kind"] == "message" else meta)
+
+
+class _Mapped:
+    """Shared lifecycle of stream handles (mixed into the compiled handles)."""
+
+    def _map(self, segment, what):
+        self._segment = segment
+        self._bind(segment.mm, what)
+
+    @property
+    def name(self):
+        return self._segment.name
+
+    def close(self):
+        """Detach this handle (idempotent).  The segment stays."""
+        if self.closed:
+            return
+        self._before_close()
+        self._unbind()
+        self._segment.close()
+
+    def _before_close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"capacity={self.capacity}"
+        return f"<{type(self).__name__} {self._segment.name!r} {state}>"
+
+
+def _view(segment, offset, spec, writable):
+    v = np.frombuffer(segment.mm, dtype=spec.dtype, count=int(np.prod(spec.shape, dtype=np.int64)),
+                      offset=offset).reshape(spec.shape)
+    if not writable:
+        v.flags.writeable = False
+    return v
+
+
+class GlobalBuffer(_Mapped, _core.StreamWriter):
+    """The writer of a stream, made by :func:`create` (SPEC §2.1)."""
+
+    def _make_view(self, pos):
+        return _view(self._segment, self._payload_offset(pos), self.schema, True)
+
+    @property
+    def schema(self):
+        return self._schema
+
+    @contextlib.contextmanager
+    def reserve(self):
+        """Yield a writable ndarray straight into the next slot.  The sample
+        is published when the block exits normally and discarded (nothing
+        published, ring unchanged) if it raises."""
+        if self._spec is None:
+            raise TypeError("reserve() needs an array stream")
+        pos = self._reserve_begin()
+        try:
+            yield self._slot_view(pos)
+        except BaseException:
+            self._reserve_end(pos, False)
+            raise
+        self._reserve_end(pos, True)
+
+    def _before_close(self):
+        self._drop_views()
+
+    def unlink(self):
+        """Remove the segment (readers already attached keep their mapping)."""
+        if self.closed:
+            raise BufferClosed("GlobalBuffer is closed")
+        _unlink_name(self._segment.name)
+
+    def __exit__(self, *exc):
+        # the owner's with-block is the stream's lifetime
+        if not self.closed:
+            self.unlink()
+            self.close()
+
+
+def create(name, schema, capacity, max_bytes=None, *, mode=0o600, heartbeat_interval=0.1):
+    """Create a stream segment and return its writer.
+
+    Parameters
+    ----------
+    name : str
+        Letters, digits, ``.``, ``_``, ``-``; at most 200 characters.
+    schema : gb.ArraySpec or pydantic.BaseModel subclass
+        What every sample is.
+    capacity : int
+        Samples held (>= 1); one spare slot is added so the writer never
+        overwrites the newest readable sample.
+    max_bytes : int, optional
+        Slot size of a message stream (default 4096).
+    mode : int
+        Permissions of the segment, applied exactly (default 0o600).
+    heartbeat_interval : float
+        Seconds between heartbeat stamps made by ``write``.
+    """
+    capacity = _check_capacity(capacity)
+    kind, slot_size, meta, codec, spec = _layout(schema, max_bytes)
+    if not isinstance(heartbeat_interval, (int, float)) or heartbeat_interval < 0:
+        raise ValueError(f"heartbeat_interval must be a number >= 0, got {heartbeat_interval!r}")
+    raw = encode_meta(meta)
+    size = _core.segment_nbytes(kind, 0, capacity, slot_size, len(raw))
+    seg = Segment.create(name, size, mode)
+    try:
+        pid, start = seg.owner_pid, self_start_time()
+        _core.init_segment(seg.mm, kind, 0, capacity, slot_size, 0, _meta_hash(meta), raw,
+                           pid, start)
+        w = GlobalBuffer()
+        w._map(seg, name)
+        w._schema = schema
+        w._spec = spec
+        if spec is not None:
+            w._set_array(spec.dtype, spec.shape)
+        w._setup_writer(float(heartbeat_interval), codec.encode if codec else None)
+        w._set_writer(pid, start)
+    except BaseException:
+        seg.close()
+        _unlink_name(name)
+        raise
+    return w
+
+
+class Reader(_Mapped, _core.StreamReader):
+    """A reader of a stream, made by :func:`attach` (SPEC §2.2)."""
+
+    def _make_view(self, pos):
+        return _view(self._segment, self._payload_offset(pos), self._spec, False)
+
+    @property
+    def shape(self):
+        return self._spec.shape if self._spec is not None else None
+
+    @property
+    def dtype(self):
+        return self._spec.dtype if self._spec is not None else None
+
+    @property
+    def nbytes(self):
+        return self._spec.nbytes if self._spec is not None else None
+
+    @property
+    def schema(self):
+        return self._schema
+
+    @property
+    def writer_alive(self):
+        """False once the writer's heartbeat is older than 2 s or its
+        process is gone (pid and start time checked)."""
+        if self.closed:
+            raise BufferClosed("Reader is closed")
+        age = (_core.now_ns() - self._heartbeat_ns) / 1e9
+        if age > ALIVE_WINDOW:
+            return False
+        pid, start = self._writer
+        return process_alive(pid, start)
+
+    @contextlib.contextmanager
+    def view(self, which="latest", timeout=None):
+        """Zero-copy read: a read-only ndarray view of a sample in shared
+        memory.  ``which="latest"`` views the newest sample (``None`` if
+        there is none), ``"next"`` the next one in order.  If the writer
+        overwrote the slot while the block ran, leaving it raises
+        ``gb.StaleView``."""
+        if which not in ("latest", "next"):
+            raise ValueError(f"which must be 'latest' or 'next', got {which!r}")
+        if self.closed:
+            raise BufferClosed("Reader is closed")
+        if self._spec is None:
+            raise TypeError("view() needs an array stream")
+        got = self._view_begin(which == "next", timeout)
+        if got is None:
+            yield None
+            return
+        pos, word = got
+        v = self._views_ro[pos % self._nslots]
+        if v is None:
+            v = self._views_ro[pos % self._nslots] = self._make_view(pos)
+        yield v
+        if not self._view_check(pos, word):
+            raise StaleView(f"sample {pos} was overwritten while it was being viewed")
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.next()
+            except BufferClosed:
+                return
+
+    def on_data(self, fn, mode="latest"):
+        """Call ``fn(sample, seq)`` on a background thread for new samples:
+        every sample in order (``mode="next"``) or the newest one after each
+        wake-up (``mode="latest"``).  Returns a handle with ``.stop()``."""
+        if mode not in ("latest", "next"):
+            raise ValueError(f"mode must be 'latest' or 'next', got {mode!r}")
+        if not callable(fn):
+            raise TypeError("fn must be callable")
+        if self.closed:
+            raise BufferClosed("Reader is closed")
+        return CallbackHandle(self._clone(), fn, mode)
+
+    def _clone(self):
+        """An independent reader of the same stream (own cursor), starting
+        at the newest sample."""
+        return attach(self._segment.name, self._model)
+
+    def _before_close(self):
+        self._views_ro = None
+        self._add_readers(-1)
+
+
+def attach(name, model=None, *, start="newest", poll_min=None, poll_max=None):
+    """Attach to the stream ``name`` and return a :class:`Reader`.
+
+    The schema comes from the segment.  For message streams, ``model``
+    (a pydantic model class) is checked against it (``gb.SchemaMismatch``)
+    and reads return validated instances; without it reads return dicts.
+    ``start="newest"`` (default) begins after the newest sample present now;
+    ``start="oldest"`` replays from the oldest sample still held.
+    ``poll_min``/``poll_max`` (seconds) tune the adaptive-poll wait used
+    where no futex exists.
+    """
+    if start not in ("newest", "oldest"):
+        raise ValueError(f"start must be 'newest' or 'oldest', got {start!r}")
+    if model is not None and not is_model(model):
+        raise TypeError(f"model must be a pydantic.BaseModel subclass, got {model!r}")
+    pmin, pmax = _poll_bounds(poll_min, poll_max)
+    seg = Segment.attach(name)
+    r = Reader()
+    try:
+        r._map(seg, f"segment {name!r}")
+        if r._kind not in (_core.KIND_ARRAY, _core.KIND_MESSAGE) or r._flags & _core.FLAG_QUEUE:
+            raise BufferCorrupt(f"segment {name!r} is not a stream (it is a ring?)")
+        try:
+            meta = decode_meta(r._meta)
+            kind = meta["kind"]
+        except (ValueError, KeyError, TypeError):
+            raise BufferCorrupt(f"segment {name!r} has unreadable schema metadata") from None
+        if _meta_hash(meta) != r._schema_hash:
+            raise BufferCorrupt(f"segment {name!r}: schema metadata does not match its hash")
+        r._spec = None
+        r._model = model
+        r._views_ro = [None] * r._nslots
+        if kind == "array":
+            if model is not None:
+                raise SchemaMismatch(f"{name!r} is an array stream; model= is for message streams")
+            try:
+                r._spec = ArraySpec.from_json(meta)
+            except (KeyError, TypeError, ValueError) as e:
+                raise BufferCorrupt(f"segment {name!r} has a bad array schema: {e}") from None
+            if r._spec.nbytes > r._slot_size:
+                raise BufferCorrupt(f"segment {name!r}: samples larger than its slots")
+            r._set_array(r._spec.dtype, r._spec.shape)
+            r._schema = r._spec
+            decode = None
+        elif kind == "message":
+            if model is not None and _meta_hash({"kind": "message",
+                                                 "schema": model_schema(model)}) != r._schema_hash:
+                raise SchemaMismatch(
+                    f"model {model.__name__} does not match the schema of stream {name!r} "
+                    f"(written as {meta.get('model')})")
+            decode = MessageCodec(model).decode
+            r._schema = model if model is not None else meta.get("schema")
+        else:
+            raise BufferCorrupt(f"segment {name!r} has unknown kind {kind!r}")
+        r._setup_reader(decode, start == "oldest")
+        r._poll_min_ns, r._poll_max_ns = pmin, pmax
+        r._add_readers(1)
+    except BaseException:
+        if not r.closed:
+            r._unbind()
+        seg.close()
+        raise
+    return r
+
+
+def _poll_bounds(poll_min, poll_max):
+    pmin = 0.0001 if poll_min is None else float(poll_min)
+    pmax = 0.002 if poll_max is None else float(poll_max)
+    if not 0 < pmin <= pmax:
+        raise ValueError(f"need 0 < poll_min <= poll_max, got {pmin} and {pmax}")
+    return int(pmin * 1e9), int(pmax * 1e9)
+
+
+def unlink(name):
+    """Remove the segment ``name`` (SPEC §2.3).  A missing name is a no-op."""
+    _unlink_name(name)
+
+
+class CallbackHandle:
+    """Runs ``fn(sample, seq)`` on a daemon thread until :meth:`stop`."""
+
+    def __init__(self, reader, fn, mode):
+        self._reader = reader
+        self._fn = fn
+        self._mode = mode
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"gb-on_data-{reader.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def overruns(self):
+        return self._reader.overruns
+
+    @property
+    def running(self):
+        return self._thread.is_alive()
+
+    def _run(self):
+        r, fn, stop = self._reader, self._fn, self._stop
+        seen = r._tail
+        try:
+            while not stop.is_set():
+                try:
+                    if self._mode == "next":
+                        sample, seq = r._next_seq(0.05)
+                    else:
+                        if not r._wait_new(seen, 0.05):
+                            continue
+                        sample, seq = r._latest_seq()
+                        seen = seq + 1
+                except Empty:
+                    continue
+                except BufferClosed:
+                    return
+                try:
+                    fn(sample, seq)
+                except Exception:
+                    log.exception("on_data callback raised; continuing")
+        finally:
+            r.close()
+
+    def stop(self, timeout=2.0):
+        """Stop the thread and wait up to ``timeout`` s for it to finish."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Consumer:
+    """Subclass and implement :meth:`callback`; the framework sets
+    ``self.data`` and ``self.seq`` before each call (SPEC §2.2)::
+
+        class Printer(gb.Consumer):
+            def callback(self):
+                print(self.seq, self.data)
+
+        c = Printer.attach("status", mode="next"); c.start(); ...; c.stop()
+    """
+
+    def __init__(self, reader, mode="latest"):
+        if mode not in ("latest", "next"):
+            raise ValueError(f"mode must be 'latest' or 'next', got {mode!r}")
+        self.reader = reader
+        self.mode = mode
+        self.data = None
+        self.seq = None
+        self._handle = None
+
+    @classmethod
+    def attach(cls, name, model=None, mode="latest"):
+        return cls(attach(name, model), mode)
+
+    def callback(self):
+        raise NotImplementedError("Consumer subclasses implement callback()")
+
+    def _deliver(self, sample, seq):
+        self.data, self.seq = sample, seq
+        self.callback()
+
+    def start(self):
+        if self._handle is not None and self._handle.running:
+            raise RuntimeError("consumer already started")
+        self._handle = CallbackHandle(self.reader._clone(), self._deliver, self.mode)
+        return self
+
+    def stop(self, timeout=2.0):
+        if self._handle is not None:
+            self._handle.stop(timeout)
+
+    @property
+    def dropped(self):
+        """Samples this consumer missed because the writer lapped it."""
+        return self._handle.overruns if self._handle is not None else 0
+
+    def close(self):
+        self.stop()
+        self.reader.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
