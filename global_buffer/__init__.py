@@ -27,6 +27,7 @@ from .errors import (
     SchemaMismatch,
     StaleView,
 )
+from .ring import JoinableRing, Ring
 from .schema import ArraySpec
 from .stream import CallbackHandle, Consumer, GlobalBuffer, Reader, attach, create, unlink
 
@@ -44,7 +45,9 @@ __all__ = [
     "Full",
     "GlobalBuffer",
     "GlobalBufferError",
+    "JoinableRing",
     "Reader",
+    "Ring",
     "SchemaMismatch",
     "StaleView",
     "attach",

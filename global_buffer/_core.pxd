@@ -52,6 +52,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
         # atomics: reached only through the accessors below
         uint64_t tail
         uint64_t head
+        uint64_t wlock
         uint64_t writer_pid
         uint64_t writer_start
         int64_t unfinished
@@ -77,6 +78,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
 
     int64_t gb_now_ns()
     void gb_cpu_relax()
+    void gb_sleep_ns(int64_t ns)
 
     uint64_t gb_ring_nbytes(uint32_t nslots, uint64_t slot_size, uint32_t meta_len)
     int gb_ring_init(void *mem, uint64_t size, uint32_t kind, uint32_t flags,
@@ -108,9 +110,11 @@ cdef extern from "csrc/gb_ring.h" nogil:
     int gb_read_copy(const gb_ring *r, uint64_t pos, void *dst, uint64_t cap,
                      uint64_t *len)
 
-    int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, uint64_t *blocker)
+    int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t start, uint64_t *pos_out,
+                           uint64_t *blocker)
     void gb_queue_put_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len)
-    int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, uint64_t *blocker)
+    int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint64_t *pos_out,
+                           uint64_t *blocker)
     void gb_queue_get_commit(gb_ring *r, uint64_t pos)
     int gb_queue_recover(gb_ring *r, uint64_t word)
     int64_t gb_queue_size(const gb_ring *r)
@@ -122,3 +126,19 @@ cdef extern from "csrc/gb_ring.h" nogil:
     int64_t gb_add_i64(int64_t *p, int64_t v)
     uint64_t gb_add_u64(uint64_t *p, int64_t v)
     uint64_t gb_slot_word(const gb_ring *r, uint64_t pos)
+    uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
+    uint64_t gb_slot_aux(const gb_ring *r, uint64_t pos)
+    void gb_slot_set_aux(gb_ring *r, uint64_t pos, uint64_t aux)
+    uint64_t gb_slot_len(const gb_ring *r, uint64_t pos)
+
+    int gb_lock_try(uint64_t *lock, uint64_t pid)
+    uint64_t gb_lock_holder(uint64_t *lock)
+    int gb_lock_steal(uint64_t *lock, uint64_t dead, uint64_t pid)
+    void gb_lock_release(uint64_t *lock)
+
+    ctypedef struct gb_blob:
+        uint64_t magic
+        uint64_t size
+        uint64_t state
+        uint64_t len
+    uint64_t GB_BLOB_MAGIC

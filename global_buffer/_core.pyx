@@ -11,6 +11,7 @@ import os
 cimport cython
 cimport numpy as cnp
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -179,6 +180,8 @@ cdef class Handle:
     cdef gb_ring r
     cdef Py_buffer _buf
     cdef bint _bound
+    cdef int _parked        # threads sleeping in _park (nogil) on this mapping
+    cdef bint _held         # closed while parked: the last sleeper releases _buf
     cdef public int64_t _poll_min_ns
     cdef public int64_t _poll_max_ns
     cdef cnp.dtype _descr
@@ -193,7 +196,7 @@ cdef class Handle:
         self._ndim = -1
 
     def __dealloc__(self):
-        if self._bound:
+        if self._bound or self._held:
             PyBuffer_Release(&self._buf)
 
     def _bind(self, mm, str what):
@@ -222,10 +225,35 @@ cdef class Handle:
         if self._nbytes > self.r.slot_size:
             raise BufferCorrupt("array sample larger than the segment's slots")
 
+    cdef int _check_array(self, object sample) except -1:
+        cdef cnp.ndarray a
+        cdef int i
+        if not cnp.PyArray_Check(sample):
+            raise TypeError(
+                f"expected a numpy.ndarray of dtype {self._descr} and shape "
+                f"{self._shape_tuple()}, got {type(sample).__name__}")
+        a = <cnp.ndarray>sample
+        if not _equiv(cnp.PyArray_DESCR(a), <cnp.PyArray_Descr *>self._descr):
+            raise ValueError(f"expected dtype {self._descr}, got {(<object>a).dtype}")
+        if cnp.PyArray_NDIM(a) != self._ndim:
+            raise ValueError(f"expected shape {self._shape_tuple()}, got {(<object>a).shape}")
+        for i in range(self._ndim):
+            if cnp.PyArray_DIMS(a)[i] != self._dims[i]:
+                raise ValueError(f"expected shape {self._shape_tuple()}, got {(<object>a).shape}")
+        return 0
+
+    def _shape_tuple(self):
+        return tuple([self._dims[i] for i in range(self._ndim)])
+
     def _unbind(self):
         if self._bound:
             self._bound = False
-            PyBuffer_Release(&self._buf)
+            if self._parked:
+                # another thread sleeps on a wait queue inside the mapping:
+                # keep it mapped (our buffer export pins it) until it wakes
+                self._held = True
+            else:
+                PyBuffer_Release(&self._buf)
 
     @property
     def closed(self):
@@ -357,9 +385,16 @@ cdef class Handle:
                 return 1
             if deadline - now < span:
                 span = deadline - now
+        self._parked += 1
         with nogil:
             gb_wait_sleep(q, seen, span, poll[0], _use_futex)
+        self._parked -= 1
         gb_wait_done(q)
+        if self._held and self._parked == 0:
+            # closed by another thread while we slept (callers see _bound
+            # False and raise BufferClosed); q is not touched again
+            self._held = False
+            PyBuffer_Release(&self._buf)
         if not _use_futex:
             poll[0] = poll[0] * 2 if poll[0] * 2 < self._poll_max_ns else self._poll_max_ns
         PyErr_CheckSignals()
@@ -427,26 +462,6 @@ cdef class StreamWriter(Handle):
         self._live()
         self._last_hb = gb_now_ns()
         gb_set_heartbeat(&self.r, self._last_hb)
-
-    cdef int _check_array(self, object sample) except -1:
-        cdef cnp.ndarray a
-        cdef int i
-        if not cnp.PyArray_Check(sample):
-            raise TypeError(
-                f"expected a numpy.ndarray of dtype {self._descr} and shape "
-                f"{self._shape_tuple()}, got {type(sample).__name__}")
-        a = <cnp.ndarray>sample
-        if not _equiv(cnp.PyArray_DESCR(a), <cnp.PyArray_Descr *>self._descr):
-            raise ValueError(f"expected dtype {self._descr}, got {(<object>a).dtype}")
-        if cnp.PyArray_NDIM(a) != self._ndim:
-            raise ValueError(f"expected shape {self._shape_tuple()}, got {(<object>a).shape}")
-        for i in range(self._ndim):
-            if cnp.PyArray_DIMS(a)[i] != self._dims[i]:
-                raise ValueError(f"expected shape {self._shape_tuple()}, got {(<object>a).shape}")
-        return 0
-
-    def _shape_tuple(self):
-        return tuple([self._dims[i] for i in range(self._ndim)])
 
     def write(self, sample):
         """Publish one sample: an ndarray of the stream's exact dtype and
@@ -548,7 +563,6 @@ cdef class StreamReader(Handle):
         cdef cnp.ndarray out
         cdef uint64_t w, n
         cdef const uint8_t *p
-        cdef bytes data
         if self._ndim >= 0:
             Py_INCREF(self._descr)  # PyArray_Empty steals a reference
             out = PyArray_Empty(self._ndim, self._dims, self._descr, 0)
@@ -557,7 +571,10 @@ cdef class StreamReader(Handle):
         if gb_read_begin(&self.r, pos, &w, &p, &n) != GB_OK:
             ok[0] = False
             return None
-        data = PyBytes_FromStringAndSize(<const char *>p, n)
+        if self.r.kind == GB_KIND_OBJECT:  # writable: arrays inside come back writable
+            data = PyByteArray_FromStringAndSize(<const char *>p, n)
+        else:
+            data = PyBytes_FromStringAndSize(<const char *>p, n)
         ok[0] = gb_read_check(&self.r, pos, w) != 0
         return data
 
@@ -661,9 +678,6 @@ cdef class StreamReader(Handle):
         shape = ("k",) + self._shape_tuple() if batch else self._shape_tuple()
         return f"an array of dtype {self._descr} and shape {shape}"
 
-    def _shape_tuple(self):
-        return tuple([self._dims[i] for i in range(self._ndim)])
-
     def next_into(self, out, timeout=None):
         """Copy the next sample into ``out`` (no allocation); return its
         sequence number.  ``gb.Empty`` on timeout."""
@@ -742,3 +756,6 @@ cdef class StreamReader(Handle):
         if not self._bound:
             return False
         return gb_read_check(&self.r, pos, word) != 0
+
+
+include "_queue.pxi"

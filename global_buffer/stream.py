@@ -87,6 +87,8 @@ class _Mapped:
         pass
 
     def __enter__(self):
+        if self.closed:
+            raise BufferClosed(f"{type(self).__name__} is closed")
         return self
 
     def __exit__(self, *exc):
@@ -98,11 +100,11 @@ class _Mapped:
 
 
 def _view(segment, offset, spec, writable):
-    v = np.frombuffer(segment.mm, dtype=spec.dtype, count=int(np.prod(spec.shape, dtype=np.int64)),
-                      offset=offset).reshape(spec.shape)
-    if not writable:
-        v.flags.writeable = False
-    return v
+    # a reader's view sits on a read-only buffer, so that numpy refuses to
+    # flip it back to writable (a reader must never scribble on the stream)
+    buf = segment.mm if writable else memoryview(segment.mm).toreadonly()
+    return np.frombuffer(buf, dtype=spec.dtype, count=int(np.prod(spec.shape, dtype=np.int64)),
+                         offset=offset).reshape(spec.shape)
 
 
 class GlobalBuffer(_Mapped, _core.StreamWriter):
@@ -251,6 +253,12 @@ class Reader(_Mapped, _core.StreamReader):
             raise StaleView(f"sample {pos} was overwritten while it was being viewed")
 
     def __iter__(self):
+        if self.closed:
+            raise BufferClosed("Reader is closed")
+        return self._iter()
+
+    def _iter(self):
+        # a close() from another thread ends the loop instead of raising
         while True:
             try:
                 yield self.next()

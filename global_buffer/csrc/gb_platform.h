@@ -67,6 +67,19 @@ GB_INLINE void gb_cpu_relax(void)
 #endif
 }
 
+/* Sleep about ns nanoseconds (a back-off, not a timer). */
+GB_INLINE void gb_sleep_ns(int64_t ns)
+{
+#if defined(_WIN32)
+    Sleep((DWORD)(ns / 1000000));
+#else
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    nanosleep(&ts, NULL);
+#endif
+}
+
 /* Sleep until *word != expected, a wake, a signal, or timeout_ns elapses.
  * Spurious returns are allowed; callers re-check their condition.
  * Returns 0 on wake/changed, 1 on timeout, 2 on signal (EINTR).

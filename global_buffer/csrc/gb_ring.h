@@ -122,7 +122,8 @@ typedef struct gb_header {
     uint8_t _pad2[32];
     /* --- line 3: consumer side, hot --- */
     _Atomic uint64_t head;         /* queue: next position to consume */
-    uint8_t _pad3[56];
+    _Atomic uint64_t wlock;        /* broadcast rings: producers' lock (holder pid) */
+    uint8_t _pad3[48];
     /* --- line 4: wait queues --- */
     gb_waitq data;                 /* readers/consumers waiting for items */
     gb_waitq space;                /* producers waiting for free slots */
@@ -496,7 +497,8 @@ GB_INLINE void gb_help_advance(_Atomic uint64_t *ctr, uint64_t pos)
 /* Claim a slot for writing.  GB_OK: *pos_out is ours.  GB_FULL_RING: every
  * slot holds an item.  GB_BUSY: the slot is held by a claim of the previous
  * lap (*blocker is its word; check its pid, see gb_queue_recover). */
-GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, uint64_t *blocker)
+GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t start, uint64_t *pos_out,
+                                 uint64_t *blocker)
 {
     gb_header *h = r->hdr;
     for (;;) {
@@ -510,6 +512,8 @@ GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, ui
             /* acquire on success: as for the load above */
             if (atomic_compare_exchange_strong_explicit(&s->word, &w,
                     gb_word(pos, pid, GB_WRITING), memory_order_acquire, memory_order_relaxed)) {
+                /* relaxed: read only by a peer judging our liveness */
+                atomic_store_explicit(&s->owner_start, start, memory_order_relaxed);
                 gb_help_advance(&h->tail, pos);
                 *pos_out = pos;
                 return GB_OK;
@@ -541,7 +545,8 @@ GB_INLINE void gb_queue_put_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint6
  * item.  GB_BUSY: the next item is claimed by a producer that has not
  * committed yet, or its slot is still being read from the previous lap
  * (*blocker is the word holding it up). */
-GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, uint64_t *blocker)
+GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint64_t *pos_out,
+                                 uint64_t *blocker)
 {
     gb_header *h = r->hdr;
     for (;;) {
@@ -556,6 +561,8 @@ GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out, ui
             /* acquire on success: as for the load above */
             if (atomic_compare_exchange_strong_explicit(&s->word, &w,
                     gb_word(pos, pid, GB_READING), memory_order_acquire, memory_order_relaxed)) {
+                /* relaxed: read only by a peer judging our liveness */
+                atomic_store_explicit(&s->owner_start, start, memory_order_relaxed);
                 gb_help_advance(&h->head, pos);
                 *pos_out = pos;
                 return GB_OK;
@@ -639,6 +646,70 @@ GB_INLINE uint64_t gb_slot_word(const gb_ring *r, uint64_t pos)
     /* acquire: callers may go on to read the slot */
     return atomic_load_explicit(&gb_slot_at(r, pos)->word, memory_order_acquire);
 }
+
+GB_INLINE uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
+{
+    /* relaxed: liveness information only */
+    return atomic_load_explicit(&gb_slot_at(r, pos)->owner_start, memory_order_relaxed);
+}
+GB_INLINE uint64_t gb_slot_aux(const gb_ring *r, uint64_t pos)
+{
+    /* relaxed: read inside a claim (or seqlock window) on the slot */
+    return atomic_load_explicit(&gb_slot_at(r, pos)->aux, memory_order_relaxed);
+}
+GB_INLINE void gb_slot_set_aux(gb_ring *r, uint64_t pos, uint64_t aux)
+{
+    /* relaxed: published with the payload by the commit's release store */
+    atomic_store_explicit(&gb_slot_at(r, pos)->aux, aux, memory_order_relaxed);
+}
+GB_INLINE uint64_t gb_slot_len(const gb_ring *r, uint64_t pos)
+{
+    /* relaxed: read inside a claim on the slot (acquired with the word) */
+    return atomic_load_explicit(&gb_slot_at(r, pos)->len, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------ */
+/* Locks and out-of-line buffers ("blobs")                              */
+/* ------------------------------------------------------------------ */
+/* A lock word holds 0 (free) or the holder's pid, so a waiter can tell a
+ * dead holder and take the lock over (gb_lock_steal). */
+
+GB_INLINE int gb_lock_try(_Atomic uint64_t *lock, uint64_t pid)
+{
+    uint64_t expect = 0;
+    /* acquire: the previous holder's writes happen before ours */
+    return atomic_compare_exchange_strong_explicit(lock, &expect, pid, memory_order_acquire,
+                                                   memory_order_relaxed);
+}
+GB_INLINE uint64_t gb_lock_holder(_Atomic uint64_t *lock)
+{
+    /* relaxed: only used to decide whether to check liveness */
+    return atomic_load_explicit(lock, memory_order_relaxed);
+}
+GB_INLINE int gb_lock_steal(_Atomic uint64_t *lock, uint64_t dead, uint64_t pid)
+{
+    /* acquire: as gb_lock_try */
+    return atomic_compare_exchange_strong_explicit(lock, &dead, pid, memory_order_acquire,
+                                                   memory_order_relaxed);
+}
+GB_INLINE void gb_lock_release(_Atomic uint64_t *lock)
+{
+    /* release: our writes happen before the next holder's */
+    atomic_store_explicit(lock, 0, memory_order_release);
+}
+
+/* A blob is a separate segment carrying one item too large for a slot.
+ * Its first cache line is this header; its state word is a lock word:
+ * 0 = free for its producer to reuse, else the pid of the process using it. */
+typedef struct gb_blob {
+    uint64_t magic;
+    uint64_t size;          /* capacity of the data area */
+    _Atomic uint64_t state; /* lock word, see above */
+    _Atomic uint64_t len;   /* bytes of the item */
+    uint8_t _pad[32];
+} gb_blob;
+_Static_assert(sizeof(gb_blob) == 64, "blob header size");
+#define GB_BLOB_MAGIC 0x31304F4C425F4247ULL /* "GB_BLO01" */
 
 /* Approximate number of items waiting (claimed-for-write minus consumed). */
 GB_INLINE int64_t gb_queue_size(const gb_ring *r)

@@ -1,0 +1,614 @@
+# Compiled halves of gb.Ring (ring.py): queue rings (lossless MPMC) and
+# broadcast rings (a stream that any handle may also put to).  Included by
+# _core.pyx, so there is still one compiled module.
+
+
+cdef int64_t _LIVENESS_NS = 100000000   # check a blocking peer's pid every 100 ms
+cdef int64_t _BUSY_SLICE_NS = 20000000  # sleep slice while a peer holds a claim
+cdef uint64_t _pstart = 0               # this process's start time (0: not read yet)
+
+# aux values of a queue slot (object rings)
+AUX_INLINE = 0  # the payload is the item
+AUX_BLOB = 1    # the payload names an out-of-line blob holding the item
+AUX_VOID = 2    # nothing: a put that failed after claiming (skipped by get)
+
+# An object payload whose first byte is 0 is a frame of pickle protocol 5
+# with out-of-band buffers; a plain pickle starts with PROTO (0x80).
+FRAME_TAG = 0
+
+
+def _reset_start():
+    global _pstart
+    _pstart = 0
+
+
+os.register_at_fork(after_in_child=_reset_start)
+
+
+cdef inline uint64_t _self_start() except? 0:
+    global _pstart
+    if _pstart == 0:
+        from global_buffer.segment import self_start_time
+        _pstart = self_start_time() or 1
+    return _pstart
+
+
+cdef class _Serial:
+    """Serialisation state shared by queue and broadcast handles."""
+    cdef object dumps5       # obj -> bytes, out-of-band buffers to oob
+    cdef object loads        # bytes-like -> obj (trailing bytes ignored)
+    cdef object encode       # custom / message encoder: obj -> bytes
+    cdef list oob            # PickleBuffers of the item being put
+    cdef bint pickle_like    # dumps5/loads in use (frames possible)
+
+    def __init__(self, dumps5, loads, encode, list oob):
+        self.dumps5 = dumps5
+        self.loads = loads
+        self.encode = encode
+        self.oob = oob
+        self.pickle_like = dumps5 is not None
+
+
+cdef class _Parts:
+    """An item serialised for copying into a slot: data plus optional
+    out-of-band buffers, each 64-byte aligned in the frame."""
+    cdef object data          # bytes-like: the pickle / encoded item
+    cdef list bufs            # memoryviews of out-of-band buffers
+    cdef uint64_t total
+
+    @property
+    def total(self):
+        return self.total
+
+
+cdef inline uint64_t _align64(uint64_t x):
+    return (x + 63) & ~(<uint64_t>63)
+
+
+cdef uint64_t _frame_header(Py_ssize_t nbufs):
+    return _align64(16 + 8 * <uint64_t>nbufs)
+
+
+cdef int _write_parts(_Parts parts, uint8_t *dst) except -1:
+    """Copy a serialised item into dst (which has parts.total bytes)."""
+    cdef Py_buffer b
+    cdef uint64_t off, n
+    cdef Py_ssize_t i, nb
+    cdef uint64_t *hdr
+    PyObject_GetBuffer(parts.data, &b, 0)
+    try:
+        if parts.bufs is None:
+            memcpy(dst, b.buf, b.len)
+            return 0
+        nb = len(parts.bufs)
+        off = _frame_header(nb)
+        hdr = <uint64_t *>dst
+        hdr[0] = FRAME_TAG | (<uint64_t>nb << 8)   # byte 0 is the tag
+        hdr[1] = <uint64_t>b.len
+        memcpy(dst + off, b.buf, b.len)
+        off = _align64(off + <uint64_t>b.len)
+    finally:
+        PyBuffer_Release(&b)
+    for i in range(nb):
+        PyObject_GetBuffer(parts.bufs[i], &b, 0)
+        try:
+            n = <uint64_t>b.len
+            hdr[2 + i] = n
+            memcpy(dst + off, b.buf, n)
+            off = _align64(off + n)
+        finally:
+            PyBuffer_Release(&b)
+    return 0
+
+
+def unframe(ba, loads):
+    """Rebuild an object from a frame made by _write_parts (``ba`` is a
+    writable bytes-like object; numpy arrays come back as views of it)."""
+    mv = memoryview(ba)
+    head = mv[:16].cast("Q")
+    nb = head[0] >> 8
+    plen = head[1]
+    off = (16 + 8 * nb + 63) & ~63
+    sizes = mv[16:16 + 8 * nb].cast("Q")
+    data = mv[off:off + plen]
+    off = (off + plen + 63) & ~63
+    bufs = []
+    for i in range(nb):
+        n = sizes[i]
+        bufs.append(mv[off:off + n])
+        off = (off + n + 63) & ~63
+    return loads(data, buffers=bufs)
+
+
+cdef _Parts _serialize(_Serial ser, object obj, uint32_t kind, object check_array):
+    cdef _Parts p = _Parts.__new__(_Parts)
+    cdef Py_ssize_t nb, i
+    cdef uint64_t total
+    cdef Py_buffer b
+    if ser.pickle_like:
+        del ser.oob[:]
+        p.data = ser.dumps5(obj)
+        nb = len(ser.oob)
+        if nb == 0:
+            p.bufs = None
+            p.total = len(p.data)
+            return p
+        p.bufs = [pb.raw() for pb in ser.oob]
+        del ser.oob[:]
+        total = _frame_header(nb) + _align64(len(p.data))
+        for i in range(nb):
+            total += _align64(len(p.bufs[i]))
+        p.total = total
+        return p
+    p.data = ser.encode(obj)
+    p.bufs = None
+    PyObject_GetBuffer(p.data, &b, 0)
+    p.total = <uint64_t>b.len
+    PyBuffer_Release(&b)
+    return p
+
+
+cdef class QueueHandle(Handle):
+    """Compiled half of a queue ring: each item goes to exactly one get()."""
+
+    cdef int64_t _qmax
+    cdef _Serial _ser
+    cdef public bint _closed_put
+    cdef object _spill      # (ring, _Parts) -> bytes naming a blob
+    cdef object _unspill    # bytes -> obj
+    cdef object _alive      # (pid, start) -> bool
+    cdef object _unframe    # bytearray -> obj
+    cdef object _decode     # message rings: bytes -> obj
+
+    def _setup_queue(self, long long maxsize, _Serial ser, spill, unspill, alive, unframe,
+                     decode):
+        self._qmax = maxsize if maxsize > 0 else 0
+        self._ser = ser
+        self._spill = spill
+        self._unspill = unspill
+        self._alive = alive
+        self._unframe = unframe
+        self._decode = decode
+
+    cdef int _try(self, bint put, uint64_t *pos, uint64_t *blocker) except -1:
+        if put:
+            if self._qmax and gb_queue_size(&self.r) >= self._qmax:
+                blocker[0] = 0
+                return GB_FULL_RING
+            return gb_queue_put_begin(&self.r, _pid, _self_start(), pos, blocker)
+        return gb_queue_get_begin(&self.r, _pid, _self_start(), pos, blocker)
+
+    cdef int _recover(self, uint64_t blocker) except -1:
+        """If the claim in ``blocker`` belongs to a dead process, free it."""
+        cdef uint32_t pid = gb_word_pid(blocker)
+        cdef uint32_t st = gb_word_state(blocker)
+        if pid == 0 or (st != GB_WRITING and st != GB_READING):
+            return 0
+        start = gb_slot_owner_start(&self.r, gb_word_pos(blocker))
+        if self._alive(pid, start):
+            return 0
+        return gb_queue_recover(&self.r, blocker)
+
+    cdef int _claim(self, bint put, int64_t deadline, uint64_t *pos) except -1:
+        """Claim a slot to write (put) or read; 0 when claimed, 1 on timeout."""
+        cdef gb_waitq *q = &self.r.hdr.space if put else &self.r.hdr.data
+        cdef uint64_t blocker = 0
+        cdef int64_t spin_end, now, until, poll = self._poll_min_ns, next_check = 0
+        cdef uint32_t ev
+        cdef int rc, i
+        rc = self._try(put, pos, &blocker)
+        if rc == GB_OK:
+            return 0
+        if deadline >= 0 and gb_now_ns() >= deadline:
+            if rc == GB_BUSY and self._recover(blocker):
+                return 1 - (self._try(put, pos, &blocker) == GB_OK)
+            return 1
+        if _spin_ns > 0:
+            spin_end = gb_now_ns() + _spin_ns
+            while True:
+                for i in range(16):
+                    gb_cpu_relax()
+                rc = self._try(put, pos, &blocker)
+                if rc == GB_OK:
+                    return 0
+                if gb_now_ns() >= spin_end:
+                    break
+        while True:
+            ev = gb_wait_prepare(q)
+            rc = self._try(put, pos, &blocker)
+            if rc == GB_OK:
+                gb_wait_done(q)
+                return 0
+            until = deadline
+            if rc == GB_BUSY:
+                # a peer holds the claim we need: wake up now and then to
+                # check that it is still alive
+                now = gb_now_ns()
+                if now >= next_check:
+                    next_check = now + _LIVENESS_NS
+                    if self._recover(blocker):
+                        gb_wait_done(q)
+                        continue
+                if deadline < 0 or deadline > now + _BUSY_SLICE_NS:
+                    until = now + _BUSY_SLICE_NS
+            if self._park(q, ev, until, &poll) and until == deadline:
+                return 1 - (self._try(put, pos, &blocker) == GB_OK)
+            if not self._bound:
+                raise BufferClosed("ring closed while waiting")
+
+    cdef int64_t _put_deadline(self, bint block, object timeout) except -2:
+        if not block:
+            return gb_now_ns()
+        return _deadline(timeout)
+
+    def _put_obj(self, obj, bint block=True, timeout=None):
+        """Serialise and put one item.  False if it did not fit in time
+        (the caller decides between raising Full and deferring)."""
+        cdef _Parts parts
+        cdef uint64_t pos
+        cdef uint8_t *dst
+        cdef cnp.ndarray a
+        cdef int64_t deadline
+        self._live()
+        if self._ndim >= 0:
+            self._check_array(obj)
+            a = <cnp.ndarray>obj
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                a = cnp.PyArray_GETCONTIGUOUS(a)
+            deadline = self._put_deadline(block, timeout)
+            if self._claim(True, deadline, &pos):
+                return False
+            memcpy(gb_payload(gb_slot_at(&self.r, pos)), cnp.PyArray_DATA(a), self._nbytes)
+            gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+            gb_queue_put_commit(&self.r, _pid, pos, self._nbytes)
+            return True
+        parts = _serialize(self._ser, obj, self.r.kind, None)
+        return self._put_parts(parts, block, timeout)
+
+    def _put_parts(self, _Parts parts, bint block=True, timeout=None):
+        cdef uint64_t pos
+        cdef uint64_t aux = AUX_INLINE
+        cdef int64_t deadline
+        cdef bytes ref = None
+        cdef Py_buffer b
+        self._live()
+        if parts.total > self.r.slot_size:
+            if self._spill is None:
+                raise ValueError(
+                    f"item serialises to {parts.total} bytes, larger than the ring's "
+                    f"max_bytes={self.r.slot_size}")
+            ref = self._spill(parts)
+            aux = AUX_BLOB
+        deadline = self._put_deadline(block, timeout)
+        if self._claim(True, deadline, &pos):
+            if ref is not None:
+                self._unspill(ref, True)  # give the blob back
+            return False
+        dst = gb_payload(gb_slot_at(&self.r, pos))
+        if ref is None:
+            try:
+                _write_parts(parts, dst)
+            except BaseException:
+                # the slot is ours: publish a void item rather than wedge the ring
+                gb_slot_set_aux(&self.r, pos, AUX_VOID)
+                gb_queue_put_commit(&self.r, _pid, pos, 0)
+                raise
+            gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+            gb_queue_put_commit(&self.r, _pid, pos, parts.total)
+        else:
+            memcpy(dst, PyBytes_AS_STRING(ref), len(ref))
+            gb_slot_set_aux(&self.r, pos, AUX_BLOB)
+            gb_queue_put_commit(&self.r, _pid, pos, len(ref))
+        return True
+
+    def _serialize(self, obj):
+        """Serialise ``obj`` now (for items deferred to the feeder)."""
+        if self._ndim >= 0:
+            self._check_array(obj)
+            return cnp.PyArray_NewCopy(<cnp.ndarray>obj, cnp.NPY_CORDER)
+        return _serialize(self._ser, obj, self.r.kind, None)
+
+    def _put_serialized(self, item, bint block=True, timeout=None):
+        if isinstance(item, _Parts):
+            return self._put_parts(item, block, timeout)
+        return self._put_obj(item, block, timeout)
+
+    def _get(self, bint block=True, timeout=None):
+        """Take one item; raises Empty if none arrived in time."""
+        cdef uint64_t pos, n, aux
+        cdef int64_t deadline
+        cdef const uint8_t *p
+        cdef cnp.ndarray out
+        self._live()
+        deadline = _deadline(timeout) if block else gb_now_ns()
+        while True:
+            if self._claim(False, deadline, &pos):
+                raise Empty()
+            aux = gb_slot_aux(&self.r, pos)
+            if aux != AUX_VOID:
+                break
+            gb_queue_get_commit(&self.r, pos)
+        p = gb_payload(gb_slot_at(&self.r, pos))
+        n = gb_slot_len(&self.r, pos)
+        if n > self.r.slot_size:
+            n = 0  # corrupt length: never read past the slot
+        try:
+            if self._ndim >= 0:
+                Py_INCREF(self._descr)
+                out = PyArray_Empty(self._ndim, self._dims, self._descr, 0)
+                memcpy(cnp.PyArray_DATA(out), p, self._nbytes if n >= self._nbytes else n)
+                raw = out
+            elif aux == AUX_INLINE and self._ser.pickle_like and n > 0 and p[0] == FRAME_TAG:
+                raw = PyByteArray_FromStringAndSize(<const char *>p, n)
+                aux = AUX_VOID  # marks "framed" below
+            else:
+                raw = PyBytes_FromStringAndSize(<const char *>p, n)
+        finally:
+            gb_queue_get_commit(&self.r, pos)
+        # decode outside the claim: the slot is already free for producers
+        if self._ndim >= 0:
+            return raw
+        if aux == AUX_VOID:
+            return self._unframe(raw)
+        if aux == AUX_BLOB:
+            return self._unspill(raw, False)
+        if self._decode is not None:
+            return self._decode(raw)
+        return self._ser.loads(raw)
+
+    def _wait_ready(self, bint put, timeout):
+        """Wait (without claiming) until a put or get would likely succeed,
+        or ``timeout`` passes.  Used by the asyncio methods from a thread."""
+        cdef gb_waitq *q = &self.r.hdr.space if put else &self.r.hdr.data
+        cdef int64_t deadline = _deadline(timeout)
+        cdef int64_t poll = self._poll_min_ns
+        cdef uint32_t ev
+        self._live()
+        while True:
+            ev = gb_wait_prepare(q)
+            if self._ready(put):
+                gb_wait_done(q)
+                return True
+            if self._park(q, ev, deadline, &poll):
+                return self._ready(put)
+
+    cdef bint _ready(self, bint put):
+        cdef int64_t n = gb_queue_size(&self.r)
+        if put:
+            return n < self.r.capacity and (self._qmax == 0 or n < self._qmax)
+        return n > 0
+
+    def _wake_data(self):
+        self._live()
+        gb_wake(&self.r, &self.r.hdr.data)
+
+    def _qsize(self):
+        self._live()
+        return gb_queue_size(&self.r)
+
+    def _latest(self):
+        """Newest item still held, without consuming it (None if none)."""
+        cdef uint64_t t, pos, w, n, k
+        cdef const uint8_t *p
+        cdef bint framed
+        self._live()
+        for k in range(4):  # a few tries: the ring may be moving under us
+            t = gb_load_u64(&self.r.hdr.tail)
+            pos = t
+            while pos > 0 and t - pos < self.r.nslots:
+                pos -= 1
+                if gb_read_begin(&self.r, pos, &w, &p, &n) != GB_OK:
+                    continue
+                if gb_slot_aux(&self.r, pos) != AUX_INLINE:
+                    continue  # blobs belong to the consumer that takes them
+                if self._ndim >= 0:
+                    Py_INCREF(self._descr)
+                    raw = PyArray_Empty(self._ndim, self._dims, self._descr, 0)
+                    memcpy(cnp.PyArray_DATA(raw), p, self._nbytes if n >= self._nbytes else n)
+                else:
+                    raw = PyByteArray_FromStringAndSize(<const char *>p, n)
+                if not gb_read_check(&self.r, pos, w):
+                    break  # changed during the copy: start again from the tail
+                if self._ndim >= 0:
+                    return raw
+                if self._decode is not None:
+                    return self._decode(bytes(raw))
+                if self._ser.pickle_like and n > 0 and p[0] == FRAME_TAG:
+                    return self._unframe(raw)
+                return self._ser.loads(raw)
+            else:
+                return None
+        return None
+
+    # -- JoinableRing ------------------------------------------------------
+
+    def _task_add(self, long long n):
+        self._live()
+        return gb_add_i64(&self.r.hdr.unfinished, n)
+
+    def _task_done(self):
+        self._live()
+        cdef int64_t left = gb_add_i64(&self.r.hdr.unfinished, -1)
+        if left < 0:
+            gb_add_i64(&self.r.hdr.unfinished, 1)
+            raise ValueError("task_done() called too many times")
+        if left == 0:
+            gb_wake(&self.r, &self.r.hdr.join)
+        return left
+
+    def _join(self, timeout=None):
+        """Wait until every task put was marked done; False on timeout."""
+        cdef gb_waitq *q = &self.r.hdr.join
+        cdef int64_t deadline = _deadline(timeout)
+        cdef int64_t poll = self._poll_min_ns
+        cdef uint32_t ev
+        self._live()
+        while True:
+            ev = gb_wait_prepare(q)
+            if gb_add_i64(&self.r.hdr.unfinished, 0) <= 0:
+                gb_wait_done(q)
+                return True
+            if self._park(q, ev, deadline, &poll):
+                return gb_add_i64(&self.r.hdr.unfinished, 0) <= 0
+
+
+cdef class BroadcastHandle(StreamReader):
+    """Compiled half of a broadcast ring: a stream every handle may put to
+    (a lock word with the holder's pid serialises producers) and read from
+    its own cursor."""
+
+    cdef _Serial _ser
+    cdef object _alive
+    cdef public bint _closed_put
+
+    def _setup_broadcast(self, _Serial ser, alive):
+        self._ser = ser
+        self._alive = alive
+
+    cdef int _lock(self) except -1:
+        cdef uint64_t *lock = <uint64_t *>&self.r.hdr.wlock
+        cdef uint64_t holder
+        cdef int64_t next_check = gb_now_ns() + _LIVENESS_NS
+        cdef int spins = 0
+        while not gb_lock_try(lock, _pid):
+            spins += 1
+            if spins < 1000:
+                gb_cpu_relax()
+                continue
+            with nogil:
+                gb_sleep_ns(50000)
+            if gb_now_ns() >= next_check:
+                next_check = gb_now_ns() + _LIVENESS_NS
+                holder = gb_lock_holder(lock)
+                if holder and not self._alive(holder, 0):
+                    if gb_lock_steal(lock, holder, _pid):
+                        return 0
+            PyErr_CheckSignals()
+        return 0
+
+    def _put_obj(self, obj, bint block=True, timeout=None):
+        cdef _Parts parts = None
+        cdef uint64_t pos, total
+        cdef uint8_t *dst
+        cdef cnp.ndarray a
+        self._live()
+        if self._ndim >= 0:
+            self._check_array(obj)
+            a = <cnp.ndarray>obj
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                a = cnp.PyArray_GETCONTIGUOUS(a)
+            total = self._nbytes
+        else:
+            parts = _serialize(self._ser, obj, self.r.kind, None)
+            total = parts.total
+            if total > self.r.slot_size:
+                raise ValueError(
+                    f"item serialises to {total} bytes, larger than the ring's "
+                    f"max_bytes={self.r.slot_size} (broadcast items must fit a slot)")
+        self._lock()
+        try:
+            dst = gb_stream_begin(&self.r, _pid, &pos)
+            try:
+                if parts is None:
+                    memcpy(dst, cnp.PyArray_DATA(a), total)
+                else:
+                    _write_parts(parts, dst)
+            except BaseException:
+                gb_stream_abort(&self.r, pos)
+                raise
+            gb_stream_commit(&self.r, _pid, pos, total)
+        finally:
+            gb_lock_release(<uint64_t *>&self.r.hdr.wlock)
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Blobs: out-of-line buffers for items larger than a slot (see ring._Blobs)
+# ---------------------------------------------------------------------------
+
+cdef gb_blob *_blob(Py_buffer *b) except NULL:
+    cdef gb_blob *bl
+    if b.len < sizeof(gb_blob):
+        raise BufferCorrupt("blob segment too small")
+    bl = <gb_blob *>b.buf
+    if bl.magic != GB_BLOB_MAGIC or bl.size > <uint64_t>b.len - sizeof(gb_blob):
+        raise BufferCorrupt("not a global_buffer blob segment")
+    return bl
+
+
+def blob_init(mm, unsigned long long size):
+    cdef Py_buffer b
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        if <uint64_t>b.len < sizeof(gb_blob) + size:
+            raise ValueError("blob mapping smaller than its size")
+        (<gb_blob *>b.buf).size = size
+        (<gb_blob *>b.buf).magic = GB_BLOB_MAGIC
+        gb_lock_try(<uint64_t *>&(<gb_blob *>b.buf).state, _pid)  # new: held by its producer
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_acquire(mm, unsigned long long expect):
+    """Take a free blob for writing (its state becomes our pid)."""
+    cdef Py_buffer b
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        return bool(gb_lock_try(<uint64_t *>&_blob(&b).state, _pid))
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_release(mm):
+    cdef Py_buffer b
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        gb_lock_release(<uint64_t *>&_blob(&b).state)
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_state(mm):
+    cdef Py_buffer b
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        return gb_lock_holder(<uint64_t *>&_blob(&b).state)
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_write(mm, _Parts parts):
+    """Copy a serialised item into a blob this process holds."""
+    cdef Py_buffer b
+    cdef gb_blob *bl
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        bl = _blob(&b)
+        if parts.total > bl.size:
+            raise ValueError("item larger than the blob")
+        _write_parts(parts, <uint8_t *>b.buf + sizeof(gb_blob))
+        bl.len = parts.total
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_read(mm):
+    """Copy the item out of a blob (into a new bytearray) and free the blob
+    for its producer."""
+    cdef Py_buffer b
+    cdef gb_blob *bl
+    cdef uint64_t *state
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        bl = _blob(&b)
+        state = <uint64_t *>&bl.state
+        # mark it ours while copying: a producer that sees our pid dead
+        # may reclaim it
+        gb_lock_release(state)
+        gb_lock_try(state, _pid)
+        n = bl.len if bl.len <= bl.size else 0
+        out = PyByteArray_FromStringAndSize(<const char *>b.buf + sizeof(gb_blob), n)
+        gb_lock_release(state)
+        return out
+    finally:
+        PyBuffer_Release(&b)

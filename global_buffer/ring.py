@@ -1,0 +1,639 @@
+"""Rings (SPEC §3.1): ``multiprocessing.Queue``'s API on the shared ring core.
+
+A queue ring (``broadcast=False``) delivers each item to exactly one
+``get()``; a broadcast ring is a stream every handle may put to and reads
+from its own cursor.  Both are the same segment layout and slot protocol as
+streams (``csrc/gb_ring.h``); only the claim protocol differs.
+
+Items larger than a slot travel out of line in reusable "blob" segments
+owned by the producing process (see ``_Blobs``).
+"""
+import asyncio
+import collections
+import functools
+import itertools
+import os
+import pickle
+import secrets
+import threading
+import weakref
+from multiprocessing.util import Finalize
+
+import numpy as np
+
+from . import _core
+from .codec import MessageCodec, is_model
+from .errors import BufferCorrupt, Empty, Full, SchemaMismatch
+from .schema import ArraySpec, decode_meta, encode_meta, model_schema, schema_hash
+from .segment import (
+    Segment,
+    list_names,
+    process_alive,
+    self_start_time,
+    unlink as _unlink_name,
+    validate_name,
+)
+
+__all__ = ["Ring", "JoinableRing"]
+
+DEFAULT_CAPACITY = 1024
+DEFAULT_MAX_BYTES = 4096 - _core.SLOT_HEADER  # one page per slot
+MAX_DEFAULT_CAPACITY = 1 << 16
+_SERIALIZERS = ("pickle", "cloudpickle")
+
+
+# -- serialisation ------------------------------------------------------------
+
+def _make_serial(serializer, schema):
+    """(_core._Serial, message decode or None, full decode, serializer tag).
+
+    The compiled queue path decodes plain pickles itself; ``full decode``
+    handles every payload (frames, custom serializers, messages) and serves
+    broadcast rings and out-of-line items."""
+    oob = []
+    if is_model(schema) or schema == "message":
+        codec = MessageCodec(schema if is_model(schema) else None)
+        return _core._Serial(None, None, codec.encode, oob), codec.decode, codec.decode, "msgpack"
+    if isinstance(schema, ArraySpec):
+        return _core._Serial(None, None, None, oob), None, None, "raw"
+    if serializer in _SERIALIZERS:
+        mod = pickle
+        if serializer == "cloudpickle":
+            import cloudpickle as mod
+        dumps = functools.partial(mod.dumps, protocol=5, buffer_callback=oob.append)
+        return _core._Serial(dumps, pickle.loads, None, oob), None, _decode_pickled, serializer
+    if (isinstance(serializer, tuple) and len(serializer) == 2
+            and all(callable(f) for f in serializer)):
+        dumps, loads = serializer
+        return _core._Serial(None, loads, dumps, oob), None, loads, "custom"
+    raise ValueError(
+        "serializer must be 'pickle', 'cloudpickle' or a (dumps, loads) pair of callables, "
+        f"got {serializer!r}")
+
+
+def _decode_pickled(raw):
+    if raw[:1] == b"\0":
+        return _unframe(raw)
+    return pickle.loads(raw)
+
+
+def _unframe(raw):
+    return _core.unframe(raw, pickle.loads)
+
+
+# -- out-of-line items ----------------------------------------------------------
+
+_BLOB_MIN = 1 << 20
+
+
+class _Blobs:
+    """Out-of-line buffers of one ring in this process.
+
+    A producer keeps the blob segments it made and reuses one once the
+    consumer that read it marked it free; consumers cache a few mappings.
+    Names are ``<ring>.b<pid>.<n>``; the ring's owner removes any left over
+    (e.g. by a dead producer) when it removes the ring.
+    """
+
+    def __init__(self, ring_name, mode):
+        self.ring = ring_name
+        self.mode = mode
+        self.mine = []                       # [(segment, capacity)]
+        self.maps = collections.OrderedDict()  # name -> Segment (consumer cache)
+        self.counter = itertools.count()
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+
+    def _name(self):
+        return f"{self.ring}.b{os.getpid()}.{next(self.counter)}"
+
+    def spill(self, parts):
+        need = parts.total
+        with self.lock:
+            if self.pid != os.getpid():  # forked: the parent's blobs are not ours
+                self.mine, self.maps, self.pid = [], collections.OrderedDict(), os.getpid()
+            for seg, cap in self.mine:
+                if cap >= need and _core.blob_acquire(seg.mm, 0):
+                    break
+            else:
+                cap = max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
+                name = self._name()
+                seg = Segment.create(name, _core.SLOT_HEADER + cap, self.mode)
+                _core.blob_init(seg.mm, cap)
+                self.mine.append((seg, cap))
+                self._reclaim_dead()
+        _core.blob_write(seg.mm, parts)
+        return seg.name.encode()
+
+    def _reclaim_dead(self):
+        # blobs held by a consumer that died stay marked with its pid
+        for seg, _ in self.mine:
+            holder = _core.blob_state(seg.mm)
+            if holder and holder != os.getpid() and not process_alive(holder):
+                _core.blob_release(seg.mm)
+
+    def take(self, ref, give_back):
+        name = ref.decode()
+        if give_back:
+            for seg, _ in self.mine:
+                if seg.name == name:
+                    _core.blob_release(seg.mm)
+            return None
+        seg = self.maps.get(name)
+        if seg is None:
+            seg = Segment.attach(name)
+            self.maps[name] = seg
+            while len(self.maps) > 8:
+                self.maps.popitem(last=False)[1].close()
+        else:
+            self.maps.move_to_end(name)
+        return _core.blob_read(seg.mm)
+
+    def close(self):
+        for seg, _ in self.mine:
+            seg.close()
+            _unlink_name(seg.name)
+        self.mine = []
+        for seg in self.maps.values():
+            seg.close()
+        self.maps.clear()
+
+
+def _remove_ring(name, owner_pid):
+    """Finalizer of an owning handle: remove the ring and its blobs."""
+    if os.getpid() != owner_pid:
+        return
+    _unlink_name(name)
+    prefix = name + ".b"
+    for n in list_names():
+        if n.startswith(prefix):
+            _unlink_name(n)
+
+
+# -- the ring -------------------------------------------------------------------
+
+_concrete_cache = {}
+
+
+def _concrete(cls, broadcast):
+    """The class actually instantiated: ``cls`` plus the compiled handle."""
+    key = (cls, broadcast)
+    c = _concrete_cache.get(key)
+    if c is None:
+        base = _core.BroadcastHandle if broadcast else _core.QueueHandle
+        c = type(cls.__name__, (cls, base), {"__module__": cls.__module__,
+                                             "__qualname__": cls.__qualname__,
+                                             "_public": cls})
+        _concrete_cache[key] = c
+    return c
+
+
+def _auto_name():
+    # short enough for macOS's 31-character shm names with our prefix
+    return f"r{os.getpid():x}-{secrets.token_hex(5)}"
+
+
+def _as_int(value, what, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class Ring:
+    """A shared-memory ring with the ``multiprocessing.Queue`` API.
+
+    Parameters
+    ----------
+    maxsize : int
+        ``<= 0``: ``put`` never blocks (items wait in this process, in order,
+        while the shared slots are full).  ``> 0``: ``put`` blocks (or raises
+        ``gb.Full``) while ``maxsize`` items are waiting.
+    schema : None, gb.ArraySpec or pydantic model class
+        ``None`` carries any picklable object of any size.
+    broadcast : bool
+        ``True`` makes a stream: ``put`` never blocks, the oldest item is
+        overwritten, every handle reads every item from its own cursor.
+    capacity : int
+        Items the shared ring holds (default ``maxsize`` if > 0, else 1024).
+    max_bytes : int
+        Slot size for object and message items (default 4032).  Larger
+        object items travel out of line; larger messages raise ValueError.
+    serializer : "pickle", "cloudpickle" or (dumps, loads)
+        How objects are serialised (``schema=None`` only).
+    name : str, optional
+        Segment name (default: a short unique one).
+    mode : int
+        Segment permissions, applied exactly (default 0o600).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        base = _core.BroadcastHandle if kwargs.get("broadcast") else _core.QueueHandle
+        return base.__new__(_concrete(cls, bool(kwargs.get("broadcast"))))
+
+    def __init__(self, maxsize=0, *, schema=None, broadcast=False, capacity=None,
+                 max_bytes=None, serializer="pickle", name=None, mode=0o600):
+        maxsize = _as_int(maxsize, "maxsize")
+        if not isinstance(broadcast, bool):
+            raise TypeError("broadcast must be a bool")
+        if capacity is None:
+            if 0 < maxsize <= MAX_DEFAULT_CAPACITY:
+                capacity = maxsize
+            elif maxsize > MAX_DEFAULT_CAPACITY:
+                raise ValueError(
+                    f"maxsize={maxsize} needs capacity= (shared slots) set explicitly; "
+                    f"the default is at most {MAX_DEFAULT_CAPACITY}")
+            else:
+                capacity = DEFAULT_CAPACITY
+        capacity = _as_int(capacity, "capacity", 1)
+        if broadcast and maxsize > 0:
+            raise ValueError("broadcast rings never block: use capacity=, not maxsize=")
+        ser, decode, full, tag = _make_serial(serializer, schema)
+        if isinstance(schema, ArraySpec):
+            if max_bytes is not None:
+                raise ValueError("max_bytes does not apply to ArraySpec rings")
+            kind, slot_size = _core.KIND_ARRAY, schema.nbytes
+            meta = {"kind": "ring", "payload": "array", **schema.to_json()}
+        elif is_model(schema):
+            kind = _core.KIND_MESSAGE
+            slot_size = _as_int(4096 if max_bytes is None else max_bytes, "max_bytes", 1)
+            meta = {"kind": "ring", "payload": "message", "schema": model_schema(schema),
+                    "model": f"{schema.__module__}.{schema.__qualname__}"}
+        elif schema is None:
+            kind = _core.KIND_OBJECT
+            slot_size = _as_int(DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                                "max_bytes", 1)
+            meta = {"kind": "ring", "payload": "object", "serializer": tag}
+        else:
+            raise TypeError("schema must be None, a gb.ArraySpec or a pydantic model class, "
+                            f"got {schema!r}")
+        flags = _core.FLAG_BROADCAST if broadcast else _core.FLAG_QUEUE
+        name = _auto_name() if name is None else validate_name(name)
+        raw = encode_meta(meta)
+        size = _core.segment_nbytes(kind, flags, capacity, slot_size, len(raw))
+        seg = Segment.create(name, size, mode)
+        try:
+            _core.init_segment(seg.mm, kind, flags, capacity, slot_size, maxsize,
+                               _ring_hash(meta), raw, os.getpid(), self_start_time())
+            self._open(seg, schema, serializer, ser, decode, full, mode)
+        except BaseException:
+            seg.close()
+            _unlink_name(name)
+            raise
+        self._is_owner = True
+        self._finalizer = weakref.finalize(self, _remove_ring, name, os.getpid())
+
+    # -- opening ----------------------------------------------------------
+
+    def _open(self, seg, schema, serializer, ser, decode, full, mode):
+        self._segment = seg
+        self._bind(seg.mm, f"ring {seg.name!r}")
+        self._schema = schema
+        self._serializer = serializer
+        self._mode = mode
+        self._is_owner = False
+        self._finalizer = None
+        self._pending = collections.deque()
+        self._feeder = None
+        self._feeder_lock = threading.Lock()
+        self._join_cancelled = False
+        self._jointhread = None
+        self._closed_put = False
+        self._blobs = None
+        if isinstance(schema, ArraySpec):
+            self._set_array(schema.dtype, schema.shape)
+        self._full_decode = full
+        if self.broadcast:
+            self._setup_broadcast(ser, process_alive)
+            self._setup_reader(full, False)
+        else:
+            self._blobs = _Blobs(seg.name, mode) if self._kind == _core.KIND_OBJECT else None
+            self._setup_queue(self._maxsize, ser,
+                              self._blobs.spill if self._blobs else None,
+                              self._unspill if self._blobs else None,
+                              process_alive, _unframe, decode)
+        self._add_readers(1)
+
+    def _unspill(self, ref, give_back):
+        raw = self._blobs.take(ref, give_back)
+        return None if give_back else self._full_decode(raw)
+
+    @classmethod
+    def attach(cls, name, *, model=None, serializer=None):
+        """Open the existing ring ``name`` (e.g. from an unrelated process).
+
+        Settings come from the segment.  ``model`` (message rings) returns
+        validated instances instead of dicts; ``serializer`` is needed only
+        for rings made with a custom ``(dumps, loads)`` pair.
+        """
+        seg = Segment.attach(name)
+        try:
+            h = _core.Handle()
+            h._bind(seg.mm, f"segment {name!r}")
+            flags, kind, raw = h._flags, h._kind, h._meta
+            stored_hash = h._schema_hash
+            h._unbind()
+            try:
+                meta = decode_meta(raw)
+                payload = meta["payload"]
+            except (ValueError, KeyError, TypeError):
+                raise BufferCorrupt(f"segment {name!r} is not a ring (a stream?)") from None
+            if meta.get("kind") != "ring" or _ring_hash(meta) != stored_hash:
+                raise BufferCorrupt(f"segment {name!r} is not a ring (a stream?)")
+            if payload == "array":
+                schema = ArraySpec.from_json(meta)
+            elif payload == "message":
+                if model is not None:
+                    if not is_model(model):
+                        raise TypeError(f"model must be a pydantic model class, got {model!r}")
+                    if schema_hash(model_schema(model)) != schema_hash(meta["schema"]):
+                        raise SchemaMismatch(f"model {model.__name__} does not match ring {name!r}")
+                schema = model
+            else:
+                schema = None
+            tag = meta.get("serializer")
+            if serializer is None:
+                if tag == "custom":
+                    raise ValueError(f"ring {name!r} uses a custom serializer: pass serializer=")
+                serializer = tag if tag in _SERIALIZERS else "pickle"
+            broadcast = bool(flags & _core.FLAG_BROADCAST)
+            base = _core.BroadcastHandle if broadcast else _core.QueueHandle
+            self = base.__new__(_concrete(cls, broadcast))
+            ser, decode, full, _ = _make_serial(
+                serializer, schema if payload != "message" or schema is not None else "message")
+            self._open(seg, schema, serializer, ser, decode, full, 0o600)
+        except BaseException:
+            seg.close()
+            raise
+        return self
+
+    def __reduce__(self):
+        return (_rebuild, (self._public, self.name, self._schema, self._serializer))
+
+    # -- attributes ---------------------------------------------------------
+
+    @property
+    def name(self):
+        return self._segment.name
+
+    @property
+    def maxsize(self):
+        return self._maxsize
+
+    @property
+    def broadcast(self):
+        return bool(self._flags & _core.FLAG_BROADCAST)
+
+    @property
+    def schema(self):
+        return self._schema
+
+    def __repr__(self):
+        kind = "broadcast " if not self.closed and self.broadcast else ""
+        return f"<{type(self).__name__} {kind}{self._segment.name!r}>"
+
+    # -- Queue API ------------------------------------------------------------
+
+    def _check_put(self):
+        if self._closed_put:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def put(self, obj, block=True, timeout=None):
+        """Put ``obj``; see ``multiprocessing.Queue.put``."""
+        self._check_put()
+        if self.broadcast:
+            self._put_obj(obj, True, None)
+        elif self._maxsize <= 0:
+            if self._pending or not self._put_obj(obj, False):
+                self._defer(self._serialize(obj))
+        elif not self._put_obj(obj, block, timeout):
+            raise Full()
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def get(self, block=True, timeout=None):
+        """Remove and return an item; see ``multiprocessing.Queue.get``."""
+        self._check_put()
+        if self.broadcast:
+            if not block:
+                timeout = 0
+            return self.next(timeout)
+        return self._get(block, timeout)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def next(self, timeout=None):
+        """``get()`` for queue rings; the next item from this handle's cursor
+        for broadcast rings."""
+        if self.broadcast:
+            return super().next(timeout)
+        return self._get(True, timeout)
+
+    def latest(self):
+        """The newest item put that is still held, without consuming it."""
+        if self.broadcast:
+            return super().latest()
+        return self._latest()
+
+    def put_many(self, items, block=True, timeout=None):
+        """Put every item of ``items`` in order, waking consumers once."""
+        self._check_put()
+        if self.broadcast or self._maxsize <= 0:
+            for obj in items:
+                self.put(obj, block, timeout)
+            return
+        deadline = None if timeout is None or not block else _now() + max(timeout, 0)
+        try:
+            for obj in items:
+                if self._put_obj(obj, False):
+                    continue
+                self._wake_data()  # let consumers drain before we wait
+                left = None if deadline is None else max(deadline - _now(), 0)
+                if not self._put_obj(obj, block, left):
+                    raise Full()
+        finally:
+            if not self.closed:
+                self._wake_data()
+
+    def get_many(self, max_items, block=True, timeout=None):
+        """Up to ``max_items`` items: waits (per ``block``/``timeout``) for
+        the first, then takes whatever else is already there."""
+        max_items = _as_int(max_items, "max_items", 1)
+        out = [self.get(block, timeout)]
+        get = self._get if not self.broadcast else None
+        while len(out) < max_items:
+            try:
+                out.append(get(False) if get else self.next(0))
+            except Empty:
+                break
+        return out
+
+    def qsize(self):
+        """Approximate number of items waiting (a counter in the segment)."""
+        if self.broadcast:
+            t = self._tail
+            return min(t - self._cursor, self.capacity) if t > self._cursor else 0
+        return self._qsize() + len(self._pending)
+
+    def empty(self):
+        return self.qsize() == 0
+
+    def full(self):
+        if self.broadcast:
+            return False
+        limit = self._maxsize if self._maxsize > 0 else self.capacity
+        return self._qsize() >= limit
+
+    def close(self):
+        """No more puts from this process; pending items are still flushed."""
+        self._closed_put = True
+        if self._feeder is None and not self.closed:
+            self._release()
+
+    def join_thread(self):
+        """Wait until items buffered by this process are in shared memory."""
+        assert self._closed_put, f"Queue {self!r} not closed"
+        if self._feeder is not None:
+            self._feeder.join()
+
+    def cancel_join_thread(self):
+        """Do not wait for buffered items at exit (they may be lost)."""
+        self._join_cancelled = True
+        if self._jointhread is not None:
+            self._jointhread.cancel()
+
+    def _release(self):
+        """Unmap; the owner's finalizer removes the segment on collection/exit."""
+        if self.closed:
+            return
+        self._add_readers(-1)
+        self._unbind()
+        if self._blobs is not None:
+            self._blobs.close()
+        self._segment.close()
+
+    def unlink(self):
+        """Remove the ring's name now (attached handles keep working)."""
+        _remove_ring(self.name, os.getpid())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        self.join_thread()
+
+    # -- unbounded puts: the feeder --------------------------------------------
+
+    def _defer(self, item):
+        with self._feeder_lock:
+            self._pending.append(item)
+            if self._feeder is None or not self._feeder.is_alive():
+                self._feeder = threading.Thread(target=self._feed, name="RingFeederThread",
+                                                daemon=True)
+                self._feeder.start()
+                if not self._join_cancelled:
+                    self._jointhread = Finalize(self._feeder, _join_feeder,
+                                                [weakref.ref(self._feeder)], exitpriority=-5)
+
+    def _feed(self):
+        pending = self._pending
+        while True:
+            with self._feeder_lock:
+                if not pending:
+                    self._feeder = None if not self._closed_put else self._feeder
+                    break
+                item = pending[0]
+            if self.closed:
+                return
+            try:
+                ok = self._put_serialized(item, True, 0.1)
+            except Exception:
+                import traceback
+                traceback.print_exc()
+                ok = True  # drop the item that cannot be put, as the stdlib feeder does
+            if ok:
+                with self._feeder_lock:
+                    pending.popleft()
+        if self._closed_put:
+            self._release()
+
+    # -- asyncio ------------------------------------------------------------------
+
+    async def get_async(self, timeout=None):
+        """``get()`` for asyncio: waits in a worker thread that sleeps in the
+        kernel, never blocking the event loop; ``gb.Empty`` on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else _now() + max(timeout, 0)
+        while True:
+            try:
+                return self.get(False)
+            except Empty:
+                pass
+            left = 0.1 if deadline is None else min(0.1, deadline - _now())
+            if left <= 0:
+                raise Empty()
+            if self.broadcast:
+                await loop.run_in_executor(None, self._wait_new, self._cursor, left)
+            else:
+                await loop.run_in_executor(None, self._wait_ready, False, left)
+
+    async def put_async(self, item, timeout=None):
+        """``put()`` for asyncio (``gb.Full`` on timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else _now() + max(timeout, 0)
+        while True:
+            try:
+                return self.put(item, False)
+            except Full:
+                pass
+            left = 0.1 if deadline is None else min(0.1, deadline - _now())
+            if left <= 0:
+                raise Full()
+            await loop.run_in_executor(None, self._wait_ready, True, left)
+
+
+def _join_feeder(twr):
+    t = twr()
+    if t is not None:
+        t.join()
+
+
+def _now():
+    return _core.now_ns() / 1e9
+
+
+def _ring_hash(meta):
+    return schema_hash(meta)
+
+
+def _rebuild(cls, name, schema, serializer):
+    model = schema if is_model(schema) else None
+    r = cls.attach(name, model=model,
+                   serializer=serializer if isinstance(serializer, tuple) else None)
+    return r
+
+
+class JoinableRing(Ring):
+    """A :class:`Ring` with ``task_done()`` and ``join()``, as
+    ``multiprocessing.JoinableQueue``."""
+
+    def put(self, obj, block=True, timeout=None):
+        self._check_put()
+        self._task_add(1)
+        try:
+            super().put(obj, block, timeout)
+        except BaseException:
+            self._task_add(-1)
+            raise
+
+    def task_done(self):
+        """Mark one item taken with get() as processed."""
+        self._task_done()
+
+    def join(self, timeout=None):
+        """Block until every item put has been marked done."""
+        return self._join(timeout)
