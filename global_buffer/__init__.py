@@ -26,8 +26,13 @@ from .errors import (
     GlobalBufferError,
     SchemaMismatch,
     StaleView,
+    WorkerLost,
 )
+from .pool import Pool
 from .ring import JoinableRing, Ring
+from .multiprocessing.connection import Connection, Pipe
+from .multiprocessing.context import get_context
+from .multiprocessing.managers import GBManager, Manager
 from .schema import ArraySpec
 from .stream import CallbackHandle, Consumer, GlobalBuffer, Reader, attach, create, unlink
 
@@ -40,17 +45,24 @@ __all__ = [
     "BufferExists",
     "BufferNotFound",
     "CallbackHandle",
+    "Connection",
     "Consumer",
     "Empty",
     "Full",
+    "GBManager",
     "GlobalBuffer",
     "GlobalBufferError",
     "JoinableRing",
+    "Manager",
+    "Pipe",
+    "Pool",
     "Reader",
     "Ring",
     "SchemaMismatch",
     "StaleView",
+    "WorkerLost",
     "attach",
     "create",
+    "get_context",
     "unlink",
 ]

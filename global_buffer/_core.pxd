@@ -28,6 +28,9 @@ cdef extern from "csrc/gb_ring.h" nogil:
         GB_E_ARG
         GB_HAVE_FUTEX
         GB_LAYOUT_VERSION
+        GB_MAX_PEERS
+        GB_ROLE_WRITER
+        GB_ROLE_READER
 
     ctypedef struct gb_waitq:
         pass
@@ -53,6 +56,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
         uint64_t tail
         uint64_t head
         uint64_t wlock
+        int64_t pending
         uint64_t writer_pid
         uint64_t writer_start
         int64_t unfinished
@@ -142,3 +146,9 @@ cdef extern from "csrc/gb_ring.h" nogil:
         uint64_t state
         uint64_t len
     uint64_t GB_BLOB_MAGIC
+
+    int gb_peer_add(gb_ring *r, uint32_t pid, uint32_t role, uint64_t start)
+    void gb_peer_del(gb_ring *r, int idx, uint64_t who)
+    uint64_t gb_peer_get(const gb_ring *r, int idx, uint64_t *start)
+    uint32_t gb_fd_armed(const gb_ring *r)
+    void gb_arm_fd(gb_ring *r)

@@ -315,10 +315,8 @@ cdef class QueueHandle(Handle):
 
     def _get(self, bint block=True, timeout=None):
         """Take one item; raises Empty if none arrived in time."""
-        cdef uint64_t pos, n, aux
+        cdef uint64_t pos, aux
         cdef int64_t deadline
-        cdef const uint8_t *p
-        cdef cnp.ndarray out
         self._live()
         deadline = _deadline(timeout) if block else gb_now_ns()
         while True:
@@ -328,6 +326,30 @@ cdef class QueueHandle(Handle):
             if aux != AUX_VOID:
                 break
             gb_queue_get_commit(&self.r, pos)
+        return self._read_claimed(pos, aux)
+
+    def _get_many(self, Py_ssize_t max_items, bint block=True, timeout=None):
+        """Up to ``max_items`` items: the first as ``_get``, then only those
+        already committed (no wait, no Empty raised, no liveness probe: a
+        busy or empty head just ends the batch)."""
+        cdef uint64_t pos, aux, blocker = 0
+        cdef list out = [self._get(block, timeout)]
+        while len(out) < max_items:
+            if self._try(False, &pos, &blocker) != GB_OK:
+                break
+            aux = gb_slot_aux(&self.r, pos)
+            if aux == AUX_VOID:
+                gb_queue_get_commit(&self.r, pos)
+                continue
+            out.append(self._read_claimed(pos, aux))
+        return out
+
+    cdef object _read_claimed(self, uint64_t pos, uint64_t aux):
+        """Copy out the item in the slot we claimed at ``pos``, free the
+        slot, then decode."""
+        cdef uint64_t n
+        cdef const uint8_t *p
+        cdef cnp.ndarray out
         p = gb_payload(gb_slot_at(&self.r, pos))
         n = gb_slot_len(&self.r, pos)
         if n > self.r.slot_size:
@@ -386,9 +408,12 @@ cdef class QueueHandle(Handle):
         self._live()
         return gb_queue_size(&self.r)
 
-    def _latest(self):
-        """Newest item still held, without consuming it (None if none)."""
-        cdef uint64_t t, pos, w, n, k
+    def _latest(self, peek=None, decode_blob=None):
+        """Newest item still held, without consuming it (None if none).
+        ``peek(ref)`` copies an out-of-line item without taking it (its
+        blob cannot be reused before the item is taken, which the slot
+        check after the copy detects); ``decode_blob`` decodes that copy."""
+        cdef uint64_t t, pos, w, n, k, aux
         cdef const uint8_t *p
         cdef bint framed
         self._live()
@@ -399,21 +424,33 @@ cdef class QueueHandle(Handle):
                 pos -= 1
                 if gb_read_begin(&self.r, pos, &w, &p, &n) != GB_OK:
                     continue
-                if gb_slot_aux(&self.r, pos) != AUX_INLINE:
-                    continue  # blobs belong to the consumer that takes them
+                aux = gb_slot_aux(&self.r, pos)
+                if aux != AUX_INLINE and (aux != AUX_BLOB or peek is None):
+                    continue  # a void item, or a blob we cannot peek at
                 if self._ndim >= 0:
                     Py_INCREF(self._descr)
                     raw = PyArray_Empty(self._ndim, self._dims, self._descr, 0)
                     memcpy(cnp.PyArray_DATA(raw), p, self._nbytes if n >= self._nbytes else n)
                 else:
                     raw = PyByteArray_FromStringAndSize(<const char *>p, n)
+                blob = None
+                if aux == AUX_BLOB:
+                    try:
+                        blob = peek(bytes(raw))
+                    except (GlobalBufferError, OSError, ValueError):
+                        pass  # taken (and its blob removed) meanwhile
                 if not gb_read_check(&self.r, pos, w):
                     break  # changed during the copy: start again from the tail
+                if aux == AUX_BLOB:
+                    if blob is None:
+                        continue
+                    return decode_blob(blob)
                 if self._ndim >= 0:
                     return raw
                 if self._decode is not None:
                     return self._decode(bytes(raw))
-                if self._ser.pickle_like and n > 0 and p[0] == FRAME_TAG:
+                # the tag from our copy: the slot may be reused by now
+                if self._ser.pickle_like and n > 0 and raw[0] == FRAME_TAG:
                     return self._unframe(raw)
                 return self._ser.loads(raw)
             else:
@@ -577,6 +614,21 @@ def blob_state(mm):
         PyBuffer_Release(&b)
 
 
+def blob_peek(mm):
+    """Copy the item out of a blob without taking it (latest(): the caller
+    checks afterwards that the item's slot did not change meanwhile)."""
+    cdef Py_buffer b
+    cdef gb_blob *bl
+    cdef uint64_t n
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        bl = _blob(&b)
+        n = bl.len if bl.len <= bl.size else 0
+        return PyByteArray_FromStringAndSize(<const char *>b.buf + sizeof(gb_blob), n)
+    finally:
+        PyBuffer_Release(&b)
+
+
 def blob_write(mm, _Parts parts):
     """Copy a serialised item into a blob this process holds."""
     cdef Py_buffer b
@@ -598,17 +650,72 @@ def blob_read(mm):
     cdef Py_buffer b
     cdef gb_blob *bl
     cdef uint64_t *state
+    cdef uint64_t holder
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
         bl = _blob(&b)
         state = <uint64_t *>&bl.state
-        # mark it ours while copying: a producer that sees our pid dead
-        # may reclaim it
-        gb_lock_release(state)
-        gb_lock_try(state, _pid)
+        # mark it ours while copying (a producer that sees our pid dead may
+        # reclaim it), handing it over from its producer in one atomic step:
+        # released first, the producer could reuse it while we copy
+        while True:
+            holder = gb_lock_holder(state)
+            if gb_lock_steal(state, holder, _pid):
+                break
         n = bl.len if bl.len <= bl.size else 0
         out = PyByteArray_FromStringAndSize(<const char *>b.buf + sizeof(gb_blob), n)
         gb_lock_release(state)
         return out
     finally:
         PyBuffer_Release(&b)
+
+
+# ---------------------------------------------------------------------------
+# Peer table and fd signalling (pipes)
+# ---------------------------------------------------------------------------
+
+ROLE_WRITER = GB_ROLE_WRITER
+ROLE_READER = GB_ROLE_READER
+
+
+def peer_add(Handle h, unsigned int role):
+    """Register this process as a holder of ``role``; (index, who) or (-1, 0)."""
+    h._live()
+    cdef int i = gb_peer_add(&h.r, _pid, role, _self_start())
+    if i < 0:
+        return -1, 0
+    return i, (<uint64_t>_pid) | ((<uint64_t>role) << 32)
+
+
+def peer_del(Handle h, int idx, unsigned long long who):
+    if h._bound:
+        gb_peer_del(&h.r, idx, who)
+        gb_wake(&h.r, &h.r.hdr.data)
+        gb_wake(&h.r, &h.r.hdr.space)
+
+
+def peers(Handle h, unsigned int role):
+    """[(pid, start)] of the registered holders of ``role``."""
+    h._live()
+    cdef uint64_t w, start
+    out = []
+    for i in range(GB_MAX_PEERS):
+        w = gb_peer_get(&h.r, i, &start)
+        if w and (w >> 32) == role:
+            out.append((<uint32_t>w, start))
+    return out
+
+
+def pending_add(Handle h, long long n):
+    h._live()
+    return gb_add_i64(&h.r.hdr.pending, n)
+
+
+def arm_fd(Handle h):
+    h._live()
+    gb_arm_fd(&h.r)
+
+
+def fd_armed(Handle h):
+    h._live()
+    return gb_fd_armed(&h.r) != 0

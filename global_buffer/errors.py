@@ -4,6 +4,7 @@ Each subclasses :class:`GlobalBufferError`, and also the builtin or stdlib
 exception existing code already catches: ``except queue.Empty`` keeps
 working with ``gb.Empty``, ``except ValueError`` with ``gb.BufferClosed``.
 """
+import multiprocessing
 import queue
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "BufferNotFound",
     "BufferCorrupt",
     "StaleView",
+    "WorkerLost",
 ]
 
 
@@ -53,3 +55,20 @@ class BufferCorrupt(GlobalBufferError):
 
 class StaleView(GlobalBufferError):
     """The writer overwrote a slot while a zero-copy view of it was open."""
+
+
+class WorkerLost(GlobalBufferError, multiprocessing.ProcessError):
+    """A ``gb.Pool`` worker died while running a task, so its result is
+    lost (also ``multiprocessing.ProcessError``).  ``pid`` is the worker's
+    process id, ``exitcode`` its exit code (negative: killed by that signal).
+    """
+
+    def __init__(self, pid, exitcode=None, message=None):
+        self.pid = pid
+        self.exitcode = exitcode
+        if message is None:
+            message = f"pool worker process {pid} died (exit code {exitcode}) while running a task"
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.pid, self.exitcode, str(self)))

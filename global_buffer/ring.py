@@ -17,7 +17,7 @@ import pickle
 import secrets
 import threading
 import weakref
-from multiprocessing.util import Finalize
+from multiprocessing.util import Finalize, register_after_fork
 
 import numpy as np
 
@@ -39,6 +39,7 @@ __all__ = ["Ring", "JoinableRing"]
 DEFAULT_CAPACITY = 1024
 DEFAULT_MAX_BYTES = 4096 - _core.SLOT_HEADER  # one page per slot
 MAX_DEFAULT_CAPACITY = 1 << 16
+_FULL_GRACE = 50e-6  # s an unbounded put waits for a slot before deferring
 _SERIALIZERS = ("pickle", "cloudpickle")
 
 
@@ -53,7 +54,8 @@ def _make_serial(serializer, schema):
     oob = []
     if is_model(schema) or schema == "message":
         codec = MessageCodec(schema if is_model(schema) else None)
-        return _core._Serial(None, None, codec.encode, oob), codec.decode, codec.decode, "msgpack"
+        encode = codec.encode if is_model(schema) else _put_needs_model
+        return _core._Serial(None, None, encode, oob), codec.decode, codec.decode, "msgpack"
     if isinstance(schema, ArraySpec):
         return _core._Serial(None, None, None, oob), None, None, "raw"
     if serializer in _SERIALIZERS:
@@ -69,6 +71,13 @@ def _make_serial(serializer, schema):
     raise ValueError(
         "serializer must be 'pickle', 'cloudpickle' or a (dumps, loads) pair of callables, "
         f"got {serializer!r}")
+
+
+def _put_needs_model(obj):
+    # a message ring attached without model= reads plain dicts; putting
+    # needs the model, so that every message in the ring is validated
+    raise TypeError("this handle of a message ring was attached without model=: "
+                    "pass the ring's pydantic model (Ring.attach(name, model=M)) to put")
 
 
 def _decode_pickled(raw):
@@ -149,14 +158,41 @@ class _Blobs:
             self.maps.move_to_end(name)
         return _core.blob_read(seg.mm)
 
+    def peek(self, ref):
+        """A copy of the item in blob ``ref``, not taken (for latest())."""
+        name = ref.decode()
+        seg = self.maps.get(name)
+        if seg is None:
+            seg = Segment.attach(name)
+            self.maps[name] = seg
+            while len(self.maps) > 8:
+                self.maps.popitem(last=False)[1].close()
+        return _core.blob_peek(seg.mm)
+
     def close(self):
-        for seg, _ in self.mine:
-            seg.close()
-            _unlink_name(seg.name)
-        self.mine = []
-        for seg in self.maps.values():
-            seg.close()
-        self.maps.clear()
+        with self.lock:
+            for seg, _ in self.mine if self.pid == os.getpid() else ():
+                # a blob holding an item nobody has taken yet keeps its name:
+                # its reader still has to open it (the ring's owner removes
+                # leftovers with the ring)
+                if not _core.blob_state(seg.mm):
+                    _unlink_name(seg.name)
+                seg.close()
+            self.mine = []
+            for seg in self.maps.values():
+                seg.close()
+            self.maps.clear()
+
+    def forget(self):
+        """After fork: the parent's blobs and mappings are not ours."""
+        self.mine, self.maps = [], collections.OrderedDict()
+        self.pid, self.lock = os.getpid(), threading.Lock()
+
+
+def _unspill(blobs, full_decode, ref, give_back):
+    """Take the out-of-line item ``ref`` (or give the blob back)."""
+    raw = blobs.take(ref, give_back)
+    return None if give_back else full_decode(raw)
 
 
 def _remove_ring(name, owner_pid):
@@ -264,7 +300,8 @@ class Ring:
             kind = _core.KIND_OBJECT
             slot_size = _as_int(DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
                                 "max_bytes", 1)
-            meta = {"kind": "ring", "payload": "object", "serializer": tag}
+            # mode: blobs made by any handle get the ring's permissions (§5)
+            meta = {"kind": "ring", "payload": "object", "serializer": tag, "mode": mode}
         else:
             raise TypeError("schema must be None, a gb.ArraySpec or a pydantic model class, "
                             f"got {schema!r}")
@@ -282,7 +319,9 @@ class Ring:
             _unlink_name(name)
             raise
         self._is_owner = True
-        self._finalizer = weakref.finalize(self, _remove_ring, name, os.getpid())
+        # multiprocessing's Finalize, not weakref.finalize: it also runs when
+        # a multiprocessing child (which leaves through os._exit) exits
+        self._finalizer = Finalize(self, _remove_ring, (name, os.getpid()), exitpriority=0)
 
     # -- opening ----------------------------------------------------------
 
@@ -297,27 +336,46 @@ class Ring:
         self._pending = collections.deque()
         self._feeder = None
         self._feeder_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # held by whoever moves _pending into slots
         self._join_cancelled = False
         self._jointhread = None
         self._closed_put = False
         self._blobs = None
         if isinstance(schema, ArraySpec):
             self._set_array(schema.dtype, schema.shape)
+        register_after_fork(self, Ring._after_fork)
         self._full_decode = full
-        if self.broadcast:
+        self._bcast = self.broadcast  # plain attribute: the property costs ~150 ns per put/get
+        if self._bcast:
             self._setup_broadcast(ser, process_alive)
             self._setup_reader(full, False)
         else:
             self._blobs = _Blobs(seg.name, mode) if self._kind == _core.KIND_OBJECT else None
             self._setup_queue(self._maxsize, ser,
                               self._blobs.spill if self._blobs else None,
-                              self._unspill if self._blobs else None,
+                              # not the bound method: a ring -> method -> ring
+                              # cycle would keep an unreferenced ring (and its
+                              # segment) alive until the cyclic GC runs
+                              functools.partial(_unspill, self._blobs, full)
+                              if self._blobs else None,
                               process_alive, _unframe, decode)
         self._add_readers(1)
 
+    def _after_fork(self):
+        # a child forked by multiprocessing inherits this handle, but not the
+        # parent's buffered items, feeder thread or blobs (as
+        # multiprocessing.Queue._after_fork): else it would put them twice
+        self._pending = collections.deque()
+        self._feeder = None
+        self._feeder_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._join_cancelled = False
+        self._jointhread = None
+        if self._blobs is not None:
+            self._blobs.forget()
+
     def _unspill(self, ref, give_back):
-        raw = self._blobs.take(ref, give_back)
-        return None if give_back else self._full_decode(raw)
+        return _unspill(self._blobs, self._full_decode, ref, give_back)
 
     @classmethod
     def attach(cls, name, *, model=None, serializer=None):
@@ -362,7 +420,9 @@ class Ring:
             self = base.__new__(_concrete(cls, broadcast))
             ser, decode, full, _ = _make_serial(
                 serializer, schema if payload != "message" or schema is not None else "message")
-            self._open(seg, schema, serializer, ser, decode, full, 0o600)
+            mode = meta.get("mode", 0o600)
+            self._open(seg, schema, serializer, ser, decode, full,
+                       mode if isinstance(mode, int) and 0 <= mode <= 0o777 else 0o600)
         except BaseException:
             seg.close()
             raise
@@ -401,11 +461,18 @@ class Ring:
 
     def put(self, obj, block=True, timeout=None):
         """Put ``obj``; see ``multiprocessing.Queue.put``."""
-        self._check_put()
-        if self.broadcast:
+        if self._closed_put:
+            self._check_put()
+        if self._bcast:
             self._put_obj(obj, True, None)
         elif self._maxsize <= 0:
-            if self._pending or not self._put_obj(obj, False):
+            # a full ring usually frees a slot within microseconds: wait that
+            # long before handing the item to the feeder thread (whose GIL
+            # hand-offs cap throughput at ~1 slot-ring per switch interval)
+            if self._pending:
+                self._defer(self._serialize(obj))
+                self._flush()  # help the feeder: move what fits now, in order
+            elif not self._put_obj(obj, True, _FULL_GRACE):
                 self._defer(self._serialize(obj))
         elif not self._put_obj(obj, block, timeout):
             raise Full()
@@ -415,8 +482,9 @@ class Ring:
 
     def get(self, block=True, timeout=None):
         """Remove and return an item; see ``multiprocessing.Queue.get``."""
-        self._check_put()
-        if self.broadcast:
+        if self._closed_put:
+            self._check_put()
+        if self._bcast:
             if not block:
                 timeout = 0
             return self.next(timeout)
@@ -436,23 +504,33 @@ class Ring:
         """The newest item put that is still held, without consuming it."""
         if self.broadcast:
             return super().latest()
-        return self._latest()
+        if self._blobs is None:
+            return self._latest()
+        return self._latest(self._blobs.peek, self._full_decode)
 
     def put_many(self, items, block=True, timeout=None):
         """Put every item of ``items`` in order, waking consumers once."""
         self._check_put()
-        if self.broadcast or self._maxsize <= 0:
+        if self._maxsize <= 0 and not self._bcast and not isinstance(self, JoinableRing):
+            put, grace = self._put_obj, _FULL_GRACE  # put()'s unbounded path, inlined
+            for obj in items:
+                if self._pending or not put(obj, True, grace):
+                    self._defer(self._serialize(obj))
+                    self._flush()
+            return
+        if self._bcast or self._maxsize <= 0:
             for obj in items:
                 self.put(obj, block, timeout)
             return
         deadline = None if timeout is None or not block else _now() + max(timeout, 0)
+        put = self._put_task if isinstance(self, JoinableRing) else self._put_obj
         try:
             for obj in items:
-                if self._put_obj(obj, False):
+                if put(obj, False):
                     continue
                 self._wake_data()  # let consumers drain before we wait
                 left = None if deadline is None else max(deadline - _now(), 0)
-                if not self._put_obj(obj, block, left):
+                if not put(obj, block, left):
                     raise Full()
         finally:
             if not self.closed:
@@ -462,8 +540,12 @@ class Ring:
         """Up to ``max_items`` items: waits (per ``block``/``timeout``) for
         the first, then takes whatever else is already there."""
         max_items = _as_int(max_items, "max_items", 1)
+        if not self._bcast:
+            if self._closed_put:
+                self._check_put()
+            return self._get_many(max_items, block, timeout)
         out = [self.get(block, timeout)]
-        get = self._get if not self.broadcast else None
+        get = None
         while len(out) < max_items:
             try:
                 out.append(get(False) if get else self.next(0))
@@ -482,10 +564,10 @@ class Ring:
         return self.qsize() == 0
 
     def full(self):
-        if self.broadcast:
+        # an unbounded ring is never full: put() does not block (as the stdlib)
+        if self.broadcast or self._maxsize <= 0:
             return False
-        limit = self._maxsize if self._maxsize > 0 else self.capacity
-        return self._qsize() >= limit
+        return self._qsize() >= self._maxsize
 
     def close(self):
         """No more puts from this process; pending items are still flushed."""
@@ -539,6 +621,29 @@ class Ring:
                     self._jointhread = Finalize(self._feeder, _join_feeder,
                                                 [weakref.ref(self._feeder)], exitpriority=-5)
 
+    def _flush(self):
+        """Move buffered items into free slots, in order, without waiting:
+        True once none is left, False if the ring is full, None if another
+        thread is flushing.  An item leaves ``_pending`` only once committed,
+        so a put() that finds ``_pending`` empty cannot overtake it."""
+        if not self._flush_lock.acquire(False):
+            return None
+        try:
+            pending = self._pending
+            while pending:
+                if self.closed:
+                    return False
+                try:
+                    if not self._put_serialized(pending[0], False):
+                        return False
+                except Exception:
+                    import traceback
+                    traceback.print_exc()  # drop the item that cannot be put, as the stdlib feeder does
+                pending.popleft()
+            return True
+        finally:
+            self._flush_lock.release()
+
     def _feed(self):
         pending = self._pending
         while True:
@@ -546,18 +651,16 @@ class Ring:
                 if not pending:
                     self._feeder = None if not self._closed_put else self._feeder
                     break
-                item = pending[0]
             if self.closed:
                 return
-            try:
-                ok = self._put_serialized(item, True, 0.1)
-            except Exception:
-                import traceback
-                traceback.print_exc()
-                ok = True  # drop the item that cannot be put, as the stdlib feeder does
-            if ok:
-                with self._feeder_lock:
-                    pending.popleft()
+            ok = self._flush()
+            if ok is None:
+                with self._flush_lock:  # a put() is flushing: let it finish
+                    pass
+            elif not ok and not self.closed:
+                # sleep (GIL released) until a slot frees; put() calls flush
+                # meanwhile too, so a busy producer thread never starves us
+                self._wait_ready(True, 0.1)
         if self._closed_put:
             self._release()
 
@@ -629,6 +732,18 @@ class JoinableRing(Ring):
         except BaseException:
             self._task_add(-1)
             raise
+
+    def _put_task(self, obj, block, timeout=None):
+        # put_many's bounded path: count the task before the item is visible
+        self._task_add(1)
+        try:
+            ok = self._put_obj(obj, block, timeout)
+        except BaseException:
+            self._task_add(-1)
+            raise
+        if not ok:
+            self._task_add(-1)
+        return ok
 
     def task_done(self):
         """Mark one item taken with get() as processed."""

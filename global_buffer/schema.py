@@ -35,6 +35,12 @@ class ArraySpec:
             raise ValueError(f"shape must not have negative dimensions, got {shape}")
         if len(shape) > 32:
             raise ValueError("at most 32 dimensions")
+        n = dt.itemsize
+        for d in shape:
+            n *= d
+        if n >= 1 << 62 or any(d >= 1 << 62 for d in shape):
+            # nbytes (or a dimension) would overflow int64 and the C core's sizes
+            raise ValueError(f"ArraySpec({dt}, {shape}) is too large ({n} bytes)")
         object.__setattr__(self, "dtype", dt)
         object.__setattr__(self, "shape", shape)
 

@@ -58,6 +58,9 @@ def _layout(schema, max_bytes):
         f"got {schema!r}")
 
 
+_KINDS = {"array": _core.KIND_ARRAY, "message": _core.KIND_MESSAGE}
+
+
 def _meta_hash(meta):
     # the hash covers what must match for two processes to understand the
     # same bytes: the array layout, or the model's JSON schema
@@ -312,10 +315,14 @@ def attach(name, model=None, *, start="newest", poll_min=None, poll_max=None):
         try:
             meta = decode_meta(r._meta)
             kind = meta["kind"]
-        except (ValueError, KeyError, TypeError):
+            hash_ok = _meta_hash(meta) == r._schema_hash
+        except Exception:  # any garbage: bad UTF-8 or JSON, deep nesting, wrong shapes
             raise BufferCorrupt(f"segment {name!r} has unreadable schema metadata") from None
-        if _meta_hash(meta) != r._schema_hash:
+        if not hash_ok:
             raise BufferCorrupt(f"segment {name!r}: schema metadata does not match its hash")
+        if _KINDS.get(kind if isinstance(kind, str) else None) != r._kind:
+            raise BufferCorrupt(f"segment {name!r}: header kind {r._kind} does not match "
+                                f"its metadata kind {kind!r}")
         r._spec = None
         r._model = model
         r._views_ro = [None] * r._nslots
@@ -324,7 +331,7 @@ def attach(name, model=None, *, start="newest", poll_min=None, poll_max=None):
                 raise SchemaMismatch(f"{name!r} is an array stream; model= is for message streams")
             try:
                 r._spec = ArraySpec.from_json(meta)
-            except (KeyError, TypeError, ValueError) as e:
+            except Exception as e:  # whatever numpy makes of a forged descr
                 raise BufferCorrupt(f"segment {name!r} has a bad array schema: {e}") from None
             if r._spec.nbytes > r._slot_size:
                 raise BufferCorrupt(f"segment {name!r}: samples larger than its slots")

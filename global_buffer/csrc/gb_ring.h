@@ -92,6 +92,16 @@ typedef struct gb_waitq {
     _Atomic uint32_t waiters; /* processes/threads registered to sleep */
 } gb_waitq;
 
+/* One registered holder of a ring end: pid and role in one word (so a
+ * single CAS claims the entry), start time beside it (pid-reuse guard). */
+typedef struct gb_peer {
+    _Atomic uint64_t who;   /* 0 = free, else pid | role << 32 */
+    _Atomic uint64_t start; /* process start time */
+} gb_peer;
+#define GB_MAX_PEERS 40
+#define GB_ROLE_WRITER 1u
+#define GB_ROLE_READER 2u
+
 typedef struct gb_header {
     /* --- line 0: identity, written once by gb_ring_init --- */
     uint64_t magic;
@@ -131,9 +141,13 @@ typedef struct gb_header {
     _Atomic int64_t unfinished;    /* JoinableRing: tasks not yet done */
     _Atomic uint64_t wake_calls;   /* futex wake syscalls made (tests, stat) */
     _Atomic uint64_t readers;      /* attached handles (informational) */
-    uint8_t _pad4[16];
-    /* --- line 5 ... : reserved for later layout growth --- */
-    uint8_t _reserved[GB_HEADER_SIZE - 5 * GB_CACHELINE];
+    _Atomic uint32_t fd_armed;     /* pipes: a reader waits on the fd, so signal it */
+    uint32_t _pad4a;
+    _Atomic int64_t pending;       /* pipes: handles pickled but not yet attached */
+    /* --- lines 5..14: which processes hold each end (pipes) --- */
+    gb_peer peers[GB_MAX_PEERS];
+    /* --- line 15: reserved for later layout growth --- */
+    uint8_t _reserved[GB_HEADER_SIZE - 5 * GB_CACHELINE - GB_MAX_PEERS * 16];
 } gb_header;
 
 typedef struct gb_slot {
@@ -152,6 +166,8 @@ _Static_assert(offsetof(gb_header, tail) == 128, "line 2");
 _Static_assert(offsetof(gb_header, head) == 192, "line 3");
 _Static_assert(offsetof(gb_header, data) == 256, "line 4");
 _Static_assert(sizeof(gb_slot) == GB_SLOT_HEADER, "slot header size");
+_Static_assert(offsetof(gb_header, peers) == 320, "line 5");
+_Static_assert(sizeof(gb_peer) == 16, "peer entry size");
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "lock-free 64-bit atomics");
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "lock-free 32-bit atomics");
 
@@ -223,6 +239,10 @@ GB_INLINE uint64_t gb_ring_nbytes(uint32_t nslots, uint64_t slot_size, uint32_t 
         slot_size > (1ULL << 46))
         return 0;
     uint64_t off = gb_round_up(GB_HEADER_SIZE + (uint64_t)meta_len, GB_PAGE);
+    /* nslots * stride can exceed 64 bits (2^30 * 2^46): a wrapped product
+     * would let a forged header pass gb_ring_open with a tiny total_size */
+    if (gb_slot_stride(slot_size) > ((1ULL << 62) - off) / nslots)
+        return 0;
     return off + (uint64_t)nslots * gb_slot_stride(slot_size);
 }
 
@@ -710,6 +730,60 @@ typedef struct gb_blob {
 } gb_blob;
 _Static_assert(sizeof(gb_blob) == 64, "blob header size");
 #define GB_BLOB_MAGIC 0x31304F4C425F4247ULL /* "GB_BLO01" */
+
+/* ------------------------------------------------------------------ */
+/* Peer table: who holds which end (pipes use it for EOF and EPIPE)    */
+/* ------------------------------------------------------------------ */
+
+/* Register (pid, role); returns the entry index, or -1 if the table is full. */
+GB_INLINE int gb_peer_add(gb_ring *r, uint32_t pid, uint32_t role, uint64_t start)
+{
+    for (int i = 0; i < GB_MAX_PEERS; i++) {
+        gb_peer *p = &r->hdr->peers[i];
+        uint64_t expect = 0;
+        /* relaxed start store first: a reader that sees `who` may read a
+         * stale start, which only makes it re-check liveness later */
+        if (atomic_load_explicit(&p->who, memory_order_relaxed) != 0)
+            continue;
+        atomic_store_explicit(&p->start, start, memory_order_relaxed);
+        /* acq_rel: the entry becomes visible with its start time */
+        if (atomic_compare_exchange_strong_explicit(&p->who, &expect,
+                (uint64_t)pid | ((uint64_t)role << 32), memory_order_acq_rel,
+                memory_order_relaxed))
+            return i;
+    }
+    return -1;
+}
+
+GB_INLINE void gb_peer_del(gb_ring *r, int idx, uint64_t who)
+{
+    uint64_t expect = who;
+    if (idx < 0 || idx >= GB_MAX_PEERS)
+        return;
+    /* release: only clear the entry if it is still the one we made */
+    atomic_compare_exchange_strong_explicit(&r->hdr->peers[idx].who, &expect, 0,
+                                            memory_order_release, memory_order_relaxed);
+}
+
+/* Entry idx: returns its who word (0 if free) and its start time. */
+GB_INLINE uint64_t gb_peer_get(const gb_ring *r, int idx, uint64_t *start)
+{
+    /* acquire: pairs with the CAS in gb_peer_add */
+    uint64_t w = atomic_load_explicit(&r->hdr->peers[idx].who, memory_order_acquire);
+    *start = atomic_load_explicit(&r->hdr->peers[idx].start, memory_order_relaxed);
+    return w;
+}
+
+GB_INLINE uint32_t gb_fd_armed(const gb_ring *r)
+{
+    /* relaxed: a late view only costs one wake byte or one poll slice */
+    return atomic_load_explicit(&r->hdr->fd_armed, memory_order_relaxed);
+}
+GB_INLINE void gb_arm_fd(gb_ring *r)
+{
+    /* seq_cst: must be visible before the reader re-checks for data */
+    atomic_store_explicit(&r->hdr->fd_armed, 1, memory_order_seq_cst);
+}
 
 /* Approximate number of items waiting (claimed-for-write minus consumed). */
 GB_INLINE int64_t gb_queue_size(const gb_ring *r)

@@ -1,0 +1,162 @@
+"""Type stub for ``global_buffer._core``, the one compiled module.
+
+Private: the public API lives in ``global_buffer`` (stream.py, ring.py), whose
+classes subclass these handles.  Names starting with ``_`` are internal to
+the package but typed here so the Python layers type-check against them.
+
+Sections follow the source files: module state and segments, ``Handle``,
+streams (``_core.pyx``), then queue and broadcast rings (``_queue.pxi``).
+"""
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+# ---------------------------------------------------------------------------
+# constants (csrc/gb_ring.h)
+# ---------------------------------------------------------------------------
+
+HAVE_FUTEX: bool
+HEADER_SIZE: int
+SLOT_HEADER: int
+LAYOUT_VERSION: int
+KIND_ARRAY: int
+KIND_MESSAGE: int
+KIND_OBJECT: int
+KIND_BYTES: int
+FLAG_QUEUE: int
+FLAG_BROADCAST: int
+
+# ---------------------------------------------------------------------------
+# process-wide settings
+# ---------------------------------------------------------------------------
+
+def set_wait_backend(name: str) -> None:
+    """``"futex"`` (Linux default) or ``"poll"`` (the portable fallback)."""
+def get_wait_backend() -> str: ...
+def set_spin(seconds: float) -> None:
+    """How long a blocked call spins before it sleeps in the kernel."""
+def now_ns() -> int:
+    """The monotonic clock shared by every process (heartbeats, stamps)."""
+def _reset_pid() -> None: ...
+
+# ---------------------------------------------------------------------------
+# segments: the caller allocates, the core lays out and validates
+# ---------------------------------------------------------------------------
+
+def segment_nbytes(kind: int, flags: int, capacity: int, slot_size: int,
+                   meta_len: int) -> int:
+    """Bytes needed for a segment; ``ValueError`` if out of range."""
+def init_segment(buffer: Any, kind: int, flags: int, capacity: int, slot_size: int,
+                 maxsize: int, schema_hash: int, meta: bytes, owner_pid: int,
+                 owner_start: int) -> None:
+    """Lay out a fresh, zeroed segment in the writable ``buffer``."""
+
+# ---------------------------------------------------------------------------
+# Handle: one validated mapping of one segment
+# ---------------------------------------------------------------------------
+
+class Handle:
+    _poll_min_ns: int
+    _poll_max_ns: int
+
+    def _bind(self, mm: Any, what: str) -> None:
+        """Validate the segment in ``mm``; ``gb.BufferCorrupt`` if invalid."""
+    def _unbind(self) -> None: ...
+    def _set_array(self, dtype: np.dtype, shape: Tuple[int, ...]) -> None: ...
+    def _shape_tuple(self) -> Tuple[int, ...]: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def capacity(self) -> int: ...
+
+    # header fields (raise gb.BufferClosed on a closed handle)
+    @property
+    def _kind(self) -> int: ...
+    @property
+    def _flags(self) -> int: ...
+    @property
+    def _nslots(self) -> int: ...
+    @property
+    def _slot_size(self) -> int: ...
+    @property
+    def _slot_stride(self) -> int: ...
+    @property
+    def _slots_offset(self) -> int: ...
+    @property
+    def _schema_hash(self) -> int: ...
+    @property
+    def _meta(self) -> bytes: ...
+    @property
+    def _maxsize(self) -> int: ...
+    @property
+    def _owner(self) -> Tuple[int, int]:
+        """(pid, start time) of the creating process."""
+    @property
+    def _writer(self) -> Tuple[int, int]:
+        """(pid, start time) of the current stream writer."""
+    @property
+    def _heartbeat_ns(self) -> int: ...
+    @property
+    def _tail(self) -> int:
+        """Streams: samples committed.  Queues: next position to claim."""
+    @property
+    def _head(self) -> int: ...
+    @property
+    def _wake_calls(self) -> int: ...
+    @property
+    def _readers(self) -> int: ...
+    @property
+    def _created_ns(self) -> int: ...
+    def _add_readers(self, delta: int) -> None: ...
+    def _payload_offset(self, pos: int) -> int: ...
+    def _set_writer(self, pid: int, start: int) -> None: ...
+
+# ---------------------------------------------------------------------------
+# streams (gb.GlobalBuffer / gb.Reader subclass these)
+# ---------------------------------------------------------------------------
+
+class StreamWriter(Handle):
+    def _setup_writer(self, heartbeat_interval: float,
+                      encode: Optional[Callable[[Any], bytes]]) -> None: ...
+    def heartbeat(self) -> None: ...
+    def write(self, sample: Any) -> None:
+        """Publish one sample (an ndarray of the stream's dtype and shape,
+        or a model instance / dict for message streams)."""
+    def _slot_view(self, pos: int) -> NDArray[Any]: ...
+    def _make_view(self, pos: int) -> NDArray[Any]: ...
+    def _drop_views(self) -> None: ...
+    def _reserve_begin(self) -> int: ...
+    def _reserve_end(self, pos: int, commit: bool) -> None: ...
+
+class StreamReader(Handle):
+    _cursor: int
+    overruns: int
+
+    def _setup_reader(self, decode: Optional[Callable[[bytes], Any]],
+                      from_oldest: bool) -> None: ...
+    def next(self, timeout: Optional[float] = None) -> Any:
+        """The next sample in order; ``gb.Empty`` on timeout."""
+    def _next_seq(self, timeout: Optional[float] = None) -> Tuple[Any, int]: ...
+    def latest(self) -> Any:
+        """The newest committed sample, or None."""
+    def _latest_seq(self) -> Tuple[Any, int]: ...
+    def _wait_new(self, seen: int, timeout: Optional[float]) -> bool: ...
+    def next_into(self, out: NDArray[Any], timeout: Optional[float] = None) -> int:
+        """Copy the next sample into ``out``; return its sequence number."""
+    def next_batch_into(self, out: NDArray[Any], timeout: Optional[float] = None) -> int:
+        """Copy up to ``len(out)`` samples into ``out``; return how many."""
+    def _out_what(self, batch: bool) -> str: ...
+    def _view_begin(self, take_next: bool,
+                    timeout: Optional[float]) -> Optional[Tuple[int, int]]: ...
+    def _view_check(self, pos: int, word: int) -> bool: ...
+
+# ---------------------------------------------------------------------------
+# queue and broadcast rings (_queue.pxi; gb.Ring subclasses these)
+# ---------------------------------------------------------------------------
+# Owners of _queue.pxi: add the stubs of QueueHandle, BroadcastHandle, the
+# blob_* and peer_* functions and the AUX_* / ROLE_* constants here, then
+# delete the __getattr__ below, which until then types every name not
+# stubbed yet as Any (a partial stub, PEP 484).
+
+def __getattr__(name: str) -> Any: ...

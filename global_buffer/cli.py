@@ -1,0 +1,685 @@
+"""The ``python -m global_buffer`` command line (SPEC §7).
+
+Subcommands:
+
+- ``demo``   a writer process streams frames to reader processes through a
+             stream, with a live rate line; ends by itself.
+- ``ls``     the live segments, one line each.
+- ``stat``   the header of one segment and its rate over a second.
+- ``unlink`` remove a segment.
+- ``clean``  remove the segments whose owner process is gone.
+
+Exit codes: 0 success, 1 a named segment is missing or unreadable (or the
+demo saw an error), 2 bad arguments, 130 interrupted by Ctrl-C.
+"""
+import argparse
+import fnmatch
+import json
+import os
+import re
+import signal
+import struct
+import sys
+import time
+
+__all__ = ["main", "segment_info"]
+
+PROG = "python -m global_buffer"
+
+_RING_MAGIC = 0x31304752425F4247  # "GB_RGR01": csrc/gb_ring.h GB_MAGIC
+_BLOB_MAGIC = 0x31304F4C425F4247  # "GB_BLO01": out-of-line item of a ring
+_BLOB_NAME = re.compile(r"^(?P<ring>.+)\.b(?P<pid>\d+)\.\d+$")
+
+
+class CliError(Exception):
+    """A one-line message for the user, and the exit code to leave with."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------
+# reading segment headers
+# ---------------------------------------------------------------------------
+
+def _kind_name(kind, flags):
+    from . import _core
+    payload = {_core.KIND_ARRAY: "array", _core.KIND_MESSAGE: "message",
+               _core.KIND_OBJECT: "object", _core.KIND_BYTES: "bytes"}.get(kind, f"kind{kind}")
+    if flags & _core.FLAG_QUEUE:
+        family = "queue"
+    elif flags & _core.FLAG_BROADCAST:
+        family = "bcast"
+    else:
+        family = "stream"
+    return f"{family}:{payload}"
+
+
+def _schema_text(meta):
+    """Short description of a segment's schema metadata."""
+    if not isinstance(meta, dict):
+        return "-"
+    if "dtype" in meta and "shape" in meta:
+        try:
+            import numpy as np
+            from .schema import ArraySpec
+            spec = ArraySpec.from_json(meta)
+            dims = "x".join(str(d) for d in spec.shape) or "scalar"
+            return f"{np.dtype(spec.dtype).name}[{dims}]"
+        except Exception:  # noqa: BLE001 - a display helper must not fail
+            return f"{meta.get('dtype')}{meta.get('shape')}"
+    if meta.get("model"):
+        return str(meta["model"])
+    if meta.get("kind"):
+        return str(meta["kind"])
+    return "-"
+
+
+def segment_info(name):
+    """Header fields of the segment ``name`` as a dict, read without
+    registering as a reader (nothing in the segment is changed).
+
+    Raises ``gb.BufferNotFound`` for a missing name, ``gb.BufferCorrupt``
+    for bytes that are not a valid segment.
+    """
+    from . import _core
+    from .errors import BufferCorrupt
+    from .schema import decode_meta
+    from .segment import Segment, process_alive
+
+    seg = Segment.attach(name)
+    try:
+        magic = struct.unpack_from("<Q", seg.mm, 0)[0] if seg.size >= 8 else 0
+        if magic == _BLOB_MAGIC:
+            size, = struct.unpack_from("<Q", seg.mm, 8)
+            m = _BLOB_NAME.match(name)
+            pid = int(m.group("pid")) if m else 0
+            return {"name": name, "kind": "blob", "segment_bytes": seg.size,
+                    "capacity": None, "slot_size": size, "owner_pid": pid,
+                    "owner_alive": process_alive(pid), "items": None, "readers": None,
+                    "ring": m.group("ring") if m else None}
+        h = _core.Handle()
+        try:
+            h._bind(seg.mm, f"segment {name!r}")
+            kind, flags = h._kind, h._flags
+            owner_pid, owner_start = h._owner
+            writer_pid, writer_start = h._writer
+            try:
+                meta = decode_meta(h._meta)
+            except ValueError:
+                meta = None
+            now = _core.now_ns()
+            hb = h._heartbeat_ns
+            info = {
+                "name": name,
+                "kind": _kind_name(kind, flags),
+                "schema": _schema_text(meta),
+                "schema_hash": f"{h._schema_hash:016x}",
+                "capacity": h.capacity,
+                "slots": h._nslots,
+                "slot_size": h._slot_size,
+                "slot_stride": h._slot_stride,
+                "segment_bytes": seg.size,
+                "maxsize": h._maxsize,
+                "owner_pid": owner_pid,
+                "owner_alive": process_alive(owner_pid, owner_start),
+                "writer_pid": writer_pid,
+                "writer_alive": process_alive(writer_pid, writer_start) if writer_pid else None,
+                "heartbeat_age_s": (now - hb) / 1e9 if hb else None,
+                "age_s": (now - h._created_ns) / 1e9,
+                "items": h._tail,
+                "head": h._head,
+                "readers": h._readers,
+                "wake_calls": h._wake_calls,
+                "queue": bool(flags & _core.FLAG_QUEUE),
+            }
+        finally:
+            h._unbind()
+        if info["queue"]:
+            info["waiting"] = max(0, info["items"] - info["head"])
+        return info
+    except struct.error:
+        raise BufferCorrupt(f"segment {name!r} is too small to be a segment") from None
+    finally:
+        seg.close()
+
+
+def _exists(name):
+    from .segment import list_names, os_name
+    osname = os_name(name)
+    if os.path.isdir("/dev/shm"):
+        return os.path.exists("/dev/shm/" + osname[1:])
+    return name in list_names()  # pragma: no cover - not Linux (unverified)
+
+
+def _check_name(name):
+    from .segment import validate_name
+    try:
+        validate_name(name)
+    except (TypeError, ValueError) as e:
+        raise CliError(str(e), 2) from None
+
+
+def _info_or_error(name):
+    from .errors import BufferNotFound, GlobalBufferError
+    _check_name(name)
+    try:
+        return segment_info(name)
+    except BufferNotFound:
+        raise CliError(f"no segment named {name!r} (see `{PROG} ls`)") from None
+    except PermissionError as e:
+        raise CliError(str(e)) from None
+    except GlobalBufferError as e:
+        raise CliError(str(e).splitlines()[0] if str(e) else f"{name!r}: {type(e).__name__}") from None
+
+
+def _size(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _alive(flag):
+    return "-" if flag is None else ("alive" if flag else "dead")
+
+
+# ---------------------------------------------------------------------------
+# ls / stat / unlink / clean
+# ---------------------------------------------------------------------------
+
+def cmd_ls(args, out):
+    from .segment import list_names
+    rows = []
+    for name in list_names():
+        try:
+            rows.append(segment_info(name))
+        except Exception as e:  # noqa: BLE001 - one bad segment must not hide the rest
+            rows.append({"name": name, "kind": "?",
+                         "error": (str(e).splitlines() or [type(e).__name__])[0]})
+    if args.json:
+        print(json.dumps(rows, indent=1), file=out)
+        return 0
+    if not rows:
+        print("no global_buffer segments", file=out)
+        return 0
+    header = ("NAME", "KIND", "CAPACITY", "SLOT", "OWNER", "ITEMS", "READERS")
+    table = [header]
+    for r in rows:
+        if "error" in r:
+            table.append((r["name"], "?", "-", "-", "-", "-", f"unreadable: {r['error']}"))
+            continue
+        owner = f"{r['owner_pid']} {_alive(r['owner_alive'])}" if r["owner_pid"] else "-"
+        table.append((r["name"], r["kind"], _dash(r["capacity"]), _size(r["slot_size"]),
+                      owner, _dash(r["items"]), _dash(r["readers"])))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths)] + [str(row[-1])]
+        print("  ".join(cells).rstrip(), file=out)
+    return 0
+
+
+def _dash(v):
+    return "-" if v is None else v
+
+
+def cmd_stat(args, out):
+    info = _info_or_error(args.name)
+    if args.interval > 0 and info["kind"] != "blob":
+        t0 = time.monotonic()
+        time.sleep(args.interval)
+        try:
+            later = segment_info(args.name)
+        except Exception:  # noqa: BLE001 - removed while we watched
+            later = None
+        dt = time.monotonic() - t0
+        if later is not None:
+            info["rate_items_per_s"] = (later["items"] - info["items"]) / dt
+            info["rate_bytes_per_s"] = info["rate_items_per_s"] * (info["slot_size"] or 0)
+            info["items"] = later["items"]
+    if args.json:
+        print(json.dumps(info, indent=1), file=out)
+        return 0
+    lines = [
+        ("name", info["name"]),
+        ("kind", info["kind"]),
+        ("schema", info.get("schema", "-")),
+        ("capacity", _dash(info.get("capacity"))),
+        ("slots", _dash(info.get("slots"))),
+        ("slot size", f"{_size(info['slot_size'])} ({info['slot_size']} bytes)"),
+        ("segment", _size(info["segment_bytes"])),
+        ("owner", f"pid {info['owner_pid']} ({_alive(info['owner_alive'])})"),
+    ]
+    if info["kind"] != "blob":
+        if info["writer_pid"]:
+            lines.append(("writer", f"pid {info['writer_pid']} ({_alive(info['writer_alive'])})"))
+        if info["heartbeat_age_s"] is not None:
+            lines.append(("heartbeat", f"{info['heartbeat_age_s']:.2f} s ago"))
+        lines.append(("created", f"{info['age_s']:.1f} s ago"))
+        lines.append(("items written", info["items"]))
+        if info["queue"]:
+            lines.append(("items waiting", info["waiting"]))
+            if info["maxsize"] > 0:
+                lines.append(("maxsize", info["maxsize"]))
+        lines.append(("readers", info["readers"]))
+        lines.append(("wake calls", info["wake_calls"]))
+        lines.append(("schema hash", info["schema_hash"]))
+        if "rate_items_per_s" in info:
+            lines.append(("rate", f"{info['rate_items_per_s']:.1f} items/s, "
+                                  f"{info['rate_bytes_per_s'] / 1e6:.1f} MB/s "
+                                  f"(over {args.interval:g} s)"))
+    else:
+        lines.append(("ring", info.get("ring") or "-"))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k.ljust(width)}  {v}", file=out)
+    return 0
+
+
+def cmd_unlink(args, out):
+    from .segment import unlink
+    _check_name(args.name)
+    if not _exists(args.name):
+        raise CliError(f"no segment named {args.name!r} (see `{PROG} ls`)")
+    note = ""
+    try:
+        info = segment_info(args.name)
+        if info["owner_alive"]:
+            note = f" (its owner, pid {info['owner_pid']}, is still running)"
+    except Exception:  # noqa: BLE001 - a corrupt segment can still be removed
+        pass
+    unlink(args.name)
+    print(f"removed {args.name}{note}", file=out)
+    return 0
+
+
+def _clean_candidates(patterns):
+    """(name, reason) of each segment whose owner is gone."""
+    from .errors import BufferNotFound
+    from .segment import list_names
+    names = list_names()
+    present = set(names)
+    found = []
+    for name in names:
+        if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        try:
+            info = segment_info(name)
+        except BufferNotFound:
+            continue  # removed meanwhile
+        except Exception:  # noqa: BLE001 - unreadable: owner unknown, leave it
+            continue
+        if info["kind"] == "blob":
+            ring = info.get("ring")
+            ring_gone = ring not in present
+            if not ring_gone:
+                try:
+                    ring_gone = not segment_info(ring)["owner_alive"]
+                except Exception:  # noqa: BLE001
+                    ring_gone = False
+            if not info["owner_alive"] and ring_gone:
+                found.append((name, f"blob of pid {info['owner_pid']}, which is gone"))
+        elif info["owner_pid"] and not info["owner_alive"]:
+            found.append((name, f"owner pid {info['owner_pid']} is gone"))
+    return found
+
+
+def cmd_clean(args, out):
+    from .segment import unlink
+    found = _clean_candidates(args.patterns)
+    verb = "would remove" if args.dry_run else "removed"
+    for name, why in found:
+        if not args.dry_run:
+            unlink(name)
+        print(f"{verb} {name} ({why})", file=out)
+    n = len(found)
+    print(f"{verb} {n} segment{'s' if n != 1 else ''} with a dead owner", file=out)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------
+
+def _parse_shape(text):
+    try:
+        shape = tuple(int(p) for p in text.lower().replace(",", "x").split("x") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 480x640x3, got {text!r}")
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"shape must have positive dimensions, got {text!r}")
+    n = 1
+    for d in shape:
+        n *= d
+    if n < 8:
+        raise argparse.ArgumentTypeError("frames must have at least 8 bytes (a timestamp)")
+    if n > 1 << 31:
+        raise argparse.ArgumentTypeError("frames larger than 2 GiB are not for a demo")
+    return shape
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return v
+    return parse
+
+
+def _non_negative(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
+def _orphaned(parent):
+    return os.getppid() != parent
+
+
+def _demo_writer(name, shape, capacity, rate, stats, ready, go, stop, parent, limit):
+    """Child: create the stream, then write frames until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    import numpy as np
+
+    import global_buffer as gb
+    from ._core import now_ns
+
+    with gb.create(name, gb.ArraySpec("uint8", shape), capacity) as w:
+        frame = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+        stamp = frame.reshape(-1)[:8].view(np.int64)  # send time, for latency
+        ready.set()
+        if not go.wait(limit):
+            return
+        end = time.monotonic() + limit
+        period = 1.0 / rate if rate else 0.0
+        next_t = time.monotonic()
+        n = 0
+        while not stop.is_set():
+            if period:
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_t += period
+            stamp[0] = now_ns()
+            w.write(frame)
+            n += 1
+            stats[0] = n
+            if n % 256 == 0 and (time.monotonic() > end or _orphaned(parent)):
+                break
+        # leaving the with-block unlinks the segment; readers keep their mapping
+
+
+def _demo_reader(name, index, stats, ready, stop, parent, limit):
+    """Child: read every frame in order (next_into: no allocation)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import numpy as np
+
+    import global_buffer as gb
+    from ._core import now_ns
+
+    base = 1 + 4 * index
+    with gb.attach(name) as r:
+        out = np.empty(r.shape, r.dtype)
+        stamp = out.reshape(-1)[:8].view(np.int64)
+        ready.set()
+        end = time.monotonic() + limit
+        frames = lat_sum = 0
+        draining = False
+        while time.monotonic() < end and not _orphaned(parent):
+            if not draining and stop.is_set():
+                draining = True  # writer has finished: take what is left, then go
+            try:
+                r.next_into(out, timeout=0.02 if draining else 0.1)
+            except gb.Empty:
+                if draining:
+                    break
+                continue
+            frames += 1
+            lat_sum += now_ns() - int(stamp[0])
+            stats[base] = frames
+            stats[base + 1] = r.overruns
+            stats[base + 2] = lat_sum
+        stats[base + 1] = r.overruns
+        stats[base + 3] = 1  # finished cleanly
+
+
+def _mb(bytes_per_s):
+    mb = bytes_per_s / 1e6
+    return f"{mb:.0f}" if mb >= 100 else f"{mb:.1f}"
+
+
+def _rate_line(elapsed, snap, prev, dt, nreaders, frame_bytes):
+    parts = [f"{elapsed:5.1f}s  writer {(snap[0] - prev[0]) / dt:7.0f} fr/s"]
+    for i in range(nreaders):
+        b = 1 + 4 * i
+        fps = (snap[b] - prev[b]) / dt
+        dn = snap[b] - prev[b]
+        lat = (snap[b + 2] - prev[b + 2]) / dn / 1e3 if dn else 0.0
+        parts.append(f"r{i + 1} {fps:7.0f} fr/s {_mb(fps * frame_bytes):>7} MB/s "
+                     f"lat {lat:6.0f} us ovr {snap[b + 1]}")
+    return " | ".join(parts)
+
+
+def cmd_demo(args, out):
+    import multiprocessing as mp
+
+    from .segment import unlink
+
+    shape, nreaders = args.shape, args.readers
+    frame_bytes = 1
+    for d in shape:
+        frame_bytes *= d
+    name = args.name or f"demo-{os.getpid()}"
+    _check_name(name)
+    if _exists(name):
+        raise CliError(f"a segment named {name!r} already exists; pick another --name")
+    ctx = mp.get_context("spawn")
+    stats = ctx.RawArray("q", 1 + 4 * nreaders)
+    ready_w, go, stop_w, stop_r = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
+    limit = args.seconds + 60.0  # children give up by themselves if we vanish
+    parent = os.getpid()
+    tty = out.isatty()
+    procs = []
+    print(f"global_buffer demo: 1 writer -> {nreaders} reader process(es) through stream "
+          f"{name!r}: {'x'.join(map(str, shape))} uint8 frames ({frame_bytes / 1e6:.2f} MB), "
+          f"capacity {args.capacity}, "
+          f"{'full speed' if not args.rate else f'{args.rate:g} frames/s'}, "
+          f"{args.seconds:g} s", file=out, flush=True)
+    try:
+        w = ctx.Process(target=_demo_writer, name="gb-demo-writer",
+                        args=(name, shape, args.capacity, args.rate, stats, ready_w, go,
+                              stop_w, parent, limit))
+        w.start()
+        procs.append(w)
+        if not _wait_event(ready_w, w, 60):
+            raise CliError(f"the writer process failed to start (exit code {w.exitcode})")
+        readies = []
+        for i in range(nreaders):
+            ev = ctx.Event()
+            p = ctx.Process(target=_demo_reader, name=f"gb-demo-reader-{i + 1}",
+                            args=(name, i, stats, ev, stop_r, parent, limit))
+            p.start()
+            procs.append(p)
+            readies.append((ev, p))
+        for ev, p in readies:
+            if not _wait_event(ev, p, 60):
+                raise CliError(f"reader {p.name} failed to start (exit code {p.exitcode})")
+
+        go.set()
+        t0 = time.monotonic()
+        end = t0 + args.seconds
+        prev, tprev = list(stats), t0
+        refresh = 0.25 if tty else 1.0
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            time.sleep(min(refresh, end - now))
+            if not w.is_alive():
+                break
+            now = time.monotonic()
+            snap = list(stats)
+            line = _rate_line(now - t0, snap, prev, max(now - tprev, 1e-9), nreaders,
+                              frame_bytes)
+            if tty:
+                print("\r" + line + "\x1b[K", end="", file=out, flush=True)
+            else:
+                print(line, file=out, flush=True)
+            prev, tprev = snap, now
+        elapsed = time.monotonic() - t0
+        stop_w.set()
+        w.join(30)
+        stop_r.set()
+        for p in procs[1:]:
+            p.join(30)
+        if tty:
+            print(file=out)
+        return _demo_summary(stats, procs, nreaders, frame_bytes, elapsed, out)
+    except KeyboardInterrupt:
+        if tty:
+            print(file=out)
+        print("interrupted: stopping the demo", file=out, flush=True)
+        return 130
+    finally:
+        stop_w.set()
+        stop_r.set()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        if ready_w.is_set():
+            unlink(name)  # the writer unlinks on exit; this covers a writer that died
+
+
+def _wait_event(ev, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ev.wait(0.1):
+            return True
+        if not proc.is_alive():
+            return False
+    return False
+
+
+def _demo_summary(stats, procs, nreaders, frame_bytes, elapsed, out):
+    snap = list(stats)
+    written = snap[0]
+    print(f"done in {elapsed:.1f} s: writer published {written} frames "
+          f"({written / elapsed:.0f} frames/s, {_mb(written * frame_bytes / elapsed)} MB/s)",
+          file=out)
+    ok = procs[0].exitcode == 0
+    if not ok:
+        print(f"  writer exited with code {procs[0].exitcode}", file=out)
+    for i in range(nreaders):
+        b = 1 + 4 * i
+        frames, overruns, lat, finished = snap[b:b + 4]
+        code = procs[1 + i].exitcode
+        lat_us = lat / frames / 1e3 if frames else 0.0
+        accounted = frames + overruns == written
+        print(f"  reader {i + 1}: {frames} frames "
+              f"({frames / elapsed:.0f} frames/s, {_mb(frames * frame_bytes / elapsed)} MB/s), "
+              f"{overruns} overruns, mean latency {lat_us:.0f} us"
+              f"{'' if accounted else '  [frames + overruns != published!]'}", file=out)
+        if code != 0 or not finished:
+            print(f"  reader {i + 1} exited with code {code}", file=out)
+            ok = False
+        ok = ok and accounted and frames > 0
+    if ok:
+        print("every frame was received intact or counted as an overrun "
+              "(the writer never waits for readers)", file=out)
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Named shared-memory rings for Python processes: demo and segment tools.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"global_buffer {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("demo", help="stream frames from a writer process to reader processes",
+                       description="A writer process streams frames through a global_buffer "
+                                   "stream to reader processes, showing live rates; "
+                                   "ends by itself.")
+    d.add_argument("--seconds", type=_positive(float), default=3.0,
+                   help="how long to stream (default 3)")
+    d.add_argument("--readers", type=_positive(int), default=2,
+                   help="reader processes (default 2)")
+    d.add_argument("--shape", "--size", type=_parse_shape, default=(480, 640, 3),
+                   help="frame shape, uint8 (default 480x640x3)")
+    d.add_argument("--rate", type=_non_negative, default=0.0,
+                   help="frames per second to write (default 0: full speed)")
+    d.add_argument("--capacity", type=_positive(int), default=8,
+                   help="frames the stream holds (default 8)")
+    d.add_argument("--name", default=None, help="segment name (default demo-<pid>)")
+    d.set_defaults(func=cmd_demo)
+
+    ls = sub.add_parser("ls", help="list live segments",
+                        description="One line per global_buffer segment: name, kind, "
+                                    "capacity, slot size, owner pid and whether it is alive, "
+                                    "items written, attached readers.")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_ls)
+
+    st = sub.add_parser("stat", help="show one segment's header and rate",
+                        description="Header fields of one segment and its write rate.")
+    st.add_argument("name")
+    st.add_argument("--interval", type=_non_negative, default=1.0,
+                    help="seconds to measure the rate over (default 1; 0: no rate)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_stat)
+
+    un = sub.add_parser("unlink", help="remove a segment",
+                        description="Remove a segment by name.  Processes that have it "
+                                    "mapped keep using it until they close it.")
+    un.add_argument("name")
+    un.set_defaults(func=cmd_unlink)
+
+    cl = sub.add_parser("clean", help="remove segments whose owner process is gone",
+                        description="Remove the segments whose owner process has exited "
+                                    "(pid and start time checked, so a reused pid does not "
+                                    "count as alive).")
+    cl.add_argument("patterns", nargs="*", metavar="PATTERN",
+                    help="only names matching these shell patterns (default: all)")
+    cl.add_argument("-n", "--dry-run", action="store_true",
+                    help="list what would be removed, remove nothing")
+    cl.set_defaults(func=cmd_clean)
+    return p
+
+
+def main(argv=None, out=None):
+    """Run the command line; returns the exit code."""
+    out = out if out is not None else sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, out)
+    except CliError as e:
+        print(f"{PROG.split()[-1]}: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... ls | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0

@@ -1,0 +1,119 @@
+"""``gb.Manager``: a ``SyncManager`` that also makes shared-memory rings
+(SPEC §3.3).
+
+``manager.Ring(...)``, ``manager.JoinableRing(...)`` and ``manager.Pipe()``
+return real rings and connections (not proxies): the manager process
+creates and owns the segments, so they outlive the process that asked for
+them and are removed when the manager shuts down.  Every usual
+``SyncManager`` proxy (``dict``, ``list``, ``Lock``, ``Queue``...) works
+as before.
+"""
+import os
+import pickle
+from multiprocessing import managers as _std
+
+from ..ring import JoinableRing as _JoinableRing, Ring as _Ring
+from .connection import Pipe as _Pipe
+
+__all__ = list(getattr(_std, "__all__", [])) + ["GBManager", "Manager"]
+globals().update((n, getattr(_std, n)) for n in getattr(_std, "__all__", []))
+
+
+class _Segments:
+    """Lives in the manager process: makes rings and keeps them (the
+    manager process is their owner)."""
+
+    def __init__(self):
+        self.rings = []
+        self.pipes = []
+
+    def ring(self, joinable, args, kwargs):
+        r = (_JoinableRing if joinable else _Ring)(*args, **kwargs)
+        self.rings.append(r)
+        return r.name
+
+    def pipe(self, duplex):
+        c1, c2 = _Pipe(duplex)
+        # keep the rings (their owner) here; hand the connections over.
+        # Pickling marks both ends pending until the client attaches, so
+        # closing our copies now does not look like EOF to anyone.
+        self.pipes.append(c1._owner)
+        blob = pickle.dumps((c1, c2))
+        c1.close()
+        c2.close()
+        return blob
+
+
+_segments = None
+
+
+def _get_segments():
+    global _segments
+    if _segments is None or _segments_pid != os.getpid():
+        _set(_Segments())
+    return _segments
+
+
+_segments_pid = None
+
+
+def _set(s):
+    global _segments, _segments_pid
+    _segments, _segments_pid = s, os.getpid()
+
+
+class _SegmentsProxy(_std.BaseProxy):
+    _exposed_ = ("ring", "pipe")
+
+    def ring(self, joinable, args, kwargs):
+        return self._callmethod("ring", (joinable, args, kwargs))
+
+    def pipe(self, duplex):
+        return self._callmethod("pipe", (duplex,))
+
+
+class GBManager(_std.SyncManager):
+    """``multiprocessing.managers.SyncManager`` plus ring factories."""
+
+    def _segments(self):
+        proxy = self._gb_segments()
+        return proxy
+
+    def Ring(self, maxsize=0, **kwargs):
+        """A :class:`gb.Ring` owned by the manager process (same arguments)."""
+        name = self._gb_segments().ring(False, (maxsize,), kwargs)
+        return _Ring.attach(name, model=_model(kwargs), serializer=_custom(kwargs))
+
+    def JoinableRing(self, maxsize=0, **kwargs):
+        """A :class:`gb.JoinableRing` owned by the manager process."""
+        name = self._gb_segments().ring(True, (maxsize,), kwargs)
+        return _JoinableRing.attach(name, model=_model(kwargs), serializer=_custom(kwargs))
+
+    def Pipe(self, duplex=True):
+        """A :func:`gb.Pipe` whose rings the manager process owns."""
+        return pickle.loads(self._gb_segments().pipe(duplex))
+
+
+def _model(kwargs):
+    from ..codec import is_model
+    s = kwargs.get("schema")
+    return s if is_model(s) else None
+
+
+def _custom(kwargs):
+    s = kwargs.get("serializer")
+    return s if isinstance(s, tuple) else None
+
+
+GBManager.register("_gb_segments", callable=_get_segments, proxytype=_SegmentsProxy)
+
+
+class Manager(GBManager):
+    """A :class:`GBManager` that starts at once, so ``gb.Manager()`` is used
+    like ``multiprocessing.Manager()`` (and as a context manager)."""
+
+    def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
+                 start=True, **kwargs):
+        super().__init__(address, authkey, serializer, ctx, **kwargs)
+        if start:
+            self.start()
