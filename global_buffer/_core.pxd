@@ -131,6 +131,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
     uint64_t gb_add_u64(uint64_t *p, int64_t v)
     uint64_t gb_slot_word(const gb_ring *r, uint64_t pos)
     uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
+    uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t claim)
     uint64_t gb_slot_aux(const gb_ring *r, uint64_t pos)
     void gb_slot_set_aux(gb_ring *r, uint64_t pos, uint64_t aux)
     uint64_t gb_slot_len(const gb_ring *r, uint64_t pos)

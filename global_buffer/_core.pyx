@@ -548,6 +548,7 @@ cdef class StreamReader(Handle):
 
     cdef public uint64_t _cursor
     cdef public uint64_t overruns
+    cdef uint64_t _stale_tail
     cdef object _decode
 
     def _setup_reader(self, decode, bint from_oldest):
@@ -583,14 +584,21 @@ cdef class StreamReader(Handle):
             return raw
         return self._decode(raw)
 
-    cdef int _stale(self, uint64_t pos, int64_t *since) except -1:
+    cdef int _stale(self, uint64_t pos, int64_t *since, int64_t deadline=-1) except -1:
         """A read of pos went stale: fine if the writer lapped us, corrupt if
-        the slot never validates while nothing moves."""
+        the slot never validates while nothing moves.  ``since`` is when the
+        writer was last seen to make progress; a blocking call still honours
+        its deadline (gb.Empty) when every sample is overwritten before it
+        can be copied (a huge sample and a tiny ring)."""
         cdef int64_t now = gb_now_ns()
-        if since[0] == 0:
+        cdef uint64_t t = gb_stream_tail(&self.r)
+        if since[0] == 0 or t != self._stale_tail:
+            self._stale_tail = t
             since[0] = now
         elif now - since[0] > _CORRUPT_NS:
             raise BufferCorrupt(f"slot for sample {pos} never validates: segment corrupt")
+        if deadline >= 0 and now >= deadline:
+            raise Empty()
         return 0
 
     cdef object _next(self, object timeout, uint64_t *seq):
@@ -609,7 +617,7 @@ cdef class StreamReader(Handle):
                 self._cursor = pos + 1
                 seq[0] = pos
                 return self._finish(raw)
-            self._stale(pos, &since)
+            self._stale(pos, &since, deadline)
 
     def next(self, timeout=None):
         """The next sample in order; blocks up to ``timeout`` seconds
@@ -696,7 +704,7 @@ cdef class StreamReader(Handle):
                             self._nbytes, &n) == GB_OK:
                 self._cursor = pos + 1
                 return pos
-            self._stale(pos, &since)
+            self._stale(pos, &since, deadline)
 
     def next_batch_into(self, out, timeout=None):
         """Copy up to ``len(out)`` samples into ``out`` (shape ``(k, *shape)``):
@@ -721,7 +729,7 @@ cdef class StreamReader(Handle):
                 pos = self._cursor
                 if gb_read_copy(&self.r, pos, dst + got * self._nbytes,
                                 self._nbytes, &n) != GB_OK:
-                    self._stale(pos, &since)
+                    self._stale(pos, &since, deadline)
                     break  # lapped: re-clamp (counts the overrun)
                 self._cursor = pos + 1
                 got += 1
@@ -749,7 +757,7 @@ cdef class StreamReader(Handle):
                 if take_next:
                     self._cursor = pos + 1
                 return pos, w
-            self._stale(pos, &since)
+            self._stale(pos, &since, deadline if take_next else -1)
 
     def _view_check(self, uint64_t pos, uint64_t word):
         """True if the slot still holds the sample a view started on."""

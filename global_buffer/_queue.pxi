@@ -184,7 +184,8 @@ cdef class QueueHandle(Handle):
         cdef uint32_t st = gb_word_state(blocker)
         if pid == 0 or (st != GB_WRITING and st != GB_READING):
             return 0
-        start = gb_slot_owner_start(&self.r, gb_word_pos(blocker))
+        # 0 (pid-only check) until the claimant has recorded its start time
+        start = gb_slot_claim_start(&self.r, blocker)
         if self._alive(pid, start):
             return 0
         return gb_queue_recover(&self.r, blocker)
@@ -378,6 +379,16 @@ cdef class QueueHandle(Handle):
             return self._decode(raw)
         return self._ser.loads(raw)
 
+    def _debug_claim(self, bint put, timeout=None):
+        """Testing only: claim a slot to write (``put``) or read and return
+        its position without ever committing it, as a process killed
+        between claim and commit leaves it.  Full/Empty on timeout."""
+        cdef uint64_t pos
+        self._live()
+        if self._claim(put, _deadline(timeout), &pos):
+            raise Full() if put else Empty()
+        return pos
+
     def _wait_ready(self, bint put, timeout):
         """Wait (without claiming) until a put or get would likely succeed,
         or ``timeout`` passes.  Used by the asyncio methods from a thread."""
@@ -522,6 +533,15 @@ cdef class BroadcastHandle(StreamReader):
                         return 0
             PyErr_CheckSignals()
         return 0
+
+    def _debug_lock(self):
+        """Testing only: take the producers' lock and begin a sample without
+        finishing it, as a producer killed mid-put leaves them."""
+        cdef uint64_t pos
+        self._live()
+        self._lock()
+        gb_stream_begin(&self.r, _pid, &pos)
+        return pos
 
     def _put_obj(self, obj, bint block=True, timeout=None):
         cdef _Parts parts = None
@@ -704,6 +724,34 @@ def peers(Handle h, unsigned int role):
         if w and (w >> 32) == role:
             out.append((<uint32_t>w, start))
     return out
+
+
+def peer_entries(Handle h):
+    """[(pid, role, start)] of every used entry of the peer table."""
+    h._live()
+    cdef uint64_t w, start
+    out = []
+    for i in range(GB_MAX_PEERS):
+        w = gb_peer_get(&h.r, i, &start)
+        if w:
+            out.append((<uint32_t>w, <uint32_t>(w >> 32), start))
+    return out
+
+
+def peer_count(Handle h, unsigned int role):
+    """Entries holding ``role`` (its low two bits), plus one if any handle is
+    pickled but not attached yet: 0 means every holder closed explicitly.
+    Cheap enough for every send (no liveness probe: dead holders count)."""
+    h._live()
+    cdef uint64_t w, start
+    cdef int i, n = 0
+    for i in range(GB_MAX_PEERS):
+        w = gb_peer_get(&h.r, i, &start)
+        if w and ((w >> 32) & 3) == role:
+            n += 1
+    if gb_add_i64(&h.r.hdr.pending, 0) > 0:
+        n += 1
+    return n
 
 
 def pending_add(Handle h, long long n):

@@ -192,11 +192,14 @@ def _alive(flag):
 # ---------------------------------------------------------------------------
 
 def cmd_ls(args, out):
+    from .errors import BufferNotFound
     from .segment import list_names
     rows = []
     for name in list_names():
         try:
             rows.append(segment_info(name))
+        except BufferNotFound:
+            continue  # removed since we listed it
         except Exception as e:  # noqa: BLE001 - one bad segment must not hide the rest
             rows.append({"name": name, "kind": "?",
                          "error": (str(e).splitlines() or [type(e).__name__])[0]})

@@ -3,25 +3,30 @@ travel through shared-memory rings.
 
 The class subclasses :class:`multiprocessing.pool.Pool` and keeps its public
 methods and result objects (``ApplyResult``, ``MapResult``, the ``imap``
-iterators); what changes is the transport and the three handler threads:
+iterators); what changes is the transport and the three handler threads.
 
-- tasks go to the workers through one ring, results come back through
-  another, both serialised with cloudpickle (lambdas, closures and locally
-  defined classes work as functions, arguments and results), numpy arrays as
-  pickle protocol-5 out-of-band buffers written straight into shared memory;
-- the worker handler waits on the worker processes' sentinels and a pipe
-  that is written only when the pool's state or cache changes (the stdlib
-  waits on its result pipe too; a ring needs no descriptor);
-- each worker announces ``(job, index)`` on the result ring before running
-  a task.  When a worker exits with a task announced but no result, the
-  result handler fails that task with :class:`gb.WorkerLost` naming the
-  worker, the worker handler replaces the worker, and the pool carries on
-  (the stdlib pool waits for that result forever).
-
-Both rings are bounded, so a worker's announcement is in shared memory
-before the task runs, and a pool that produces tasks faster than workers
-consume them blocks its task-handler thread, as the stdlib's pipe does.
+- Tasks go to the workers through one bounded ring and results come back
+  through another.  Objects are pickled by the C pickler as for a stdlib
+  pool, and what it cannot pickle (lambdas, closures, local functions and
+  classes) by cloudpickle.  Large buffers (numpy arrays, protocol 5) are
+  *lent*: the sender copies one into a segment of its own that the receiver
+  maps as the array's memory, and the segment goes back to the sender when
+  that array is collected (see :class:`_Leases`).
+- Every message starts with a fixed header (kind, pid, job, index), so a
+  task or result that cannot be unpickled fails just that task.
+- The worker handler waits on the workers' sentinels and on a pipe written
+  only when the pool's state or cache changes (the stdlib also waits on its
+  result pipe; a ring needs no descriptor).  The result handler sleeps on the
+  result ring in slices, to notice ``terminate()``.
+- **Lost workers.**  Before running a task a worker writes ``(job, index)``
+  into its slot of a small shared table (the *board*).  When a worker exits,
+  the worker handler replaces it and puts a notice on the result ring; the
+  notice follows everything the worker sent (the ring is FIFO and the worker
+  is gone), so if the task on the board has no result by then, the result
+  handler fails it with :class:`gb.WorkerLost` naming the worker.  The
+  stdlib pool waits for that result forever.
 """
+import errno
 import functools
 import itertools
 import mmap
@@ -69,85 +74,166 @@ _PARENT_CHECK = 1.0
 #: How long terminate() lets a worker go after SIGTERM before SIGKILL.
 _TERM_GRACE = 2.0
 
-# messages on the result ring
-_STARTED = 0   # (_STARTED, pid, job, i): a worker took task (job, i)
-_DONE = 1      # (_DONE, pid, job, i, (success, value))
-_EXITED = 2    # (_EXITED, pid, exitcode): the worker handler reaped a worker
-# None: the task handler has sent every task (as in the stdlib)
 
+# -- the wire format -------------------------------------------------------------
+#
+# Every item on both rings is bytes: a header (kind, flags, pid, a, b), then
+# for tasks and results a pickle, then (flag _F_LEASES) a trailer naming the
+# leases that carry its out-of-band buffers:
+#   task      _TASK,  a = job, b = index, pickle of (func, args, kwds)
+#   stop      _STOP   (a worker exits; the task handler's sentinel)
+#   result    _DONE,  pid, a = job, b = index, pickle of (success, value)
+#   exited    _EXITED, pid, a = exit code, b = board slot (worker handler)
+#   finished  _STOP   (the task handler has sent every task)
 
-# -- results: large buffers lent to the pool process ---------------------------
+_HEAD = struct.Struct("<BBiqq")
+_TASK, _DONE, _EXITED, _STOP = 1, 2, 3, 4
+_F_LEASES = 1
+_STOP_ITEM = _HEAD.pack(_STOP, 0, 0, 0, 0)
 
-#: Out-of-band buffers (numpy arrays) at least this large come back in a
-#: "lease": a shared-memory segment of the worker that the pool process maps
-#: and gives the result array as its memory, without a copy (one thread in the
-#: pool process receives every result, so a copy there would be the limit).
-#: When the array is collected the segment goes back to its worker, which
-#: reuses it, already faulted in, for a later result.
+#: Out-of-band buffers (numpy arrays) at least this large travel in leases:
+#: no copy on the receiving side, where one thread of the pool process
+#: receives every result.
 LEASE_MIN = 512 * 1024
-_LEASE_HDR = _core.SLOT_HEADER   # a gb_blob header (magic, size, state, len)
-_LEASED = b"\x01"  # first byte of a result that names leases
+#: Seconds a free lease is kept for reuse before its memory is given back.
+LEASE_IDLE = 10.0
+_LEASE_HDR = _core.SLOT_HEADER   # a gb_blob header: magic, size, state, len
+_TRAILER = struct.Struct("<HI")  # count of leases, bytes of the names before it
+_LEASE = struct.Struct("<QH")    # bytes of the buffer, bytes of the name
+
+
+def _passthrough(data):
+    """The rings' codec: items are encoded and decoded by the pool itself."""
+    return data
 
 
 class _Leases:
-    """A worker's lease segments for one pool: ``<prefix>.h<pid>.<n>``."""
+    """The lease segments one process lends on one ring: ``<ring>.h<pid>.<n>``.
+
+    A lease's state word (``_core.blob_*``) is non-zero from the moment its
+    sender takes it until the receiver's mapping of it is collected; then the
+    sender reuses it (already faulted in) for a later buffer.  Free leases
+    not reused for ``LEASE_IDLE`` seconds are removed (:meth:`trim`), and all
+    free ones when shared memory runs short."""
 
     def __init__(self, prefix):
         self.prefix = prefix
-        self.segs = []  # [(Segment, capacity)]
+        self.segs = []  # [[Segment, capacity, last lent (monotonic s)]]
         self.counter = itertools.count()
+        self.lock = threading.Lock()
 
     def lend(self, raw):
-        """Copy ``raw`` into a free lease (or a new one); return its name."""
+        """Copy ``raw`` into a free lease (or a new one) and return it.
+        OSError (ENOSPC) if shared memory is short even after a trim."""
         n = raw.nbytes
-        for seg, cap in self.segs:
-            if cap >= n and _core.blob_acquire(seg.mm, 0):
-                break
-        else:
-            self._drop_free(n)
-            cap = max(n, 1) + 0xFFFF & ~0xFFFF  # 64 KiB steps, for reuse
-            while True:
-                name = f"{self.prefix}.h{os.getpid():x}.{next(self.counter)}"
-                try:
-                    seg = Segment.create(name, _LEASE_HDR + cap)
+        with self.lock:
+            for entry in self.segs:
+                if entry[1] >= n and _core.blob_acquire(entry[0].mm, 0):
                     break
-                except BufferExists:  # left by an earlier process with our pid
-                    continue
-            _core.blob_init(seg.mm, cap)  # held by us until the pool process frees it
-            self.segs.append((seg, cap))
+            else:
+                self._drop_free(lambda cap: cap < n)  # too small for what we send now
+                try:
+                    entry = self._create(n)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    self._drop_free(lambda cap: True)
+                    entry = self._create(n)
+                self.segs.append(entry)
+            entry[2] = time.monotonic()
+        seg = entry[0]
         seg.mm[_LEASE_HDR:_LEASE_HDR + n] = raw
-        return seg.name
+        return seg
 
-    def _drop_free(self, n):
-        # free leases too small for what we are sending now
+    def _create(self, n):
+        cap = (max(n, 1) + 0xFFFF) & ~0xFFFF  # 64 KiB steps, for reuse
+        while True:
+            name = f"{self.prefix}.h{os.getpid():x}.{next(self.counter)}"
+            try:
+                seg = Segment.create(name, _LEASE_HDR + cap)
+                break
+            except BufferExists:  # left by an earlier process with our pid
+                continue
+        _core.blob_init(seg.mm, cap)  # taken by us, as blob_acquire does
+        return [seg, cap, 0.0]
+
+    def _drop_free(self, which, idle_before=None):
         keep = []
-        for seg, cap in self.segs:
-            if cap < n and _core.blob_acquire(seg.mm, 0):
+        for entry in self.segs:
+            seg, cap, used = entry
+            if (which(cap) and (idle_before is None or used < idle_before)
+                    and _core.blob_acquire(seg.mm, 0)):
                 _unlink_name(seg.name)
                 seg.close()
             else:
-                keep.append((seg, cap))
+                keep.append(entry)
         self.segs = keep
 
+    def trim(self, idle):
+        """Remove free leases not lent for ``idle`` seconds."""
+        if self.segs and self.lock.acquire(False):
+            try:
+                self._drop_free(lambda cap: True, time.monotonic() - idle)
+            finally:
+                self.lock.release()
+
     def close(self):
-        # leases the pool process still holds stay mapped there; it removes
-        # the names once it has read everything this worker sent
-        for seg, _ in self.segs:
-            if _core.blob_acquire(seg.mm, 0):
-                _unlink_name(seg.name)
-            seg.close()
-        self.segs = []
+        """Forget every lease; remove the names of those not lent out (the
+        pool removes the others' once it has read all their sender sent)."""
+        with self.lock:
+            for seg, _, _ in self.segs:
+                if _core.blob_acquire(seg.mm, 0):
+                    _unlink_name(seg.name)
+                seg.close()
+            self.segs = []
 
 
-_worker_leases = {}  # pool prefix -> _Leases of this process
-os.register_at_fork(after_in_child=_worker_leases.clear)  # the parent's are not ours
+_lenders = {}  # ring name -> _Leases of this process
+os.register_at_fork(after_in_child=_lenders.clear)  # the parent's leases are not ours
+
+
+def _lender(prefix):
+    leases = _lenders.get(prefix)
+    if leases is None:
+        leases = _lenders.setdefault(prefix, _Leases(prefix))
+    return leases
+
+
+def _trim_lenders():
+    for leases in list(_lenders.values()):
+        leases.trim(LEASE_IDLE)
+
+
+def _close_lender(prefix):
+    leases = _lenders.pop(prefix, None)
+    if leases is not None:
+        leases.close()
+
+
+def _remove_leases(prefix, pid=None):
+    """Remove the names of segments lent on ring ``prefix`` (by process
+    ``pid``, or by anyone): leases, and the ring's own out-of-line blobs
+    (``<ring>.b<pid>.<n>``, see ``ring._Blobs``).  Call it once everything
+    they carried has been read: receivers' mappings stay valid, and the
+    memory goes with the last one."""
+    if pid is None:
+        starts = (f"{prefix}.h", f"{prefix}.b")
+    else:
+        starts = (f"{prefix}.h{pid:x}.", f"{prefix}.b{pid}.")
+    for name in list_names():
+        if name.startswith(starts):
+            _unlink_name(name)
 
 
 class _Lease(mmap.mmap):
-    """The pool process's mapping of one lease; result arrays are views of
-    it.  Collected with the last view: the segment goes back to its worker."""
+    """A receiver's mapping of one lease; arrays are views of it.  When the
+    last view is collected so is this, and the lease goes back to its
+    sender.  (A child forked meanwhile inherits the mapping but never gives
+    the lease back: only the receiving process does.)"""
 
     def __del__(self):
+        if False:
+            return
         try:
             _core.blob_release(self)
         except Exception:  # interpreter shutdown, or a segment already gone
@@ -160,68 +246,148 @@ def _borrow(name, n):
         mm = _Lease(fd, 0)
     finally:
         os.close(fd)
+    mm.receiver = os.getpid()
     if len(mm) < _LEASE_HDR + n:
         raise BufferCorrupt(f"lease segment {name!r} is smaller than its item")
     return memoryview(mm)[_LEASE_HDR:_LEASE_HDR + n]
 
 
-def dumps_result(prefix, obj):
-    """Serialise a task result with cloudpickle (protocol 5); numpy arrays
-    of ``LEASE_MIN`` bytes or more travel in leases."""
-    import cloudpickle
-    leases = None
-    sent = []
+def encode(prefix, kind, pid, a, b, obj):
+    """One ring item: the header, then ``obj`` pickled.
+
+    The C pickler first, so everything it handles travels as it does to a
+    stdlib pool (functions and classes by reference: a worker's module
+    globals, ``isinstance`` and ``except`` keep working); what it cannot
+    pickle (lambdas, closures, local functions and classes) goes by
+    cloudpickle.  Buffers of ``LEASE_MIN`` bytes or more are lent from this
+    process's leases on ring ``prefix``."""
+    lent = []
 
     def out_of_band(pb):
-        nonlocal leases
         raw = pb.raw()
         if raw.nbytes < LEASE_MIN:
             return True  # in band
-        if leases is None:
-            leases = _worker_leases.get(prefix)
-            if leases is None:
-                leases = _worker_leases[prefix] = _Leases(prefix)
-        sent.append((leases.lend(raw), raw.nbytes))
+        try:
+            lent.append((_lender(prefix).lend(raw), raw.nbytes))
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            return True  # no room for a lease: in band, as any other item
         return False
 
-    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
-    if not sent:
-        return data  # a plain pickle starts with PROTO (0x80)
-    head = [_LEASED, struct.pack("<H", len(sent))]
-    for name, n in sent:
-        raw = name.encode()
-        head.append(struct.pack("<QH", n, len(raw)))
-        head.append(raw)
-    return b"".join(head) + data
+    def give_back():
+        for seg, _ in lent:
+            _core.blob_release(seg.mm)
+        del lent[:]
+
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    except Exception:
+        data = None
+    if data is None:
+        give_back()
+        import cloudpickle
+        try:
+            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+        except BaseException:
+            give_back()
+            raise
+    if not lent:
+        return _HEAD.pack(kind, 0, pid, a, b) + data
+    parts = [_HEAD.pack(kind, _F_LEASES, pid, a, b), data]
+    size = 0
+    for seg, n in lent:
+        name = seg.name.encode()
+        parts += [_LEASE.pack(n, len(name)), name]
+        size += _LEASE.size + len(name)
+    parts.append(_TRAILER.pack(len(lent), size))
+    return b"".join(parts)
 
 
-def loads_result(data):
-    """Inverse of :func:`dumps_result`."""
+def _lent_names(data):
+    """(name, size) of each lease an encoded item names."""
     mv = memoryview(data)
-    if mv[:1] != _LEASED:
-        return pickle.loads(mv)
-    (count,) = struct.unpack_from("<H", mv, 1)
-    off, buffers = 3, []
+    if not mv[1] & _F_LEASES:
+        return []
+    end = len(mv)
+    count, size = _TRAILER.unpack_from(mv, end - _TRAILER.size)
+    off, out = end - _TRAILER.size - size, []
     for _ in range(count):
-        n, k = struct.unpack_from("<QH", mv, off)
-        buffers.append(_borrow(bytes(mv[off + 10:off + 10 + k]).decode(), n))
-        off += 10 + k
-    return pickle.loads(mv[off:], buffers=buffers)
+        n, k = _LEASE.unpack_from(mv, off)
+        off += _LEASE.size
+        out.append((bytes(mv[off:off + k]).decode(), n))
+        off += k
+    return out
 
 
-def _close_worker_leases(prefix):
-    leases = _worker_leases.pop(prefix, None)
-    if leases is not None:
-        leases.close()
+def _give_back(prefix, data):
+    """Free the leases of an encoded item that was never sent."""
+    names = {name for name, _ in _lent_names(data)}
+    leases = _lenders.get(prefix)
+    if names and leases is not None:
+        with leases.lock:
+            for seg, _, _ in leases.segs:
+                if seg.name in names:
+                    _core.blob_release(seg.mm)
 
 
-def _remove_leases(prefix, pid=None):
-    """Remove the names of lease segments (of worker ``pid``, or all).  The
-    pool process's mappings stay valid; the memory goes with the last one."""
-    start = f"{prefix}.h" if pid is None else f"{prefix}.h{pid:x}."
-    for name in list_names():
-        if name.startswith(start):
-            _unlink_name(name)
+def decode(data):
+    """The object of a ring item made by :func:`encode` (after its header)."""
+    mv = memoryview(data)
+    lent = _lent_names(mv)
+    end = len(mv)
+    if lent:
+        end -= _TRAILER.size + _TRAILER.unpack_from(mv, end - _TRAILER.size)[1]
+    buffers = [_borrow(name, n) for name, n in lent] if lent else None
+    return pickle.loads(mv[_HEAD.size:end], buffers=buffers)
+
+
+# -- the board: which task each worker is running ----------------------------------
+
+class _Board:
+    """One ``(job, index)`` pair per worker slot in a small segment.
+
+    A worker writes its pair before running a task; the pool reads it only
+    after the worker has exited.  Slots are handed out by the worker handler
+    and given back by the result handler once it has read the exit notice."""
+
+    MAGIC = 0x314C4F4F505F4247  # "GB_POOL1"
+
+    def __init__(self, name, nslots, parent, create=True):
+        self.name, self.nslots, self.parent = name, nslots, parent
+        if create:
+            self.seg = Segment.create(name, 8 + 16 * nslots)
+            for slot in range(nslots):
+                self.set(slot, -1, -1)
+            struct.pack_into("<Q", self.seg.mm, 0, self.MAGIC)
+        else:
+            self.seg = Segment.attach(name)
+        self._free = list(range(nslots - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return (_Board, (self.name, self.nslots, self.parent, False))
+
+    def alloc(self):
+        """A free slot, or -1 (that worker's tasks are then not tracked)."""
+        with self._lock:
+            return self._free.pop() if self._free else -1
+
+    def release(self, slot):
+        if slot >= 0:
+            with self._lock:
+                self._free.append(slot)
+
+    def set(self, slot, job, i):
+        if slot >= 0:
+            struct.pack_into("<qq", self.seg.mm, 8 + 16 * slot, job, i)
+
+    def get(self, slot):
+        return struct.unpack_from("<qq", self.seg.mm, 8 + 16 * slot)
+
+    def remove(self):
+        self.seg.close()
+        _unlink_name(self.name)
 
 
 # -- worker side ------------------------------------------------------------------
@@ -241,18 +407,11 @@ class _Portable:
 
     def __reduce__(self):
         try:
-            return (_identity, (self.obj,)) if _std_picklable(self.obj) else self._cloud()
+            reduction.ForkingPickler.dumps(self.obj)
+            return (_identity, (self.obj,))
         except Exception:
-            return self._cloud()
-
-    def _cloud(self):
-        import cloudpickle
-        return (cloudpickle.loads, (cloudpickle.dumps(self.obj),))
-
-
-def _std_picklable(obj):
-    reduction.ForkingPickler.dumps(obj)
-    return True
+            import cloudpickle
+            return (cloudpickle.loads, (cloudpickle.dumps(self.obj),))
 
 
 def _identity(obj):
@@ -263,12 +422,12 @@ def _unwrap(obj):
     return obj.obj if isinstance(obj, _Portable) else obj
 
 
-def _send(ring, item, parent):
-    """Put ``item`` on a bounded ring (committed to shared memory on return),
+def _send(ring, data, parent):
+    """Put ``data`` on a bounded ring (in shared memory when this returns),
     giving up only if the pool process is gone."""
     while True:
         try:
-            ring.put(item, True, _PARENT_CHECK)
+            ring.put(data, True, _PARENT_CHECK)
             return
         except Full:
             if not process_alive(*parent):
@@ -282,55 +441,70 @@ def _next_task(ring, parent):
         except Empty:
             if not process_alive(*parent):
                 return None  # orphaned: the pool process died without telling us
+            _trim_lenders()  # idle: give back leases nobody reused
 
 
 def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
-           wrap_exception=False, parent=(0, 0)):
+           wrap_exception=False, board=None, slot=-1):
     """Body of a pool worker process (cf. ``multiprocessing.pool.worker``)."""
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
+    parent = board.parent if board is not None else (os.getppid(), 0)
+    # a worker is one thread waiting for the next task: parking at once
+    # leaves the CPU to its peers and the pool process (spinning first costs
+    # them time on a busy machine and gains a worker nothing)
+    _core.set_spin(0)
     initializer, initargs = _unwrap(initializer), _unwrap(initargs)
     if initializer is not None:
         initializer(*initargs)
     pid = os.getpid()
+    out = outqueue.name
     completed = 0
     try:
         while maxtasks is None or completed < maxtasks:
             try:
-                task = _next_task(inqueue, parent)
+                data = _next_task(inqueue, parent)
             except (EOFError, OSError, BufferClosed):
                 util.debug("worker got EOFError or OSError -- exiting")
                 break
-            if task is None:
+            if data is None or data[0] != _TASK:
                 util.debug("worker got sentinel -- exiting")
                 break
-            job, i, func, args, kwds = task
-            _send(outqueue, (_STARTED, pid, job, i), parent)
+            _, _, _, job, i = _HEAD.unpack_from(data)
+            if board is not None:
+                board.set(slot, job, i)
+            func = None
             try:
+                func, args, kwds = decode(data)
+                data = None
                 result = (True, func(*args, **kwds))
             except Exception as e:
                 if wrap_exception and func is not _helper_reraises_exception:
                     e = ExceptionWithTraceback(e, e.__traceback__)
                 result = (False, e)
+            item = None
             try:
-                _send(outqueue, (_DONE, pid, job, i, result), parent)
-            except Exception as e:
+                item = encode(out, _DONE, pid, job, i, result)
+                _send(outqueue, item, parent)
+            except Exception as e:  # unpicklable, or no shared memory left for it
+                if item is not None:
+                    _give_back(out, item)
                 wrapped = MaybeEncodingError(e, result[1])
                 util.debug(f"Possible encoding error while sending result: {wrapped}")
-                _send(outqueue, (_DONE, pid, job, i, (False, wrapped)), parent)
-            task = job = result = func = args = kwds = None
+                _send(outqueue, encode(out, _DONE, pid, job, i, (False, wrapped)), parent)
+            data = item = result = func = args = kwds = None
             completed += 1
     finally:
-        _close_worker_leases(outqueue.name)
+        _close_lender(out)
     util.debug(f"worker exiting after {completed} tasks")
 
 
 # -- pool side --------------------------------------------------------------------
 
 class _Notifier:
-    """The pool's change notifier: a pipe the worker handler can ``wait()`` on.
+    """The pool's change notifier: a pipe the worker handler ``wait()``s on.
 
-    ``put`` never blocks (a full pipe already means "something changed") and
+    ``put`` never blocks (a full pipe already says "something changed") and
     is harmless after ``close``."""
 
     def __init__(self):
@@ -340,41 +514,46 @@ class _Notifier:
         self._r, self._w = r, w
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_fds, r, w)
+        self.closing = False  # set by close()/terminate(): see _Cache
 
     def fileno(self):
         return self._r
 
     @property
-    def _reader(self):  # the stdlib's name for the waitable end
+    def _reader(self):  # the stdlib's name for the end it waits on
         return self
 
     def put(self, obj=None):
         with self._lock:
-            if self._w is None:
-                return
-            try:
-                os.write(self._w, b"\0")
-            except (BlockingIOError, OSError):
-                pass
-
-    def empty(self):
-        with self._lock:
-            return self._r is None or not wait([self._r], 0)
+            if self._w is not None:
+                try:
+                    os.write(self._w, b"\0")
+                except OSError:
+                    pass
 
     def drain(self):
         with self._lock:
             try:
                 while self._r is not None and os.read(self._r, 4096):
                     pass
-            except (BlockingIOError, OSError):
+            except OSError:
                 pass
-
-    get = drain
 
     def close(self):
         with self._lock:
             self._r = self._w = None
             self._finalizer()
+
+
+class _Cache(_PoolCache):
+    """The pool's cache of pending results.  It wakes the worker handler when
+    it empties only once the pool is closing, the one time that matters (the
+    stdlib's wakes it after every job, costing a GIL hand-off per ``apply``)."""
+
+    def __delitem__(self, item):
+        dict.__delitem__(self, item)
+        if not self and self.notifier.closing:
+            self.notifier.put(None)
 
 
 def _close_fds(*fds):
@@ -386,9 +565,7 @@ def _close_fds(*fds):
 
 
 def _lost_message(pid, exitcode, job, i):
-    if exitcode is None:
-        how = "exited"
-    elif exitcode < 0:
+    if exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-exitcode).name}"
         except ValueError:
@@ -399,27 +576,54 @@ def _lost_message(pid, exitcode, job, i):
             "its result is lost (the worker was replaced)")
 
 
-def _report_exits(outqueue, exited, thread):
-    """Tell the result handler which workers exited.  The notice follows
-    everything those workers put (the ring is FIFO and they are gone), so
-    a task announced and not answered by then is lost."""
-    while exited:
-        pid, exitcode = exited.pop()
-        _put_until(outqueue, (_EXITED, pid, exitcode), thread)
-
-
-def _put_until(ring, item, thread=None):
-    """Put ``item`` on a bounded ring; False if the pool is terminated
-    (``thread._state``, default: the calling handler thread's) first."""
+def _put_until(ring, data, thread=None):
+    """Put ``data`` on a bounded ring; False if the pool is terminated
+    (``thread._state``, default: the calling handler's) first.  Waits for
+    room without holding the GIL (other pool threads keep running)."""
     if thread is None:
         thread = threading.current_thread()
     while True:
         try:
-            ring.put(item, True, _SLICE)
+            ring.put(data, False)
             return True
         except Full:
             if thread._state == TERMINATE:
                 return False
+            ring._wait_ready(True, _SLICE)
+
+
+_ENCODED = object()  # func of a task tuple whose args are the encoded item
+
+
+def _put_task(ring, task, thread=None):
+    """The task handler's put: a task tuple, or None for a worker to stop."""
+    if task is None:
+        return _put_until(ring, _STOP_ITEM, thread)
+    job, i, func, args, kwds = task
+    if func is _ENCODED:
+        return _put_until(ring, args, thread)
+    return _put_until(ring, encode(ring.name, _TASK, 0, job, i, (func, args, kwds)), thread)
+
+
+def _receive(ring, thread):
+    """Next item of the result ring, or None once the pool is terminated."""
+    idle = 0
+    while True:
+        try:
+            return ring.get(False)
+        except Empty:
+            pass
+        if thread._state == TERMINATE:
+            return None
+        if idle > 1:  # a sender is mid-put: give it the CPU
+            time.sleep(0.0002)
+        # sleep in the kernel without holding the GIL (a blocking get spins
+        # with it first, which would stall the threads we are waking)
+        if ring._wait_ready(False, _SLICE):
+            idle += 1
+        else:
+            idle = 0
+            _trim_lenders()  # idle: give back task leases nobody reused
 
 
 class Pool(_mp_pool.Pool):
@@ -427,19 +631,20 @@ class Pool(_mp_pool.Pool):
 
     Same signature and methods as :class:`multiprocessing.pool.Pool`
     (``context=`` picks the start method).  Functions, arguments and results
-    are serialised with cloudpickle; large numpy results come back through
-    shared memory.  If a worker dies while running a task, that task's result
-    raises :class:`gb.WorkerLost` (naming the worker's pid and how it ended),
-    the worker is replaced, and the other tasks go on.
+    are pickled as for the stdlib pool, with cloudpickle for what pickle
+    cannot do (lambdas, closures, local functions and classes); large
+    numpy arguments and results come through shared memory without a copy on
+    the receiving side.  If a worker dies while running a task, that task's
+    result raises :class:`gb.WorkerLost` (naming the worker's pid and how it
+    ended), the worker is replaced, and the other tasks go on.
     """
 
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None):
-        # attributes __del__ and the error paths rely on, set first
+        # what __del__, repr() and the error paths use, first
         self._pool = []
         self._state = INIT
-        self._inqueue = self._outqueue = None
-        self._change_notifier = None
+        self._inqueue = self._outqueue = self._board = self._change_notifier = None
         if processes is None:
             processes = (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
         if processes < 1:
@@ -456,12 +661,11 @@ class Pool(_mp_pool.Pool):
         self._maxtasksperchild = maxtasksperchild
         self._initializer = _Portable(initializer) if initializer is not None else None
         self._initargs = _Portable(tuple(initargs))
-        self._parent = (os.getpid(), self_start_time())
         self._setup_queues()
         self._taskqueue = queue.SimpleQueue()
         # wakes _handle_workers when the cache empties or the state changes
         self._change_notifier = _Notifier()
-        self._cache = _PoolCache(notifier=self._change_notifier)
+        self._cache = _Cache(notifier=self._change_notifier)
         try:
             self._repopulate_pool()
         except Exception:
@@ -470,7 +674,7 @@ class Pool(_mp_pool.Pool):
                     p.terminate()
             for p in self._pool:
                 p.join()
-            self._release_rings(self._inqueue, self._outqueue)
+            self._release(self._inqueue, self._outqueue, self._board)
             self._change_notifier.close()
             raise
 
@@ -479,17 +683,18 @@ class Pool(_mp_pool.Pool):
             (self._cache, self._taskqueue, self._ctx, self.Process, self._processes,
              self._pool, self._inqueue, self._outqueue, self._initializer, self._initargs,
              self._maxtasksperchild, self._wrap_exception, self._get_sentinels(),
-             self._change_notifier, self._parent))
+             self._change_notifier, self._board))
         self._task_handler = self._start_handler(
             type(self)._handle_tasks,
             (self._taskqueue, self._quick_put, self._outqueue, self._pool, self._cache))
         self._result_handler = self._start_handler(
-            type(self)._handle_results, (self._outqueue, self._quick_get, self._cache))
+            type(self)._handle_results,
+            (self._outqueue, self._quick_get, self._cache, self._board))
         self._terminate = util.Finalize(
             self, self._terminate_pool,
             args=(self._taskqueue, self._inqueue, self._outqueue, self._pool,
                   self._change_notifier, self._worker_handler, self._task_handler,
-                  self._result_handler, self._cache),
+                  self._result_handler, self._cache, self._board),
             exitpriority=15)
         self._state = RUN
 
@@ -504,27 +709,34 @@ class Pool(_mp_pool.Pool):
 
     def _setup_queues(self):
         n = self._processes
-        # tasks: enough queued to keep every worker busy; results: room for
-        # a start notice and a result per worker, and then some
-        self._inqueue = Ring(maxsize=max(32, 4 * n), serializer="cloudpickle",
-                             max_bytes=SLOT_BYTES)
+        base = f"p{os.getpid():x}-{secrets.token_hex(5)}"
+        made = []
         try:
-            name = f"p{os.getpid():x}-{secrets.token_hex(5)}"
-            codec = (functools.partial(dumps_result, name), loads_result)
-            self._outqueue = Ring(maxsize=max(64, 8 * n), serializer=codec,
-                                  max_bytes=SLOT_BYTES, name=name)
+            # tasks: enough queued to keep every worker busy; results: a few
+            # per worker, then workers wait for the result handler
+            for suffix, maxsize in (("t", max(32, 4 * n)), ("r", max(64, 8 * n))):
+                made.append(Ring(maxsize=maxsize, max_bytes=SLOT_BYTES,
+                                 serializer=(_passthrough, _passthrough),
+                                 name=base + suffix))
+            made.append(_Board(base + "w", 4 * n + 64, (os.getpid(), self_start_time())))
         except BaseException:
-            self._release_rings(self._inqueue)
+            self._release(*made)
             raise
-        self._quick_put = functools.partial(_put_until, self._inqueue)
-        self._quick_get = self._outqueue.get
+        self._inqueue, self._outqueue, self._board = made
+        self._quick_put = functools.partial(_put_task, self._inqueue)
+        self._quick_get = functools.partial(_receive, self._outqueue)
 
     @staticmethod
-    def _release_rings(*rings):
-        for r in rings:
+    def _release(*things):
+        """Remove the rings (and what was lent on them) and the board."""
+        for r in things:
             if r is None:
                 continue
+            if isinstance(r, _Board):
+                r.remove()
+                continue
             try:
+                _close_lender(r.name)
                 r.close()
             finally:
                 r.unlink()
@@ -540,15 +752,13 @@ class Pool(_mp_pool.Pool):
 
     @staticmethod
     def _help_stuff_finish(inqueue, task_handler, size):
-        # drop the tasks no worker took yet, which also frees a task handler
-        # blocked on a full ring
+        # drop the tasks no worker took yet; frees a task handler waiting
+        # for room, too
         util.debug("removing tasks from inqueue until task handler finished")
         try:
             while True:
                 inqueue.get(False)
-        except (Empty, BufferClosed, OSError, EOFError):
-            pass
-        except Exception:  # an undecodable task: it is being dropped anyway
+        except (Empty, BufferClosed, OSError):
             pass
 
     # -- workers -------------------------------------------------------------------
@@ -557,83 +767,76 @@ class Pool(_mp_pool.Pool):
         return self._repopulate_pool_static(
             self._ctx, self.Process, self._processes, self._pool, self._inqueue,
             self._outqueue, self._initializer, self._initargs, self._maxtasksperchild,
-            self._wrap_exception, self._parent)
+            self._wrap_exception, self._board)
 
     @staticmethod
     def _repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue,
                                 initializer, initargs, maxtasksperchild,
-                                wrap_exception, parent=(0, 0)):
+                                wrap_exception, board=None):
         """Start workers until there are ``processes`` of them."""
         for _ in range(processes - len(pool)):
+            slot = board.alloc() if board is not None else -1
             w = Process(ctx, target=worker,
                         args=(inqueue, outqueue, initializer, initargs,
-                              maxtasksperchild, wrap_exception, parent))
+                              maxtasksperchild, wrap_exception, board, slot))
             w.name = w.name.replace("Process", "PoolWorker")
             w.daemon = True
-            w.start()
+            w._gb_slot = slot
+            try:
+                w.start()
+            except BaseException:
+                if board is not None:
+                    board.release(slot)
+                raise
             pool.append(w)
             util.debug("added worker")
-
-    @staticmethod
-    def _join_exited_workers(pool, outqueue=None, thread=None):
-        """Reap exited workers (removing them from ``pool``); return their
-        ``(pid, exitcode)``.  ``outqueue``: also tell the result handler."""
-        exited = []
-        for i in reversed(range(len(pool))):
-            w = pool[i]
-            if w.exitcode is not None:
-                util.debug(f"cleaning up worker {i}")
-                w.join()
-                del pool[i]
-                exited.append((w.pid, w.exitcode))
-        if outqueue is not None:
-            _report_exits(outqueue, exited, thread)
-        return exited
 
     @classmethod
     def _maintain_pool(cls, ctx, Process, processes, pool, inqueue, outqueue,
                        initializer, initargs, maxtasksperchild, wrap_exception,
-                       parent=(0, 0)):
-        """Replace exited workers.  Each is swapped in place for a new one,
-        so ``len(pool)`` (read by ``map`` for its chunk size) never drops."""
-        exited = []
+                       board=None):
+        """Replace exited workers, each in place (``len(pool)``, which
+        ``map`` reads for its chunk size, never drops), and tell the result
+        handler about each exit."""
+        thread = threading.current_thread()
         for i, w in enumerate(pool):
             if w.exitcode is None:
                 continue
             util.debug(f"cleaning up worker {i}")
             w.join()
-            exited.append((w.pid, w.exitcode))
             new = []
             try:
-                cls._repopulate_pool_static(ctx, Process, 1, new, inqueue, outqueue,
-                                            initializer, initargs, maxtasksperchild,
-                                            wrap_exception, parent)
+                if thread._state != TERMINATE:
+                    cls._repopulate_pool_static(ctx, Process, 1, new, inqueue, outqueue,
+                                                initializer, initargs, maxtasksperchild,
+                                                wrap_exception, board)
             finally:
                 if new:
                     pool[i] = new[0]
                 else:
                     del pool[i]
-                    _report_exits(outqueue, exited, threading.current_thread())
-        _report_exits(outqueue, exited, threading.current_thread())
-        # workers may be missing if a start failed earlier
-        cls._repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue,
-                                    initializer, initargs, maxtasksperchild,
-                                    wrap_exception, parent)
+                _put_until(outqueue,
+                           _HEAD.pack(_EXITED, 0, w.pid, w.exitcode, getattr(w, "_gb_slot", -1)),
+                           thread)
+            if not new:
+                break  # the list changed under enumerate; the next round goes on
 
     # -- handler threads ---------------------------------------------------------------
 
     @classmethod
     def _handle_workers(cls, cache, taskqueue, ctx, Process, processes, pool, inqueue,
                         outqueue, initializer, initargs, maxtasksperchild, wrap_exception,
-                        sentinels, change_notifier, parent=(0, 0)):
+                        sentinels, change_notifier, board=None):
         thread = threading.current_thread()
         # keep workers alive until the cache drains, unless terminated
         while thread._state == RUN or (cache and thread._state != TERMINATE):
             cls._maintain_pool(ctx, Process, processes, pool, inqueue, outqueue,
                                initializer, initargs, maxtasksperchild, wrap_exception,
-                               parent)
-            if thread._state == TERMINATE:
-                break
+                               board)
+            if len(pool) < processes and thread._state != TERMINATE:
+                cls._repopulate_pool_static(ctx, Process, processes, pool, inqueue,
+                                            outqueue, initializer, initargs,
+                                            maxtasksperchild, wrap_exception, board)
             current = [*cls._get_worker_sentinels(pool), *sentinels]
             cls._wait_for_updates(current, change_notifier)
         # tell the task handler to finish
@@ -673,9 +876,9 @@ class Pool(_mp_pool.Pool):
             util.debug("task handler got sentinel")
 
         try:
-            # tell the result handler to finish once the cache is empty,
-            # and the workers that there is no more work
-            if _put_until(outqueue, None, thread):
+            # tell the result handler to finish once the cache is empty, and
+            # the workers that there is no more work
+            if _put_until(outqueue, _STOP_ITEM, thread):
                 for _ in range(len(pool)):
                     if not put(None):
                         break
@@ -684,26 +887,29 @@ class Pool(_mp_pool.Pool):
         util.debug("task handler exiting")
 
     @staticmethod
-    def _handle_results(outqueue, get, cache):
+    def _handle_results(outqueue, get, cache, board=None):
         thread = threading.current_thread()
-        running = {}  # worker pid -> (job, i) it announced and has not answered
+        last_done = {}  # worker pid -> (job, i) of the last result it sent
 
-        def handle(msg):
-            kind = msg[0]
-            if kind == _STARTED:
-                running[msg[1]] = msg[2:]
-                return
+        def handle(data):
+            kind, _, pid, a, b = _HEAD.unpack_from(data)
             if kind == _DONE:
-                _, pid, job, i, obj = msg
-                running.pop(pid, None)
-            else:  # _EXITED
-                _, pid, exitcode = msg
-                # everything it sent has been read: its leases need no names
+                job, i = a, b
+                last_done[pid] = (job, i)
+                try:
+                    obj = decode(data)
+                except Exception as e:
+                    obj = (False, e)  # e.g. a class the pool process cannot import
+            else:  # _EXITED: everything that worker sent has been handled
+                exitcode, slot = a, b
+                job, i = board.get(slot) if board is not None and slot >= 0 else (-1, -1)
+                if board is not None:
+                    board.release(slot)
+                # its leases and blobs need no names any more (a worker that
+                # exits by itself removes its free ones, a killed one cannot)
                 _remove_leases(outqueue.name, pid)
-                lost = running.pop(pid, None)
-                if lost is None:
+                if job < 0 or last_done.pop(pid, None) == (job, i):
                     return
-                job, i = lost
                 obj = (False, WorkerLost(pid, exitcode, _lost_message(pid, exitcode, job, i)))
             try:
                 cache[job]._set(i, obj)
@@ -713,47 +919,68 @@ class Pool(_mp_pool.Pool):
                 # a callback raised: report it and keep serving the others
                 traceback.print_exc()
 
-        def receive():
-            while True:
-                try:
-                    return get(True, _SLICE)
-                except Empty:
-                    if thread._state == TERMINATE:
-                        return None
-                except (OSError, EOFError, BufferClosed):
-                    util.debug("result handler got EOFError/OSError -- exiting")
-                    return None
-
         while True:
-            msg = receive()
+            data = get(thread)
             if thread._state != RUN:
                 util.debug("result handler found thread._state=TERMINATE")
                 break
-            if msg is None:
+            if data is None or data[0] == _STOP:
                 util.debug("result handler got sentinel")
                 break
-            handle(msg)
-            msg = None
+            handle(data)
+            data = None
 
         while cache and thread._state != TERMINATE:
-            msg = receive()
-            if msg is not None:
-                handle(msg)
-            msg = None
+            data = get(thread)
+            if data is not None and data[0] != _STOP:
+                handle(data)
+            data = None
         util.debug(f"result handler exiting: len(cache)={len(cache)}, "
                    f"thread._state={thread._state}")
 
+    # -- submitting ---------------------------------------------------------------
+
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+        """Asynchronous version of ``apply()``.  When nothing is queued ahead
+        of it the task goes straight into the task ring, without a hop
+        through the task handler thread."""
+        self._check_running()
+        result = ApplyResult(self, callback, error_callback)
+        task = (result._job, 0, func, args, kwds)
+        if self._taskqueue.empty():
+            try:
+                data = encode(self._inqueue.name, _TASK, 0, result._job, 0, (func, args, kwds))
+            except Exception:
+                pass  # unpicklable: the task handler reports it, as the stdlib does
+            else:
+                try:
+                    self._inqueue.put(data, False)
+                    return result
+                except (Full, BufferClosed):
+                    task = (result._job, 0, _ENCODED, data, None)
+        self._taskqueue.put(([task], None))
+        return result
+
     # -- shutdown --------------------------------------------------------------------
+
+    def close(self):
+        self._change_notifier.closing = True
+        super().close()
+
+    def terminate(self):
+        self._change_notifier.closing = True
+        super().terminate()
 
     def join(self):
         super().join()
-        # every thread and worker is gone: nothing can use the rings again
-        self._release_rings(self._inqueue, self._outqueue)
+        # every thread and worker is gone: nothing uses the rings any more
+        self._release(self._inqueue, self._outqueue, self._board)
+        self._inqueue = self._outqueue = self._board = None
 
     @classmethod
     def _terminate_pool(cls, taskqueue, inqueue, outqueue, pool, change_notifier,
-                        worker_handler, task_handler, result_handler, cache):
-        # called once, by terminate(), the garbage collector or at exit
+                        worker_handler, task_handler, result_handler, cache, board=None):
+        # called once: by terminate(), the garbage collector or at exit
         util.debug("finalizing pool")
         current = threading.current_thread()
         worker_handler._state = TERMINATE
@@ -792,11 +1019,12 @@ class Pool(_mp_pool.Pool):
                 if p.exitcode is None:  # ignored SIGTERM
                     p.kill()
                     p.join()
-        cls._release_rings(inqueue, outqueue)
+        if not inqueue.closed:
+            cls._release(inqueue, outqueue, board)
         change_notifier.close()
 
 
-# keep the stdlib's names importable from here, as multiprocessing.pool has them
+# the stdlib's result classes, importable from here as from multiprocessing.pool
 ApplyResult = AsyncResult = _mp_pool.ApplyResult
 MapResult = _mp_pool.MapResult
 IMapIterator = _mp_pool.IMapIterator

@@ -320,8 +320,12 @@ class Ring:
             raise
         self._is_owner = True
         # multiprocessing's Finalize, not weakref.finalize: it also runs when
-        # a multiprocessing child (which leaves through os._exit) exits
-        self._finalizer = Finalize(self, _remove_ring, (name, os.getpid()), exitpriority=0)
+        # a multiprocessing child (which leaves through os._exit) exits.
+        # exitpriority < 0: at exit it runs after multiprocessing has joined
+        # this process's non-daemonic children (and after the feeder flush,
+        # -5), so a child still reading -- or still starting, under spawn --
+        # finds the ring and its out-of-line items, as with the stdlib Queue
+        self._finalizer = Finalize(self, _remove_ring, (name, os.getpid()), exitpriority=-10)
 
     # -- opening ----------------------------------------------------------
 

@@ -156,7 +156,8 @@ typedef struct gb_slot {
     _Atomic uint64_t owner_start; /* claimant's start time (pid-reuse guard) */
     _Atomic int64_t stamp_ns;  /* commit time, for latency and stat */
     _Atomic uint64_t aux;      /* payload-specific (e.g. out-of-line flag) */
-    uint8_t _pad[GB_SLOT_HEADER - 40];
+    _Atomic uint64_t owner_word; /* claim word whose owner_start is stored */
+    uint8_t _pad[GB_SLOT_HEADER - 48];
 } gb_slot;
 
 _Static_assert(sizeof(gb_waitq) == 8, "gb_waitq must be 8 bytes");
@@ -514,6 +515,18 @@ GB_INLINE void gb_help_advance(_Atomic uint64_t *ctr, uint64_t pos)
                                             memory_order_relaxed);
 }
 
+/* Record who holds a claim we just made (see gb_slot_claim_start).  The
+ * CAS that claimed the slot cannot store the start time too, so a peer may
+ * see our claim word before these stores: owner_word says which claim the
+ * start time belongs to. */
+GB_INLINE void gb_set_owner(gb_slot *s, uint64_t claim, uint64_t start)
+{
+    /* relaxed: published by the release store of owner_word */
+    atomic_store_explicit(&s->owner_start, start, memory_order_relaxed);
+    /* release: a peer that reads owner_word == claim reads our start */
+    atomic_store_explicit(&s->owner_word, claim, memory_order_release);
+}
+
 /* Claim a slot for writing.  GB_OK: *pos_out is ours.  GB_FULL_RING: every
  * slot holds an item.  GB_BUSY: the slot is held by a claim of the previous
  * lap (*blocker is its word; check its pid, see gb_queue_recover). */
@@ -532,8 +545,7 @@ GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t start, uint6
             /* acquire on success: as for the load above */
             if (atomic_compare_exchange_strong_explicit(&s->word, &w,
                     gb_word(pos, pid, GB_WRITING), memory_order_acquire, memory_order_relaxed)) {
-                /* relaxed: read only by a peer judging our liveness */
-                atomic_store_explicit(&s->owner_start, start, memory_order_relaxed);
+                gb_set_owner(s, gb_word(pos, pid, GB_WRITING), start);
                 gb_help_advance(&h->tail, pos);
                 *pos_out = pos;
                 return GB_OK;
@@ -581,8 +593,7 @@ GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint6
             /* acquire on success: as for the load above */
             if (atomic_compare_exchange_strong_explicit(&s->word, &w,
                     gb_word(pos, pid, GB_READING), memory_order_acquire, memory_order_relaxed)) {
-                /* relaxed: read only by a peer judging our liveness */
-                atomic_store_explicit(&s->owner_start, start, memory_order_relaxed);
+                gb_set_owner(s, gb_word(pos, pid, GB_READING), start);
                 gb_help_advance(&h->head, pos);
                 *pos_out = pos;
                 return GB_OK;
@@ -671,6 +682,19 @@ GB_INLINE uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
 {
     /* relaxed: liveness information only */
     return atomic_load_explicit(&gb_slot_at(r, pos)->owner_start, memory_order_relaxed);
+}
+/* Start time of the claimant holding `claim` (a word read from its slot),
+ * or 0 if it has not recorded it yet (or the slot moved on): the stored
+ * start may still be the previous claimant's, and judging a live claimant
+ * by another process's start time would declare it dead. */
+GB_INLINE uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t claim)
+{
+    gb_slot *s = gb_slot_at(r, gb_word_pos(claim));
+    /* acquire: pairs with the release store in gb_set_owner */
+    if (atomic_load_explicit(&s->owner_word, memory_order_acquire) != claim)
+        return 0;
+    /* relaxed: ordered by the acquire load above */
+    return atomic_load_explicit(&s->owner_start, memory_order_relaxed);
 }
 GB_INLINE uint64_t gb_slot_aux(const gb_ring *r, uint64_t pos)
 {

@@ -29,3 +29,19 @@ from . import connection, managers  # noqa: E402
 
 SUBDEBUG = _mp.SUBDEBUG
 SUBWARNING = _mp.SUBWARNING
+
+
+def __getattr__(name):
+    # submodules, ours first (multiprocessing.pool -> ring-backed Pool), then
+    # the stdlib's (multiprocessing.shared_memory, .dummy, .spawn, ...)
+    import importlib
+    if name == "pool":
+        return importlib.import_module(".pool", __name__)
+    try:
+        return importlib.import_module(f"multiprocessing.{name}")
+    except ImportError:
+        pass
+    try:
+        return getattr(_mp, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

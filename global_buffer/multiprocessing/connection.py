@@ -1,41 +1,65 @@
 """``gb.Pipe``: ``multiprocessing.Pipe`` on shared-memory rings (SPEC §3.2).
 
 Each direction of a pipe is a queue ring.  A segment's peer table records
-which processes hold each end, so ``recv`` raises ``EOFError`` once every
-writer closed or died and nothing is left, and ``send`` raises
-``BrokenPipeError`` once every reader did.  ``fileno()`` returns the read
-end of a FIFO that a sender writes one byte to, but only after a reader
-asked for a descriptor (the segment's ``fd_armed`` flag), so pipes that
-nobody selects on make no syscall per message.
+which processes hold each end (and which ends are pickled but not attached
+yet), so ``recv`` raises ``EOFError`` once every writer closed or died and
+nothing is left, and ``send`` raises ``BrokenPipeError`` once every reader
+did.  Closing the last write end also puts an end-of-stream marker, so a
+blocked ``recv`` returns at once; a killed peer is noticed by a liveness
+probe every ``_SLICE`` seconds.
+
+``fileno()`` returns the read end of a FIFO that a sender writes one byte
+to, but only after a reader asked for a descriptor (the segment's
+``fd_armed`` flag), so pipes that nobody selects on make no syscall per
+message.
+
+Lifetime: the creating process owns the rings, as for ``gb.Ring``.  When
+its last connection of the pipe is collected the names are removed, unless
+an end is pickled and not attached yet: then the process that attaches the
+last one removes them.  At exit the owner removes them in any case.
 
 Everything else of ``multiprocessing.connection`` (``Listener``,
 ``Client``, ...) is re-exported from the stdlib; :func:`wait` accepts both
 kinds of connection.
 """
 import errno
-import io
+import itertools
 import os
 import pickle
 import stat
-import sys
 import threading
 import time
 import weakref
 from multiprocessing import BufferTooShort
 from multiprocessing import connection as _std
+from multiprocessing import util as _util
 from multiprocessing.util import Finalize
 
 from .. import _core
-from ..errors import Empty, Full
+from ..errors import BufferClosed, Empty
 from ..ring import Ring, _remove_ring
 from ..segment import process_alive
 
 __all__ = list(_std.__all__) + ["Pipe"]
 globals().update((n, getattr(_std, n)) for n in _std.__all__ if n not in ("Pipe", "wait"))
 
+
+def __getattr__(name):
+    # every other name of multiprocessing.connection (families,
+    # deliver_challenge, ...) is the stdlib's, as after `import multiprocessing`
+    try:
+        return getattr(_std, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
 PIPE_CAPACITY = 64
 _SLICE = 0.2  # how often a blocked end re-checks that its peers are alive
 _FIFO_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+_WRITER, _READER = _core.ROLE_WRITER, _core.ROLE_READER
+_OWNER = 4     # the creating process, until it lets go of the pipe
+_PENDING = 8   # an end pickled by this pid, not attached yet: 8 | role | seq << 4
+_seq = itertools.count(1)
 
 
 class _Raw:
@@ -51,60 +75,217 @@ class _Raw:
         return _Raw, (pickle.PickleBuffer(self.data),)
 
 
+class _Eof:
+    """Put by the last writer that closes: wakes a reader blocked in recv()."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return "_EOF"
+
+    def __repr__(self):
+        return "<end of stream>"
+
+
+_EOF = _Eof()
+
+
 def _fifo_path(ring_name):
     import tempfile
     return os.path.join(_FIFO_DIR or tempfile.gettempdir(), f"gb.{ring_name}.fifo")
 
 
-class _Owner:
-    """Holds the creating process's ring handles; when the last connection
-    of the pipe in this process is collected, the rings are removed."""
-
-    def __init__(self, rings):
-        self.rings = rings
-        self._finalizer = Finalize(self, _remove_pipe, ([r.name for r in rings], os.getpid()),
-                                   exitpriority=0)
-
-
-def _remove_pipe(names, pid):
-    if os.getpid() != pid:
-        return
+def _unlink_pipe(names):
     for n in names:
-        _remove_ring(n, pid)
+        _remove_ring(n, os.getpid())
         try:
             os.unlink(_fifo_path(n))
         except OSError:
             pass
 
 
+def _holds(ring, role):
+    """Is ``role`` of ``ring`` held by a live process or a pickled end whose
+    pickler is alive?  (The liveness probe: reads /proc, not for hot paths.)"""
+    if _core.pending_add(ring, 0) > 0:
+        return True
+    for pid, r, start in _core.peer_entries(ring):
+        if r & 3 == role and process_alive(pid, start):
+            return True
+    return False
+
+
+def _reap_orphaned(rings):
+    """Remove the pipe's names if its owner let go and no pickled end is
+    waiting to attach (the names are only needed to attach)."""
+    for r in rings:
+        if r.closed or _core.pending_add(r, 0) > 0:
+            return
+        for pid, role, start in _core.peer_entries(r):
+            if (role == _OWNER or role & _PENDING) and process_alive(pid, start):
+                return
+    _unlink_pipe([r.name for r in rings])
+
+
+class _Owner:
+    """The creating process's hold on a pipe: its ring handles and an
+    ``_OWNER`` entry in each peer table, released when the last connection
+    of the pipe in this process is collected (or at exit)."""
+
+    def __init__(self, rings):
+        self.rings = rings
+        entries = []
+        for r in rings:
+            if r._finalizer is not None:
+                r._finalizer.cancel()  # the pipe, not the ring, decides when names go
+            entries.append(_core.peer_add(r, _OWNER))
+        self._finalizer = Finalize(self, _release_pipe, (rings, entries, os.getpid()),
+                                   exitpriority=-10)
+
+
+def _release_pipe(rings, entries, pid):
+    if os.getpid() != pid:
+        return
+    names = [r.name for r in rings]
+    keep = False
+    if not _util.is_exiting():
+        for r, (idx, who) in zip(rings, entries):
+            if r.closed:
+                continue
+            if idx >= 0:
+                _core.peer_del(r, idx, who)
+            if _core.pending_add(r, 0) > 0 or any(
+                    role & _PENDING and process_alive(p, s)
+                    for p, role, s in _core.peer_entries(r)):
+                keep = True  # a pickled end still has to attach: it removes them
+    for r in rings:
+        r.close()
+    if not keep:
+        _unlink_pipe(names)
+    else:
+        # whoever attaches the last pickled end removes the names; at our
+        # exit they go in any case (as a gb.Ring's do)
+        Finalize(None, _unlink_at_exit, (names, pid), exitpriority=-10)
+
+
+def _unlink_at_exit(names, pid):
+    if os.getpid() == pid:
+        _unlink_pipe(names)
+
+
+# Connections pickled while spawning a child: if the child dies before it
+# attaches them, their pending entries are dropped (else the other end would
+# wait for a holder that never comes).
+_spawned = []
+_spawned_lock = threading.Lock()
+
+
+def _sweep_spawned():
+    with _spawned_lock:
+        if not _spawned:
+            return
+        done = []
+        for rec in _spawned:
+            popen, tokens = rec
+            try:
+                finished = popen.poll() is not None
+            except Exception:
+                finished = False  # still launching
+            if finished:
+                done.append(rec)
+        for rec in done:
+            _spawned.remove(rec)
+    for popen, tokens in done:
+        rings = []
+        try:
+            for name, idx, who in tokens:
+                try:
+                    ring = Ring.attach(name)
+                except Exception:
+                    continue  # removed already
+                rings.append(ring)
+                _unpend(ring, idx, who)
+            if rings:
+                _reap_orphaned(rings)
+        finally:
+            for r in rings:
+                r.close()
+
+
+def _unpend(ring, idx, who):
+    if idx >= 0:
+        _core.peer_del(ring, idx, who)  # no-op if the entry was claimed already
+    else:
+        _core.pending_add(ring, -1)
+
+
 _live = weakref.WeakSet()
 
 
 def _before_fork():
-    # a forked child holds copies of our connections.  Count them as pending
+    # a forked child holds copies of our connections.  Mark them pending
     # before the fork, so a parent that closes its copy at once does not see
     # the end as gone before the child has registered its own.
     for c in list(_live):
         if not c._closed:
-            c._pend(1)
+            c._fork_tokens = c._pend()
+
+
+def _after_fork_in_parent():
+    for c in list(_live):
+        c._fork_tokens = None
 
 
 def _after_fork_in_child():
     for c in list(_live):
-        if not c._closed:
+        tokens, c._fork_tokens = c._fork_tokens, None
+        # the FIFO descriptors are the parent's: open our own on demand
+        for fd in (c._fifo_r, c._fifo_w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        c._fifo_r = c._fifo_w = None
+        if not c._closed and tokens is not None:
             c._register()
-            c._pend(-1)
+            for t in tokens:
+                _unpend(*t)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+def _close_all():
+    """At exit: close this process's connections, so peers see EOF (or
+    BrokenPipeError) at once rather than at their next liveness probe."""
+    for c in list(_live):
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+class _ExitHook:
+    """Registers :func:`_close_all` to run at exit, again in every
+    multiprocessing child (whose bootstrap clears inherited finalizers)."""
+
+    def register(self):
+        Finalize(None, _close_all, exitpriority=-20)
+
+
+_exit_hook = _ExitHook()
+_exit_hook.register()
+_util.register_after_fork(_exit_hook, _ExitHook.register)
 
 
 class Connection:
     """One end of a :func:`Pipe`; the ``multiprocessing.connection.Connection``
     API.  Picklable to child processes and Pool tasks."""
 
-    def __init__(self, rx_name, tx_name, readable, writable, owner=None, _pending=False):
+    def __init__(self, rx_name, tx_name, readable, writable, owner=None, _tokens=None):
         self._rx = Ring.attach(rx_name) if readable else None
         self._tx = Ring.attach(tx_name) if writable else None
         self._names = (rx_name, tx_name)
@@ -112,27 +293,46 @@ class Connection:
         self._writable = writable
         self._owner = owner
         self._closed = False
+        self._eof = False
+        self._probe_at = 0.0
         self._entries = []
+        self._fork_tokens = None
         self._fifo_r = None
         self._fifo_w = None
-        self._lock = threading.Lock()
+        self._never = None  # fileno() of a write-only end: (read fd, write fd)
         self._register()
-        if _pending:
-            self._pend(-1)
+        if _tokens:
+            # pickled by another process: we hold the end now, drop its marks
+            # (tokens are (index, who) per ring of this end, rx first)
+            for ring, (idx, who) in zip(self._rings(), _tokens):
+                _unpend(ring, idx, who)
+            _reap_orphaned(self._rings())
         _live.add(self)
 
-    def _pend(self, n):
-        for r in (self._rx, self._tx):
-            if r is not None and not r.closed:
-                _core.pending_add(r, n)
+    def _rings(self):
+        return [r for r in (self._rx, self._tx) if r is not None]
 
     def _register(self):
         self._entries = []
-        if self._rx is not None:
-            self._entries.append((self._rx,) + _core.peer_add(self._rx, _core.ROLE_READER))
-        if self._tx is not None:
-            self._entries.append((self._tx,) + _core.peer_add(self._tx, _core.ROLE_WRITER))
+        for ring, role in ((self._rx, _READER), (self._tx, _WRITER)):
+            if ring is not None:
+                idx, who = _core.peer_add(ring, role)
+                if idx < 0:
+                    _core.pending_add(ring, 1)  # table full: hold the end by count
+                self._entries.append((ring, idx, who))
         self._fifo_w = None
+
+    def _pend(self):
+        """Mark this end as pickled by this process and not attached yet;
+        the tokens travel with the pickle and the receiver clears them."""
+        tokens = []
+        for ring, role in ((self._rx, _READER), (self._tx, _WRITER)):
+            if ring is not None and not ring.closed:
+                idx, who = _core.peer_add(ring, _PENDING | role | ((next(_seq) & 0x7FFFFFF) << 4))
+                if idx < 0:
+                    _core.pending_add(ring, 1)
+                tokens.append((ring, idx, who))
+        return tokens
 
     # -- checks ------------------------------------------------------------
 
@@ -160,20 +360,26 @@ class Connection:
     def writable(self):
         return self._writable
 
-    @staticmethod
-    def _gone(ring, role):
-        """True when no live process holds the ``role`` end of ``ring``."""
-        if _core.pending_add(ring, 0) > 0:
+    def _writers_gone(self):
+        """End of stream: every write end closed (cheap), or its holders are
+        dead (a liveness probe, at most every ``_SLICE`` s)."""
+        rx = self._rx
+        if not _core.peer_count(rx, _WRITER):
+            return True
+        now = time.monotonic()
+        if now < self._probe_at:
             return False
-        return not any(process_alive(pid, start) for pid, start in _core.peers(ring, role))
+        self._probe_at = now + _SLICE
+        _sweep_spawned()
+        return not _holds(rx, _WRITER)
 
     # -- sending -------------------------------------------------------------
 
     def _send(self, obj):
         tx = self._tx
-        try:
-            tx.put(obj, False)
-        except Full:
+        if not _core.peer_count(tx, _READER):
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if not tx._put_obj(obj, False):
             self._send_blocking(obj)
         if _core.fd_armed(tx):
             self._signal_fd()
@@ -181,13 +387,11 @@ class Connection:
     def _send_blocking(self, obj):
         tx = self._tx
         while True:
-            if self._gone(tx, _core.ROLE_READER):
-                raise BrokenPipeError(errno.EPIPE, "the other end of the pipe is closed")
-            try:
-                tx.put(obj, True, _SLICE)
+            _sweep_spawned()
+            if not _holds(tx, _READER):
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+            if tx._put_obj(obj, True, _SLICE):
                 return
-            except Full:
-                continue
 
     def _signal_fd(self):
         if self._fifo_w is None:
@@ -205,8 +409,10 @@ class Connection:
 
     def send(self, obj):
         """Send a picklable object."""
-        self._check_closed()
-        self._check_writable()
+        if self._closed:
+            self._check_closed()
+        if not self._writable:
+            self._check_writable()
         self._send(obj)
 
     def send_bytes(self, buf, offset=0, size=None):
@@ -231,45 +437,69 @@ class Connection:
 
     # -- receiving -------------------------------------------------------------
 
-    def _recv(self, timeout=None):
-        """Next message (object or _Raw); EOFError at end of stream;
-        Empty if ``timeout`` passed first."""
-        rx = self._rx
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+    def _recv(self):
+        """Next message (object or _Raw); EOFError at end of stream."""
+        if not self._eof:
             try:
-                item = rx.get(True, max(left, 0))
-                break
+                item = self._rx._get(True, _SLICE)
             except Empty:
-                pass
-            if self._gone(rx, _core.ROLE_WRITER):
-                try:
-                    item = rx.get(False)
-                    break
-                except Empty:
-                    raise EOFError from None
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Empty
-        if self._fifo_r is not None:
-            self._drain_fd()
-        return item
+                item = _EOF
+            if item is not _EOF:
+                if self._fifo_r is not None:
+                    self._drain_fd()
+                return item
+        rx = self._rx
+        while True:
+            if self._eof or self._writers_gone():
+                # nothing more can come: take what is left, then EOF
+                while True:
+                    try:
+                        item = rx._get(False)
+                    except Empty:
+                        self._eof = True
+                        raise EOFError from None
+                    if item is not _EOF:
+                        return item
+            try:
+                item = rx._get(True, _SLICE)
+            except Empty:
+                continue
+            if item is not _EOF:
+                if self._fifo_r is not None:
+                    self._drain_fd()
+                return item
 
     def recv(self):
         """Receive a picklable object (EOFError when the other end is gone)."""
-        self._check_closed()
-        self._check_readable()
-        item = self._recv()
-        if isinstance(item, _Raw):
+        if self._closed:
+            self._check_closed()
+        if not self._readable:
+            self._check_readable()
+        try:
+            item = self._recv()
+        except BufferClosed:  # closed by another thread while waiting
+            raise OSError("handle is closed") from None
+        if item.__class__ is _Raw:
             return pickle.loads(item.data)
         return item
 
     def _recv_raw(self):
-        item = self._recv()
-        if isinstance(item, _Raw):
-            return item.data
+        try:
+            item = self._recv()
+        except BufferClosed:
+            raise OSError("handle is closed") from None
+        if item.__class__ is _Raw:
+            return memoryview(item.data)
         from multiprocessing.reduction import ForkingPickler
         return memoryview(ForkingPickler.dumps(item))
+
+    def _bad_message_length(self):
+        # as the stdlib: a duplex end stops reading, a read-only one closes
+        if self._writable:
+            self._readable = False
+        else:
+            self.close()
+        raise OSError("bad message length")
 
     def recv_bytes(self, maxlength=None):
         """Receive a message sent with send_bytes() as bytes."""
@@ -279,8 +509,7 @@ class Connection:
             raise ValueError("negative maxlength")
         data = self._recv_raw()
         if maxlength is not None and data.nbytes > maxlength:
-            self.close()
-            raise OSError("bad message length")
+            self._bad_message_length()
         return bytes(data)
 
     def recv_bytes_into(self, buf, offset=0):
@@ -308,14 +537,20 @@ class Connection:
         self._check_closed()
         self._check_readable()
         rx = self._rx
-        if timeout is not None and timeout < 0:
-            timeout = 0
+        if rx._qsize() > 0 or self._eof:
+            return True
+        if timeout is not None and timeout <= 0:
+            if self._writers_gone():
+                return True
+            if self._fifo_r is not None:
+                self._drain_fd()
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-            if rx.qsize() > 0 or rx._wait_ready(False, max(left, 0)):
+            if rx._wait_ready(False, max(left, 0)):
                 return True
-            if self._gone(rx, _core.ROLE_WRITER):
+            if self._writers_gone():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 if self._fifo_r is not None:
@@ -326,10 +561,13 @@ class Connection:
 
     def fileno(self):
         """A descriptor that is readable while a message is waiting, for
-        ``multiprocessing.connection.wait``, ``selectors`` and asyncio."""
+        ``multiprocessing.connection.wait``, ``selectors`` and asyncio.  (A
+        write-only end gets one that never becomes readable, as a pipe's.)"""
         self._check_closed()
         if not self._readable:
-            raise OSError("connection is write-only")
+            if self._never is None:
+                self._never = os.pipe()
+            return self._never[0]
         if self._fifo_r is None:
             path = _fifo_path(self._rx.name)
             try:
@@ -340,7 +578,7 @@ class Connection:
             # O_RDWR: the FIFO never reports end-of-file while we hold it
             self._fifo_r = os.open(path, os.O_RDWR | os.O_NONBLOCK)
             _core.arm_fd(self._rx)
-            if self._rx.qsize() > 0 or self._gone(self._rx, _core.ROLE_WRITER):
+            if self._rx._qsize() > 0 or self._eof or self._writers_gone():
                 os.write(self._fifo_r, b"\1")
         return self._fifo_r
 
@@ -351,7 +589,8 @@ class Connection:
         except BlockingIOError:
             pass
         # re-arm if messages (or EOF) are still waiting
-        if self._rx.qsize() > 0 or self._gone(self._rx, _core.ROLE_WRITER):
+        rx = self._rx
+        if rx._qsize() > 0 or self._eof or not _core.peer_count(rx, _WRITER):
             os.write(self._fifo_r, b"\1")
 
     # -- lifetime ----------------------------------------------------------------
@@ -362,13 +601,25 @@ class Connection:
             return
         self._closed = True
         for ring, idx, who in self._entries:
-            if idx >= 0 and not ring.closed:
-                _core.peer_del(ring, idx, who)
+            if not ring.closed:
+                _unpend(ring, idx, who)
         self._entries = []
-        for fd in (self._fifo_r, self._fifo_w):
+        tx = self._tx
+        if tx is not None and not tx.closed and not _core.peer_count(tx, _WRITER):
+            # the last write end: wake a reader blocked in recv() or wait()
+            try:
+                tx._put_obj(_EOF, False)
+            except Exception:
+                pass
+            if _core.fd_armed(tx):
+                self._signal_fd()
+        for fd in (self._fifo_r, self._fifo_w) + (self._never or ()):
             if fd is not None:
-                os.close(fd)
-        self._fifo_r = self._fifo_w = None
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fifo_r = self._fifo_w = self._never = None
         for r in (self._rx, self._tx):
             if r is not None:
                 r.close()
@@ -388,8 +639,14 @@ class Connection:
 
     def __reduce__(self):
         self._check_closed()
-        self._pend(1)
-        return (_rebuild, (self._names[0], self._names[1], self._readable, self._writable))
+        tokens = self._pend()
+        from multiprocessing.context import get_spawning_popen
+        popen = get_spawning_popen()
+        if popen is not None:
+            with _spawned_lock:
+                _spawned.append((popen, [(r.name, idx, who) for r, idx, who in tokens]))
+        return (_rebuild, (self._names[0], self._names[1], self._readable, self._writable,
+                           tuple((idx, who) for _, idx, who in tokens)))
 
     def __repr__(self):
         state = "closed" if self._closed else ("duplex" if self._readable and self._writable
@@ -397,8 +654,8 @@ class Connection:
         return f"<gb.Connection {self._names[0]}|{self._names[1]} {state}>"
 
 
-def _rebuild(rx_name, tx_name, readable, writable):
-    return Connection(rx_name, tx_name, readable, writable, _pending=True)
+def _rebuild(rx_name, tx_name, readable, writable, tokens=()):
+    return Connection(rx_name, tx_name, readable, writable, _tokens=tokens)
 
 
 def Pipe(duplex=True):
@@ -419,11 +676,17 @@ def Pipe(duplex=True):
 
 def wait(object_list, timeout=None):
     """``multiprocessing.connection.wait`` that also filters the rare
-    spurious readiness of a gb connection's descriptor."""
+    spurious readiness of a gb connection's descriptor, and notices a gb
+    connection whose writers were killed (no byte is written for those)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    ours = [o for o in object_list if isinstance(o, Connection)]
     while True:
         left = None if deadline is None else max(deadline - time.monotonic(), 0)
+        if ours:
+            left = _SLICE if left is None else min(left, _SLICE)
         ready = _std.wait(object_list, left)
         ready = [o for o in ready if not isinstance(o, Connection) or o.closed or o.poll(0)]
+        if not ready and ours:
+            ready = [o for o in ours if not o.closed and o.readable and o.poll(0)]
         if ready or (deadline is not None and time.monotonic() >= deadline):
             return ready

@@ -19,6 +19,15 @@ __all__ = list(getattr(_std, "__all__", [])) + ["GBManager", "Manager"]
 globals().update((n, getattr(_std, n)) for n in getattr(_std, "__all__", []))
 
 
+def __getattr__(name):
+    # every other name of multiprocessing.managers (DictProxy, AutoProxy,
+    # Namespace, ...) is the stdlib's
+    try:
+        return getattr(_std, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
 class _Segments:
     """Lives in the manager process: makes rings and keeps them (the
     manager process is their owner)."""

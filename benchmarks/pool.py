@@ -1,0 +1,125 @@
+"""gb.Pool against multiprocessing.Pool: ``python -m benchmarks.pool``.
+
+Two cases (issue 5), the same calls on both pools:
+
+- ``frames``: ``pool.map(f, range(200))`` where ``f`` returns a 1080p
+  uint8 RGB frame (6.2 MB): result transport dominates.
+- ``small``: ``pool.map(g, range(100_000))`` where ``g`` is ``x + 1``:
+  per-task overhead dominates.
+
+Each peer runs in its own interpreter (``_util.run_peer``) and times
+``repeats`` maps on one warm pool (workers started, one small map done);
+rounds alternate the peers so load drift on a shared machine hits both.
+Figures are medians of every timed map; "cold" is each pool's first map of
+the case (for gb.Pool, the first frames map also creates the workers'
+shared-memory leases, which later maps reuse).
+"""
+import os
+import time
+
+from benchmarks._util import (
+    fmt_ns,
+    fmt_ratio,
+    machine,
+    median,
+    parser,
+    print_machine,
+    print_table,
+    run_peer,
+    finish,
+)
+
+FRAME_SHAPE = (1080, 1920, 3)
+CASES = {
+    # case: (inputs, description)
+    "frames": (200, "map -> 1080p uint8 frame (6.2 MB) x 200"),
+    "small": (100_000, "map -> x + 1 x 100k small inputs"),
+}
+
+
+def _frame(i):
+    import numpy as np
+    return np.full(FRAME_SHAPE, i % 251, np.uint8)
+
+
+def _inc(x):
+    return x + 1
+
+
+def peer(kind, case, n, repeats, processes, start):
+    """Time ``repeats`` maps of ``case`` on one pool; returns seconds."""
+    import multiprocessing as mp
+
+    import global_buffer as gb
+
+    ctx = mp.get_context(start)
+    pool = gb.Pool(processes, context=ctx) if kind == "gb" else ctx.Pool(processes)
+    fn = _frame if case == "frames" else _inc
+    times = []
+    with pool:
+        pool.map(_inc, range(4 * processes))  # workers up and serving
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = pool.map(fn, range(n))
+            times.append(time.perf_counter() - t0)
+            # check what came back (outside the timing)
+            if case == "frames":
+                for i in (0, n // 2, n - 1):
+                    a = out[i]
+                    assert a.shape == FRAME_SHAPE and a[0, 0, 0] == a[-1, -1, -1] == i % 251
+            else:
+                assert out[0] == 1 and out[-1] == n and len(out) == n
+            del out
+        pool.close()
+        pool.join()
+    return times
+
+
+def main(argv=None):
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="peer runs per pool kind (alternating); default 3")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed maps per run (default 5, --quick 2)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="pool size (default os.cpu_count())")
+    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
+    ap.add_argument("--only", choices=sorted(CASES), help="one case")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 5)
+    rounds = 1 if args.quick else max(1, args.rounds)
+    processes = args.processes or os.cpu_count() or 1
+    info = machine()
+    print_machine(info)
+    print(f"pool size {processes}, start method {args.start}, {rounds} round(s) x "
+          f"{repeats} maps per pool kind")
+
+    results, rows = {}, []
+    for case, (n, desc) in CASES.items():
+        if args.only and case != args.only:
+            continue
+        runs = {"mp": [], "gb": []}
+        for _ in range(rounds):
+            for kind in ("mp", "gb"):
+                runs[kind].append(run_peer("pool", "peer", kind=kind, case=case, n=n,
+                                           repeats=repeats, processes=processes,
+                                           start=args.start))
+        med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
+        cold = {k: median([r[0] for r in v]) for k, v in runs.items()}
+        speed = med["mp"] / med["gb"]
+        results[case] = {"n": n, "runs_s": runs, "median_s": med, "cold_s": cold,
+                         "speedup": speed, "cold_speedup": cold["mp"] / cold["gb"]}
+        unit = "frames/s" if case == "frames" else "tasks/s"
+        rows.append([desc, fmt_ns(med["mp"] * 1e9), fmt_ns(med["gb"] * 1e9),
+                     f"{n / med['gb']:,.0f} {unit}", fmt_ratio(speed),
+                     fmt_ratio(cold["mp"] / cold["gb"])])
+    print_table("Pool.map, gb.Pool vs multiprocessing.Pool (wall time per map, median)",
+                ["case", "mp.Pool", "gb.Pool", "gb.Pool rate", "vs. mp", "vs. mp (cold)"],
+                rows,
+                note="vs. mp: mp.Pool time / gb.Pool time (higher is better); targets: "
+                     "frames >= 5x, small >= 1x.")
+    finish(args, "pool", results, info)
+
+
+if __name__ == "__main__":
+    main()

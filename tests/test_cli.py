@@ -1,0 +1,286 @@
+"""The command line (SPEC §7): ``python -m global_buffer demo|ls|stat|unlink|clean``.
+
+Output shape and exit codes are checked in-process where that is enough;
+the demo, ``--help`` and the unknown-name error run as real subprocesses.
+"""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import global_buffer as gb
+from global_buffer import cli
+from global_buffer.segment import list_names
+
+# the children import the same global_buffer as this test process
+_PKG_PARENT = str(Path(gb.__file__).resolve().parent.parent)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PKG_PARENT, env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "global_buffer", *args], capture_output=True,
+                          text=True, timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
+
+
+def call(*args):
+    """Run the CLI in-process: (exit code, stdout text)."""
+    out = io.StringIO()
+    code = cli.main(list(args), out=out)
+    return code, out.getvalue()
+
+
+def make_orphan(name):
+    """A stream created by a process that then exits without unlinking it."""
+    code = ("import sys, global_buffer as gb; "
+            "w = gb.create(sys.argv[1], gb.ArraySpec('float32', (4,)), 2); "
+            "w.close()")
+    subprocess.run([sys.executable, "-c", code, name], check=True, timeout=60, env=_env())
+    assert name in list_names()
+
+
+def line_of(text, name):
+    lines = [ln for ln in text.splitlines() if ln.split() and ln.split()[0] == name]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# -- help and arguments ------------------------------------------------------
+
+def test_help_runs_as_module():
+    p = run_cli("--help")
+    assert p.returncode == 0, p.stderr
+    for sub in ("demo", "ls", "stat", "unlink", "clean"):
+        assert sub in p.stdout
+
+
+@pytest.mark.parametrize("sub", ["demo", "ls", "stat", "unlink", "clean"])
+def test_every_subcommand_has_help(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([sub, "--help"])
+    assert e.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [
+    [],                                   # no subcommand
+    ["frobnicate"],
+    ["demo", "--seconds", "0"],
+    ["demo", "--seconds", "soon"],
+    ["demo", "--readers", "0"],
+    ["demo", "--shape", "2x2"],           # too small for the timestamp
+    ["demo", "--shape", "axb"],
+    ["stat"],                             # missing NAME
+])
+def test_bad_arguments_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+# -- demo --------------------------------------------------------------------
+
+def test_demo_finishes_by_itself():
+    t0 = time.monotonic()
+    p = run_cli("demo", "--seconds", "1", timeout=60)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert elapsed < 20, f"demo took {elapsed:.1f} s"
+    assert "Traceback" not in p.stderr, p.stderr
+    out = p.stdout
+    assert "writer published" in out
+    assert "reader 1:" in out and "reader 2:" in out
+    assert "every frame was received intact or counted as an overrun" in out
+    assert "fr/s" in out  # at least one live rate line
+
+
+def test_demo_options_and_rate(shm_name):
+    t0 = time.monotonic()
+    code, out = call("demo", "--seconds", "1", "--readers", "1", "--rate", "200",
+                     "--shape", "32x32", "--capacity", "64", "--name", shm_name)
+    assert code == 0, out
+    assert time.monotonic() - t0 < 20
+    written = int(out.split("writer published ")[1].split()[0])
+    assert 20 <= written <= 400, out  # paced near 200 frames/s
+    assert "reader 1:" in out and "reader 2:" not in out
+    assert shm_name not in list_names()
+
+
+def test_demo_refuses_an_existing_name(shm_name):
+    w = gb.create(shm_name, gb.ArraySpec("uint8", (8,)), 2)
+    try:
+        code, out = call("demo", "--seconds", "1", "--name", shm_name)
+        assert code == 1
+        assert shm_name in list_names()  # not removed by the failed demo
+    finally:
+        w.close()
+
+
+# -- ls ----------------------------------------------------------------------
+
+def test_ls_shows_a_created_segment(shm_name):
+    with gb.create(shm_name, gb.ArraySpec("uint8", (16, 16)), capacity=5) as w:
+        for _ in range(3):
+            w.write(np.zeros((16, 16), np.uint8))
+        r = gb.attach(shm_name)
+        try:
+            code, out = call("ls")
+            assert code == 0
+            header = out.splitlines()[0].split()
+            assert header[:3] == ["NAME", "KIND", "CAPACITY"]
+            fields = line_of(out, shm_name).split()
+            # name, kind, capacity, slot size (2 cells), owner pid, alive, items, readers
+            assert fields[1] == "stream:array"
+            assert fields[2] == "5"
+            assert " ".join(fields[3:5]) == "256 B"
+            assert fields[5] == str(os.getpid()) and fields[6] == "alive"
+            assert fields[7] == "3"
+            assert fields[8] == "1"
+
+            code, out = call("ls", "--json")
+            row = next(d for d in json.loads(out) if d["name"] == shm_name)
+            assert row["items"] == 3 and row["capacity"] == 5 and row["slot_size"] == 256
+            assert row["owner_pid"] == os.getpid() and row["owner_alive"] is True
+        finally:
+            r.close()
+
+
+def test_ls_message_stream_and_dead_owner(shm_name, new_name):
+    from pydantic import BaseModel
+
+    class Ping(BaseModel):
+        n: int
+
+    dead = new_name("dead")
+    make_orphan(dead)
+    with gb.create(shm_name, Ping, capacity=3, max_bytes=128):
+        code, out = call("ls")
+        assert code == 0
+        assert line_of(out, shm_name).split()[1] == "stream:message"
+        assert " dead " in line_of(out, dead)
+
+
+def test_ls_survives_unreadable_segments(new_name):
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm")
+    name = new_name("junk")
+    with open(f"/dev/shm/gb.{name}", "wb") as f:
+        f.write(os.urandom(3000))
+    code, out = call("ls")
+    assert code == 0
+    assert "unreadable" in line_of(out, name)
+    code, _ = call("clean", f"{name}*")
+    assert code == 0
+    assert name in list_names()  # owner unknown: clean leaves it alone
+    assert call("unlink", name)[0] == 0
+    assert name not in list_names()
+
+
+# -- stat --------------------------------------------------------------------
+
+def test_stat_unknown_name_is_one_line_exit_1():
+    name = f"no-such-{uuid.uuid4().hex[:8]}"
+    p = run_cli("stat", name)
+    assert p.returncode == 1
+    assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert name in lines[0] and "no segment" in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_stat_invalid_name_exit_2():
+    p = run_cli("stat", "../etc")
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr
+
+
+def test_stat_shows_header_and_rate(shm_name):
+    with gb.create(shm_name, gb.ArraySpec("float32", (8,)), capacity=4) as w:
+        w.write(np.ones(8, np.float32))
+        code, out = call("stat", shm_name, "--interval", "0")
+        assert code == 0
+        # "label  value": labels may hold one space, the gap is two or more
+        fields = dict(re.split(r"\s{2,}", ln.strip(), maxsplit=1)
+                      for ln in out.splitlines() if ln.strip())
+        assert fields["kind"] == "stream:array"
+        assert fields["schema"] == "float32[8]"
+        assert fields["capacity"] == "4"
+        assert fields["slots"] == "5"
+        assert fields["owner"].startswith(f"pid {os.getpid()} (alive)")
+        assert fields["items written"] == "1"
+        assert fields["slot size"] == "32 B (32 bytes)"
+        assert "rate" not in fields
+
+        code, out = call("stat", shm_name, "--interval", "0.2", "--json")
+        info = json.loads(out)
+        assert info["items"] == 1 and info["rate_items_per_s"] == 0
+
+
+def test_stat_corrupt_segment_is_one_line_exit_1(new_name):
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm")
+    name = new_name("bad")
+    with open(f"/dev/shm/gb.{name}", "wb") as f:
+        f.write(b"\0" * 8 + b"garbage" * 300)
+    p = run_cli("stat", name)
+    assert p.returncode == 1
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    gb.unlink(name)
+
+
+# -- unlink ------------------------------------------------------------------
+
+def test_unlink(shm_name):
+    w = gb.create(shm_name, gb.ArraySpec("uint8", (4,)), 2)
+    try:
+        code, out = call("unlink", shm_name)
+        assert code == 0
+        assert "removed" in out and "still running" in out
+        assert shm_name not in list_names()
+    finally:
+        w.close()
+    p = run_cli("unlink", shm_name)
+    assert p.returncode == 1
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+# -- clean -------------------------------------------------------------------
+
+def test_clean_removes_only_dead_owner_segments(shm_name, new_name):
+    dead = new_name("dead")
+    make_orphan(dead)
+    with gb.create(shm_name, gb.ArraySpec("uint8", (4,)), 2):
+        pattern = f"{shm_name}*"  # only this test's segments
+        code, out = call("clean", "--dry-run", pattern)
+        assert code == 0
+        assert f"would remove {dead}" in out
+        assert shm_name + " " not in out.replace(dead, "")
+        assert dead in list_names()  # dry run removed nothing
+
+        code, out = call("clean", pattern)
+        assert code == 0
+        assert f"removed {dead}" in out
+        assert "removed 1 segment" in out
+        names = list_names()
+        assert dead not in names
+        assert shm_name in names
+
+        code, out = call("clean", pattern)
+        assert "removed 0 segments" in out
