@@ -379,6 +379,25 @@ cdef class QueueHandle(Handle):
             return self._decode(raw)
         return self._ser.loads(raw)
 
+    def _reserve_begin(self, bint block=True, timeout=None):
+        """Claim a slot of an ArraySpec ring for a zero-copy put; its
+        position, or None if none was free in time."""
+        cdef uint64_t pos
+        self._live()
+        if self._ndim < 0:
+            raise TypeError("reserve() needs a ring with schema=gb.ArraySpec(...)")
+        if self._claim(True, self._put_deadline(block, timeout), &pos):
+            return None
+        return pos
+
+    def _reserve_end(self, uint64_t pos, bint commit):
+        """Publish the reserved slot, or (commit=False) publish a void item
+        that every get() skips: the position is spent either way."""
+        if not self._bound:
+            return
+        gb_slot_set_aux(&self.r, pos, AUX_INLINE if commit else AUX_VOID)
+        gb_queue_put_commit(&self.r, _pid, pos, self._nbytes if commit else 0)
+
     def _debug_claim(self, bint put, timeout=None):
         """Testing only: claim a slot to write (``put``) or read and return
         its position without ever committing it, as a process killed
@@ -533,6 +552,25 @@ cdef class BroadcastHandle(StreamReader):
                         return 0
             PyErr_CheckSignals()
         return 0
+
+    def _reserve_begin(self, bint block=True, timeout=None):
+        """Take the producers' lock and begin the next sample in place."""
+        cdef uint64_t pos
+        self._live()
+        if self._ndim < 0:
+            raise TypeError("reserve() needs a ring with schema=gb.ArraySpec(...)")
+        self._lock()
+        gb_stream_begin(&self.r, _pid, &pos)
+        return pos
+
+    def _reserve_end(self, uint64_t pos, bint commit):
+        if not self._bound:
+            return
+        if commit:
+            gb_stream_commit(&self.r, _pid, pos, self._nbytes)
+        else:
+            gb_stream_abort(&self.r, pos)
+        gb_lock_release(<uint64_t *>&self.r.hdr.wlock)
 
     def _debug_lock(self):
         """Testing only: take the producers' lock and begin a sample without

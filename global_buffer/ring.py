@@ -10,6 +10,7 @@ owned by the producing process (see ``_Blobs``).
 """
 import asyncio
 import collections
+import contextlib
 import functools
 import itertools
 import os
@@ -512,6 +513,36 @@ class Ring:
             return self._latest()
         return self._latest(self._blobs.peek, self._full_decode)
 
+    @contextlib.contextmanager
+    def reserve(self, block=True, timeout=None):
+        """Zero-copy put for ArraySpec rings: yields a writable ndarray
+        straight into a free slot; the item is put when the block exits
+        normally.  If the block raises, nothing is delivered (the slot is
+        released as an item every ``get()`` skips).  ``gb.Full`` if no slot
+        freed up in time."""
+        self._check_put()
+        pos = self._reserve_begin(block, timeout)
+        if pos is None:
+            raise Full()
+        try:
+            view = self._slot_views()[pos % self._nslots]
+            if view is None:
+                spec = self._schema
+                view = np.frombuffer(self._segment.mm, dtype=spec.dtype,
+                                     count=int(np.prod(spec.shape, dtype=np.int64)),
+                                     offset=self._payload_offset(pos)).reshape(spec.shape)
+                self._views[pos % self._nslots] = view
+            yield view
+        except BaseException:
+            self._reserve_end(pos, False)
+            raise
+        self._reserve_end(pos, True)
+
+    def _slot_views(self):
+        if getattr(self, "_views", None) is None:
+            self._views = [None] * self._nslots
+        return self._views
+
     def put_many(self, items, block=True, timeout=None):
         """Put every item of ``items`` in order, waking consumers once."""
         self._check_put()
@@ -596,6 +627,7 @@ class Ring:
         if self.closed:
             return
         self._add_readers(-1)
+        self._views = None
         self._unbind()
         if self._blobs is not None:
             self._blobs.close()

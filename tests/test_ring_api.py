@@ -935,3 +935,48 @@ def test_large_items_cleaned_up(ctx, children):
     assert 1 <= len(ring_files(name)) - 1 <= 4, ring_files(name)
     del r, x
     assert ring_files(name) == []
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_arrayspec_ring_reserve(broadcast):
+    """§3.1: ``schema=gb.ArraySpec(...)`` rings take zero-copy puts through
+    ``reserve()``; a block that raises delivers nothing."""
+    spec = gb.ArraySpec("float32", (3, 4))
+    kw = {"capacity": 4} if broadcast else {"maxsize": 4}
+    r = gb.Ring(schema=spec, broadcast=broadcast, **kw)
+    reader = gb.Ring.attach(r.name) if broadcast else r
+    try:
+        with r.reserve() as view:
+            assert view.shape == (3, 4) and view.dtype == np.float32
+            view[:] = 1.5
+        with pytest.raises(KeyError):
+            with r.reserve() as view:
+                view[:] = 9
+                raise KeyError("discard")
+        with r.reserve() as view:
+            view[:] = 2.5
+        first = reader.get(timeout=5)
+        second = reader.get(timeout=5)
+        assert (first == 1.5).all() and (second == 2.5).all()
+        with pytest.raises(gb.Empty):
+            reader.get(timeout=0.05)
+        if not broadcast:
+            for _ in range(4):
+                r.put(np.zeros((3, 4), np.float32))
+            with pytest.raises(gb.Full):
+                with r.reserve(timeout=0.05):
+                    pass
+    finally:
+        if reader is not r:
+            reader.close()
+        r.close()
+
+
+def test_reserve_needs_arrayspec():
+    r = gb.Ring()
+    try:
+        with pytest.raises(TypeError):
+            with r.reserve():
+                pass
+    finally:
+        r.close()

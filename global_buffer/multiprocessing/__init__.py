@@ -3,23 +3,28 @@ migration (SPEC §3.3).
 
 Every public name of :mod:`multiprocessing` is here.  ``Queue``,
 ``SimpleQueue``, ``JoinableQueue``, ``Pipe``, ``Pool`` and ``Manager`` are
-the shared-memory ring versions; everything else is the stdlib's.  As in
-the stdlib, the module's functions are those of the default context, so the
-module and ``get_context()`` agree by construction.
+the shared-memory ring versions, taken from our default context as the
+stdlib takes its module functions from its own (so the module and
+``get_context()`` agree by construction); everything else is the stdlib's
+very object, so ``set_start_method`` & co. act on the stdlib's state.
+Other submodules (``shared_memory``, ``dummy``, ...) resolve to the stdlib's.
 """
 import multiprocessing as _mp
 import sys
 
 from . import context
 
-# the stdlib's public names first (Process, Lock, Event, cpu_count, ...)
+# the stdlib's public names, as its very objects (Process, Lock, Event,
+# cpu_count, set_start_method, ...)
 __all__ = list(_mp.__all__)
 globals().update((n, getattr(_mp, n)) for n in __all__)
 
-# then everything the default context offers, ring-backed where we differ
-_ctx_names = [x for x in dir(context._default_context) if not x.startswith("_")]
-globals().update((n, getattr(context._default_context, n)) for n in _ctx_names)
-__all__ += [n for n in _ctx_names if n not in __all__]
+# then what our default context does differently: the ring-backed factories
+# and get_context() returning contexts with the same substitutions
+_RING_BACKED = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Pool", "Manager")
+globals().update((n, getattr(context._default_context, n)) for n in _RING_BACKED + ("get_context",))
+__all__ += [n for n in dir(context._default_context)
+            if not n.startswith("_") and n not in __all__]
 
 # stdlib submodules reachable as attributes (multiprocessing.util, ...)
 from multiprocessing import (  # noqa: E402

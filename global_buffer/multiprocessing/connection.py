@@ -40,7 +40,7 @@ from ..errors import BufferClosed, Empty
 from ..ring import Ring, _remove_ring
 from ..segment import process_alive
 
-__all__ = list(_std.__all__) + ["Pipe"]
+__all__ = list(_std.__all__) + ["Connection"]  # Client, Listener, Pipe, wait
 globals().update((n, getattr(_std, n)) for n in _std.__all__ if n not in ("Pipe", "wait"))
 
 
