@@ -142,6 +142,14 @@ class _Owner:
         self._finalizer = Finalize(self, _release_pipe, (rings, entries, os.getpid()),
                                    exitpriority=-10)
 
+    def release(self):
+        """Remove the pipe's names now (a gb.Manager shutting down)."""
+        self._finalizer.cancel()
+        names = [r.name for r in self.rings]
+        for r in self.rings:
+            r.close()
+        _unlink_pipe(names)
+
 
 def _release_pipe(rings, entries, pid):
     if os.getpid() != pid:

@@ -10,9 +10,10 @@ as before.
 """
 import os
 import pickle
+import threading
 from multiprocessing import managers as _std
 
-from ..ring import JoinableRing as _JoinableRing, Ring as _Ring
+from ..ring import JoinableRing as _JoinableRing, Ring as _Ring, _remove_ring
 from .connection import Pipe as _Pipe
 
 __all__ = list(getattr(_std, "__all__", [])) + ["GBManager", "Manager"]
@@ -35,10 +36,12 @@ class _Segments:
     def __init__(self):
         self.rings = []
         self.pipes = []
+        self.lock = threading.Lock()
 
     def ring(self, joinable, args, kwargs):
         r = (_JoinableRing if joinable else _Ring)(*args, **kwargs)
-        self.rings.append(r)
+        with self.lock:
+            self.rings.append(r)
         return r.name
 
     def pipe(self, duplex):
@@ -46,11 +49,29 @@ class _Segments:
         # keep the rings (their owner) here; hand the connections over.
         # Pickling marks both ends pending until the client attaches, so
         # closing our copies now does not look like EOF to anyone.
-        self.pipes.append(c1._owner)
+        with self.lock:
+            self.pipes.append(c1._owner)
         blob = pickle.dumps((c1, c2))
         c1.close()
         c2.close()
         return blob
+
+    def release(self):
+        """Remove every segment made here: the manager is shutting down.
+        (Also done by the rings' own finalizers when this process exits,
+        but a manager that does not exit in time is terminated.)"""
+        with self.lock:
+            rings, self.rings = self.rings, []
+            pipes, self.pipes = self.pipes, []
+        for r in rings:
+            if r._finalizer is not None:
+                r._finalizer.cancel()
+            name = r.name
+            r.close()
+            _remove_ring(name, os.getpid())
+        for owner in pipes:
+            owner.release()
+        return len(rings) + len(pipes)
 
 
 _segments = None
@@ -72,13 +93,16 @@ def _set(s):
 
 
 class _SegmentsProxy(_std.BaseProxy):
-    _exposed_ = ("ring", "pipe")
+    _exposed_ = ("ring", "pipe", "release")
 
     def ring(self, joinable, args, kwargs):
         return self._callmethod("ring", (joinable, args, kwargs))
 
     def pipe(self, duplex):
         return self._callmethod("pipe", (duplex,))
+
+    def release(self):
+        return self._callmethod("release")
 
 
 class GBManager(_std.SyncManager):
@@ -101,6 +125,28 @@ class GBManager(_std.SyncManager):
     def Pipe(self, duplex=True):
         """A :func:`gb.Pipe` whose rings the manager process owns."""
         return pickle.loads(self._gb_segments().pipe(duplex))
+
+    @staticmethod
+    def _finalize_manager(process, address, authkey, state, _Client, *args):
+        # shutdown(): have the server remove its segments first, so they go
+        # even if the server process is then terminated for exiting slowly
+        if state.value == _std.State.STARTED and process.is_alive():
+            try:
+                _release_remote(address, authkey, _Client)
+            except Exception:
+                pass
+        _std.SyncManager._finalize_manager(process, address, authkey, state, _Client, *args)
+
+
+def _release_remote(address, authkey, client):
+    serializer = next((k for k, (_, c) in _std.listener_client.items() if c is client), "pickle")
+    m = GBManager(address=address, authkey=authkey, serializer=serializer)
+    m.connect()
+    proxy = m._gb_segments()
+    try:
+        proxy.release()
+    finally:
+        del proxy
 
 
 def _model(kwargs):
