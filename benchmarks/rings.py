@@ -5,21 +5,21 @@ faster-fifo, in the same run (issue 4, "Benchmarks").
     python -m benchmarks.rings --quick    # smaller counts, for a smoke test
     python -m benchmarks.rings --json out.json   # also write raw samples ("-": stdout)
 
-Every measurement runs in a fresh interpreter (``python -m benchmarks.rings
---worker ...``) that creates the queue, forks the producer and consumer
+Every measurement runs in a fresh interpreter (``benchmarks._util.run_peer``
+calling :func:`worker`) that creates the queue, forks the producer and consumer
 processes, releases them together through a barrier and reports items/s
 as (items put) / (time from release to the last consumer's last item).
 Rounds interleave the peers (rotating their order) so that a noisy
 neighbour hits all of them alike; each figure is the median over rounds and
 each "vs." ratio is the median of the per-round ratios.
 """
-import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
-from ._ring_util import fmt_rate, format_table, machine_info, median, run_worker
+from benchmarks._util import finish, fmt_ratio, machine, parser, print_machine, print_table, run_peer
 
 FRAME_SHAPE = (1080, 1920, 3)
 PEERS = ("mp", "ff", "gb")
@@ -187,6 +187,23 @@ def worker(peer, case_name, variant, n):
 # driver side
 # ---------------------------------------------------------------------------
 
+def _median(xs):
+    xs = [x for x in xs if x is not None]  # a failed sample is None
+    return statistics.median(xs) if xs else None
+
+
+def fmt_rate(x):
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    if x >= 1e3:
+        return f"{x / 1e3:.2f}k"
+    return f"{x:.0f}"
+
+
 def _units(rows):
     """Measurements a run needs: (case, peer, variant); mp/ff ignore variant."""
     units = []
@@ -217,8 +234,11 @@ def run(repeats, scale, only=None, verbose=True):
                 spec = CASES[u[0]]
                 n = spec["n_mp"] if u[1] == "mp" else spec["n"]
                 n = max(spec["p"], int(n * scale))
-                res = run_worker("benchmarks.rings",
-                                 ["--worker", json.dumps([u[1], u[0], u[2], n])], timeout=180)
+                try:
+                    res = run_peer("rings", "worker", timeout=180, peer=u[1], case_name=u[0],
+                                   variant=u[2], n=n)
+                except Exception as e:  # one failed sample must not sink the table
+                    res = {"error": str(e).splitlines()[0]}
                 samples[u].append(res.get("rate"))
                 if verbose:
                     what = f"{u[0]:<15} {PEER_NAMES[u[1]]:<12} {u[2] or '':<8}"
@@ -226,7 +246,7 @@ def run(repeats, scale, only=None, verbose=True):
                         print(f"  round {rnd + 1}: {what} ERROR {res['error']}", file=sys.stderr)
                     else:
                         print(f"  round {rnd + 1}: {what} {fmt_rate(res['rate']):>8} items/s",
-                              file=sys.stderr)
+                              file=sys.stderr, flush=True)
     wall = time.monotonic() - t_start
 
     results = []
@@ -236,13 +256,13 @@ def run(repeats, scale, only=None, verbose=True):
         gb_s = samples[(case, "gb", variant)]
 
         def paired(base):
-            return median([g / b if g and b else None for g, b in zip(gb_s, base)])
+            return _median([g / b if g and b else None for g, b in zip(gb_s, base)])
         vs_mp, vs_ff = paired(mp_s), paired(ff_s)
         results.append({
             "row": label, "case": case, "gb_variant": variant,
             "producers": CASES[case]["p"], "consumers": CASES[case]["c"],
             "batch": CASES[case]["batch"],
-            "mp_queue": median(mp_s), "faster_fifo": median(ff_s), "gb_ring": median(gb_s),
+            "mp_queue": _median(mp_s), "faster_fifo": _median(ff_s), "gb_ring": _median(gb_s),
             "samples": {"mp_queue": mp_s, "faster_fifo": ff_s, "gb_ring": gb_s},
             "vs_mp_queue": vs_mp, "vs_faster_fifo": vs_ff,
             "target_vs_mp_queue": target,
@@ -252,53 +272,43 @@ def run(repeats, scale, only=None, verbose=True):
     return results, wall
 
 
-def table(results, markdown=False):
-    headers = ["items/s (median)", "mp.Queue", "faster-fifo", "gb.Ring",
-               "vs. mp.Queue", "vs. faster-fifo", "target", "ok"]
+def table_rows(results):
     rows = []
     for r in results:
-        def x(v):
-            return "-" if v is None else f"{v:.1f}x"
-        ok = "yes" if r["pass_vs_mp_queue"] and r["pass_vs_faster_fifo"] else "NO"
+        ok = "yes" if r["pass_vs_mp_queue"] and r["pass_vs_faster_fifo"] else "no"
         rows.append([r["row"], fmt_rate(r["mp_queue"]), fmt_rate(r["faster_fifo"]),
-                     fmt_rate(r["gb_ring"]), x(r["vs_mp_queue"]), x(r["vs_faster_fifo"]),
-                     f">={r['target_vs_mp_queue']}x, >1x", ok])
-    return format_table(headers, rows, markdown=markdown)
+                     fmt_rate(r["gb_ring"]), fmt_ratio(r["vs_mp_queue"]),
+                     fmt_ratio(r["vs_faster_fifo"]), f"{r['target_vs_mp_queue']}x", ok])
+    return rows
+
+
+HEADERS = ["items/s (median)", "mp.Queue", "faster-fifo", "gb.Ring", "vs. mp.Queue",
+           "vs. faster-fifo", "target vs. mp.Queue", "meets targets"]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.rings", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a quarter of the items (smoke test)")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians (>= 3)")
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="rounds; figures are medians (default 3, at least 3)")
     ap.add_argument("--scale", type=float, default=None, help="multiply item counts")
     ap.add_argument("--only", action="append", help="rows whose label or case contains this")
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        peer, case, variant, n = json.loads(args.worker)
-        print(json.dumps(worker(peer, case, variant, n)))
-        return 0
+    # numpy's BLAS threads spin for a while after import: keep them out of
+    # every peer alike (children inherit the environment)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    repeats = max(3, args.repeats or 3)
     scale = args.scale if args.scale is not None else (0.25 if args.quick else 1.0)
-    info = machine_info()
-    print(f"# {info['cpu']} x{info['cpus']}, {info['os']}, Python {info['python']}, "
-          f"numpy {info['numpy']}, faster-fifo {info['faster_fifo']}, "
-          f"global_buffer {info['global_buffer']} ({info['git']}), "
-          f"load {info['loadavg_at_start']}", file=sys.stderr)
-    results, wall = run(args.repeats, scale, args.only)
-    print(table(results, markdown=args.markdown))
-    print(f"\n{args.repeats} rounds, scale {scale}, {wall:.0f} s; each figure a median, each "
-          "ratio the median of per-round ratios.")
-    if args.json:
-        doc = {"benchmark": "rings", "machine": info, "repeats": args.repeats, "scale": scale,
-               "wall_seconds": wall, "batch": BATCH, "frame_shape": FRAME_SHAPE,
-               "results": results}
-        if args.json == "-":
-            print(json.dumps(doc, indent=2))
-        else:
-            with open(args.json, "w") as f:
-                json.dump(doc, f, indent=2)
+    info = machine()
+    print_machine(info)
+    results, wall = run(repeats, scale, args.only)
+    print_table("Rings: items/s, producers:consumers processes (medians; ratios are medians "
+                "of per-round ratios)", HEADERS, table_rows(results),
+                note=f"{repeats} rounds, item counts x{scale}, {wall:.0f} s; load average at "
+                     f"end {tuple(round(x, 1) for x in os.getloadavg())}")
+    info["loadavg_at_end"] = os.getloadavg()
+    finish(args, "rings", {"repeats": repeats, "scale": scale, "wall_seconds": wall,
+                           "batch": BATCH, "frame_shape": FRAME_SHAPE, "rows": results}, info)
     return 0
 
 

@@ -96,6 +96,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
     int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int64_t poll_ns,
                       int use_futex)
     void gb_wake(gb_ring *r, gb_waitq *q)
+    void gb_wake_force(gb_ring *r, gb_waitq *q)
 
     uint64_t gb_word_pos(uint64_t w)
     uint32_t gb_word_pid(uint64_t w)

@@ -54,7 +54,11 @@ os.register_at_fork(after_in_child=_reset_pid)
 
 cdef int _use_futex = GB_HAVE_FUTEX
 cdef int64_t _spin_ns = 20000          # spin before parking (measured: benchmarks/wake.py)
-cdef int64_t _SLICE_NS = 50000000      # longest sleep between signal checks (50 ms)
+# Longest single sleep.  Signals need no slice (SIGINT ends a futex wait
+# with EINTR) and close() from another thread wakes its sleepers, so this
+# only bounds the cost of a lost wake-up; long, so an idle reader makes no
+# wake-ups at all (benchmarks/wake.py measures 0/s).
+cdef int64_t _SLICE_NS = 10000000000    # 10 s
 cdef int64_t _CORRUPT_NS = 1000000000  # a slot that never validates for this long is corrupt
 
 HAVE_FUTEX = bool(GB_HAVE_FUTEX)
@@ -250,8 +254,12 @@ cdef class Handle:
             self._bound = False
             if self._parked:
                 # another thread sleeps on a wait queue inside the mapping:
-                # keep it mapped (our buffer export pins it) until it wakes
+                # keep it mapped (our buffer export pins it) until it wakes,
+                # and wake it now
                 self._held = True
+                gb_wake_force(&self.r, &self.r.hdr.data)
+                gb_wake_force(&self.r, &self.r.hdr.space)
+                gb_wake_force(&self.r, &self.r.hdr.join)
             else:
                 PyBuffer_Release(&self._buf)
 

@@ -9,6 +9,7 @@ import multiprocessing.managers
 import os
 import pickle
 import signal
+import sys
 import time
 
 import numpy as np
@@ -42,7 +43,10 @@ def _pipe_names(*conns):
 # -- rings and pipes across processes ----------------------------------------------------
 
 def _worker(ring, jring, conn, out):
-    for item in iter(ring.get, None):
+    while True:
+        item = ring.get(timeout=TIMEOUT)
+        if item is None:
+            break
         conn.send(("ring", item))
     while True:
         item = jring.get(timeout=TIMEOUT)
@@ -97,7 +101,7 @@ def test_manager_objects_across_processes(ctx, children):
 
 
 def test_manager_ring_takes_ring_arguments():
-    spec = gb.ArraySpec((4, 4), np.float32)
+    spec = gb.ArraySpec(np.float32, (4, 4))
     with gb.Manager() as m:
         bounded = m.Ring(2, capacity=8, max_bytes=256)
         assert (bounded.maxsize, bounded.capacity) == (2, 8)
@@ -171,8 +175,10 @@ def test_requester_killed_segments_still_removed_at_shutdown(method, children):
 
 def test_segments_removed_even_if_the_manager_process_is_terminated():
     """shutdown() asks the server to remove its segments first, so they
-    go even when the server process has to be terminated."""
-    m = gb.Manager()
+    go even when the server process has to be terminated (here: no time
+    at all to exit before terminate(), where Python supports setting that)."""
+    kwargs = {"shutdown_timeout": 0.0} if sys.version_info >= (3, 11) else {}
+    m = gb.Manager(**kwargs)
     ring = m.Ring()
     a, b = m.Pipe()
     names = {ring.name} | _pipe_names(a, b)

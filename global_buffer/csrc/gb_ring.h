@@ -390,6 +390,17 @@ GB_INLINE void gb_wake(gb_ring *r, gb_waitq *q)
     }
 }
 
+/* Wake every sleeper of q whether or not any registered (a handle closed
+ * under a sleeping thread of its own process uses this). */
+GB_INLINE void gb_wake_force(gb_ring *r, gb_waitq *q)
+{
+    /* release: as in gb_wake */
+    atomic_fetch_add_explicit(&q->ev, 1, memory_order_release);
+    /* relaxed: statistics only */
+    atomic_fetch_add_explicit(&r->hdr->wake_calls, 1, memory_order_relaxed);
+    gb_futex_wake_all(&q->ev);
+}
+
 /* ------------------------------------------------------------------ */
 /* Streams: one writer, many readers, overwrite oldest                 */
 /* ------------------------------------------------------------------ */

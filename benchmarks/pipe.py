@@ -1,0 +1,165 @@
+"""gb.Pipe against multiprocessing.Pipe: ``python -m benchmarks.pipe``.
+
+Cases (issue 5), the same calls on both pipes, parent <-> one child process:
+
+- ``pingpong``: ``send`` a small tuple, the child ``recv``s and sends it
+  back; round trips per second (latency-bound: wake-ups dominate).
+- ``frames``: the child ``send``s 1080p uint8 RGB frames (6.2 MB numpy
+  arrays), the parent ``recv``s them; frames per second (copy-bound).
+- ``frames-bytes``: the same frames with ``send_bytes`` / ``recv_bytes_into``
+  a preallocated buffer.
+
+Each peer runs in its own interpreter (``_util.run_peer``) and times
+``repeats`` batches after a warm-up; rounds alternate the peers so load
+drift on a shared machine hits both.  Figures are medians of every timed
+batch; "vs. mp" is the ratio of the medians (higher is better).  Targets:
+frames >= 10x, ping-pong >= 3x.
+"""
+import time
+
+from benchmarks._util import (
+    finish,
+    fmt_ratio,
+    machine,
+    median,
+    parser,
+    print_machine,
+    print_table,
+    run_peer,
+)
+
+FRAME_SHAPE = (1080, 1920, 3)
+FRAME_BYTES = 1080 * 1920 * 3
+CASES = {
+    # case: (messages per timed batch, description)
+    "pingpong": (20_000, "ping-pong, small tuple (round trips/s)"),
+    "frames": (60, "1080p uint8 frame, send/recv (frames/s)"),
+    "frames-bytes": (60, "1080p uint8 frame, send_bytes/recv_bytes_into (frames/s)"),
+}
+
+
+def _echo(conn, n):
+    for _ in range(n):
+        conn.send(conn.recv())
+    conn.close()
+
+
+def _frames(conn, n, api):
+    import numpy as np
+    frame = np.zeros(FRAME_SHAPE, np.uint8)
+    send = conn.send_bytes if api == "bytes" else conn.send
+    for i in range(n):
+        frame[0, 0, 0] = frame[-1, -1, -1] = i % 251
+        send(frame)
+    conn.recv()  # stay until the parent has everything
+    conn.close()
+
+
+def peer(kind, case, n, repeats, start):
+    """Time ``repeats`` batches of ``n`` messages; returns seconds per batch."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    import global_buffer as gb
+
+    ctx = mp.get_context(start)
+    a, b = (gb.Pipe if kind == "gb" else mp.Pipe)()
+    warm = max(n // 10, 2)
+    total = warm + repeats * n
+    if case == "pingpong":
+        p = ctx.Process(target=_echo, args=(b, total))
+    else:
+        p = ctx.Process(target=_frames, args=(b, total, "bytes" if case == "frames-bytes" else "obj"))
+    p.start()
+    b.close()
+    times = []
+    try:
+        if case == "pingpong":
+            msg = ("ping", 12345)
+            for _ in range(warm):
+                a.send(msg)
+                a.recv()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    a.send(msg)
+                    a.recv()
+                times.append(time.perf_counter() - t0)
+        else:
+            buf = np.empty(FRAME_BYTES, np.uint8)
+            seen = 0
+
+            def take():
+                nonlocal seen
+                if case == "frames":
+                    f = a.recv()
+                    ok = f.shape == FRAME_SHAPE and f[0, 0, 0] == seen % 251
+                else:
+                    ok = a.recv_bytes_into(buf) == FRAME_BYTES and buf[0] == seen % 251
+                if not ok:
+                    raise AssertionError(f"frame {seen} came back wrong")
+                seen += 1
+
+            for _ in range(warm):
+                take()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    take()
+                times.append(time.perf_counter() - t0)
+            a.send("done")
+    finally:
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+        a.close()
+    return times
+
+
+def main(argv=None):
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="peer runs per pipe kind (alternating); default 3")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed batches per run (default 5, --quick 2)")
+    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
+    ap.add_argument("--only", choices=sorted(CASES), help="one case")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 5)
+    rounds = 1 if args.quick else max(1, args.rounds)
+    info = machine()
+    print_machine(info)
+    print(f"start method {args.start}, {rounds} round(s) x {repeats} batches per pipe kind")
+
+    results, rows = {}, []
+    for case, (n, desc) in CASES.items():
+        if args.only and case != args.only:
+            continue
+        if args.quick:
+            n = max(n // 4, 10)
+        runs = {"mp": [], "gb": []}
+        for _ in range(rounds):
+            for kind in ("mp", "gb"):
+                runs[kind].append(run_peer("pipe", "peer", kind=kind, case=case, n=n,
+                                           repeats=repeats, start=args.start))
+        med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
+        rate = {k: n / med[k] for k in med}
+        speed = rate["gb"] / rate["mp"]
+        results[case] = {"n": n, "runs_s": runs, "median_s": med, "rate_per_s": rate,
+                         "speedup": speed}
+        if case == "pingpong":
+            cells = [f"{rate['mp']:,.0f}/s", f"{rate['gb']:,.0f}/s"]
+        else:
+            cells = [f"{rate[k]:,.1f}/s ({rate[k] * FRAME_BYTES / 1e9:.2f} GB/s)"
+                     for k in ("mp", "gb")]
+        rows.append([desc, *cells, fmt_ratio(speed)])
+    print_table("Pipe, gb.Pipe vs multiprocessing.Pipe (median rates)",
+                ["case", "mp.Pipe", "gb.Pipe", "vs. mp"], rows,
+                note="vs. mp: gb rate / mp rate (higher is better); targets: frames >= 10x, "
+                     "ping-pong >= 3x.")
+    finish(args, "pipe", results, info)
+
+
+if __name__ == "__main__":
+    main()
