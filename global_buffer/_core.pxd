@@ -121,7 +121,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
     int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint64_t *pos_out,
                            uint64_t *blocker)
     void gb_queue_get_commit(gb_ring *r, uint64_t pos)
-    int gb_queue_recover(gb_ring *r, uint64_t word)
+    int gb_queue_recover(gb_ring *r, uint64_t at, uint64_t word)
     int64_t gb_queue_size(const gb_ring *r)
 
     void gb_set_heartbeat(gb_ring *r, int64_t now)
@@ -132,7 +132,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
     uint64_t gb_add_u64(uint64_t *p, int64_t v)
     uint64_t gb_slot_word(const gb_ring *r, uint64_t pos)
     uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
-    uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t claim)
+    uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t at, uint64_t claim)
     uint64_t gb_slot_aux(const gb_ring *r, uint64_t pos)
     void gb_slot_set_aux(gb_ring *r, uint64_t pos, uint64_t aux)
     uint64_t gb_slot_len(const gb_ring *r, uint64_t pos)

@@ -173,22 +173,25 @@ cdef class QueueHandle(Handle):
     cdef int _try(self, bint put, uint64_t *pos, uint64_t *blocker) except -1:
         if put:
             if self._qmax and gb_queue_size(&self.r) >= self._qmax:
-                blocker[0] = 0
+                # the oldest item's slot: a dead producer's claim there
+                # counts as an item until someone recovers it (see _claim)
+                pos[0] = gb_load_u64(&self.r.hdr.head)
+                blocker[0] = gb_slot_word(&self.r, pos[0])
                 return GB_FULL_RING
             return gb_queue_put_begin(&self.r, _pid, _self_start(), pos, blocker)
         return gb_queue_get_begin(&self.r, _pid, _self_start(), pos, blocker)
 
-    cdef int _recover(self, uint64_t blocker) except -1:
+    cdef int _recover(self, uint64_t at, uint64_t blocker) except -1:
         """If the claim in ``blocker`` belongs to a dead process, free it."""
         cdef uint32_t pid = gb_word_pid(blocker)
         cdef uint32_t st = gb_word_state(blocker)
         if pid == 0 or (st != GB_WRITING and st != GB_READING):
             return 0
         # 0 (pid-only check) until the claimant has recorded its start time
-        start = gb_slot_claim_start(&self.r, blocker)
+        start = gb_slot_claim_start(&self.r, at, blocker)
         if self._alive(pid, start):
             return 0
-        return gb_queue_recover(&self.r, blocker)
+        return gb_queue_recover(&self.r, at, blocker)
 
     cdef int _claim(self, bint put, int64_t deadline, uint64_t *pos) except -1:
         """Claim a slot to write (put) or read; 0 when claimed, 1 on timeout."""
@@ -201,7 +204,7 @@ cdef class QueueHandle(Handle):
         if rc == GB_OK:
             return 0
         if deadline >= 0 and gb_now_ns() >= deadline:
-            if rc == GB_BUSY and self._recover(blocker):
+            if rc == GB_BUSY and self._recover(pos[0], blocker):
                 return 1 - (self._try(put, pos, &blocker) == GB_OK)
             return 1
         if _spin_ns > 0:
@@ -227,11 +230,25 @@ cdef class QueueHandle(Handle):
                 now = gb_now_ns()
                 if now >= next_check:
                     next_check = now + _LIVENESS_NS
-                    if self._recover(blocker):
+                    if self._recover(pos[0], blocker):
                         gb_wait_done(q)
                         continue
                 if deadline < 0 or deadline > now + _BUSY_SLICE_NS:
                     until = now + _BUSY_SLICE_NS
+            elif rc == GB_FULL_RING:
+                # no commit may ever wake us: the item in our way can be
+                # taken by a consumer that dies holding it (BUSY when we look
+                # again), and with maxsize the oldest "item" can be a dead
+                # producer's claim that consumers asleep on an empty slot
+                # never reach.  Look again every liveness period.
+                now = gb_now_ns()
+                if now >= next_check:
+                    next_check = now + _LIVENESS_NS
+                    if self._recover(pos[0], blocker):
+                        gb_wait_done(q)
+                        continue
+                if deadline < 0 or deadline > now + _LIVENESS_NS:
+                    until = now + _LIVENESS_NS
             if self._park(q, ev, until, &poll) and until == deadline:
                 return 1 - (self._try(put, pos, &blocker) == GB_OK)
             if not self._bound:

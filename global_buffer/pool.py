@@ -71,24 +71,29 @@ SLOT_BYTES = 16 * 1024
 _SLICE = 0.1
 #: How often an idle worker checks that the pool process is still alive.
 _PARENT_CHECK = 1.0
+#: Longest sleep of the worker handler between looks at the workers.
+_WORKER_CHECK = 1.0
 #: How long terminate() lets a worker go after SIGTERM before SIGKILL.
 _TERM_GRACE = 2.0
 
 
 # -- the wire format -------------------------------------------------------------
 #
-# Every item on both rings is bytes: a header (kind, flags, pid, a, b), then
-# for tasks and results a pickle, then (flag _F_LEASES) a trailer naming the
-# leases that carry its out-of-band buffers:
-#   task      _TASK,  a = job, b = index, pickle of (func, args, kwds)
+# Every item on both rings is bytes: a header (kind, flags, pid, a, b) and,
+# for tasks and results, a body: a pickle, then (flag _F_LEASES) a trailer
+# naming the leases that carry its out-of-band buffers.  A body that would
+# not fit in a ring slot travels in a lease of its own (flag _F_INDIRECT;
+# the item is then the header and that lease's size and name), so the rings
+# never carry anything out of line themselves.
+#   task      _TASK,  a = job, b = index, body (func, args, kwds)
 #   stop      _STOP   (a worker exits; the task handler's sentinel)
-#   result    _DONE,  pid, a = job, b = index, pickle of (success, value)
+#   result    _DONE,  pid, a = job, b = index, body (success, value)
 #   exited    _EXITED, pid, a = exit code, b = board slot (worker handler)
 #   finished  _STOP   (the task handler has sent every task)
 
 _HEAD = struct.Struct("<BBiqq")
 _TASK, _DONE, _EXITED, _STOP = 1, 2, 3, 4
-_F_LEASES = 1
+_F_LEASES, _F_INDIRECT = 1, 2
 _STOP_ITEM = _HEAD.pack(_STOP, 0, 0, 0, 0)
 
 #: Out-of-band buffers (numpy arrays) at least this large travel in leases:
@@ -122,10 +127,11 @@ class _Leases:
         self.counter = itertools.count()
         self.lock = threading.Lock()
 
-    def lend(self, raw):
-        """Copy ``raw`` into a free lease (or a new one) and return it.
-        OSError (ENOSPC) if shared memory is short even after a trim."""
-        n = raw.nbytes
+    def lend(self, *parts):
+        """Copy the buffers ``parts`` one after the other into a free lease
+        (or a new one) and return it.  OSError (ENOSPC) if shared memory is
+        short even after a trim."""
+        n = sum(memoryview(p).nbytes for p in parts)
         with self.lock:
             for entry in self.segs:
                 if entry[1] >= n and _core.blob_acquire(entry[0].mm, 0):
@@ -141,9 +147,19 @@ class _Leases:
                     entry = self._create(n)
                 self.segs.append(entry)
             entry[2] = time.monotonic()
-        seg = entry[0]
-        seg.mm[_LEASE_HDR:_LEASE_HDR + n] = raw
+        seg, off = entry[0], _LEASE_HDR
+        for p in parts:
+            k = memoryview(p).nbytes
+            seg.mm[off:off + k] = p
+            off += k
         return seg
+
+    def find(self, name):
+        with self.lock:
+            for seg, _, _ in self.segs:
+                if seg.name == name:
+                    return seg
+        return None
 
     def _create(self, n):
         cap = (max(n, 1) + 0xFFFF) & ~0xFFFF  # 64 KiB steps, for reuse
@@ -259,8 +275,8 @@ def encode(prefix, kind, pid, a, b, obj):
     stdlib pool (functions and classes by reference: a worker's module
     globals, ``isinstance`` and ``except`` keep working); what it cannot
     pickle (lambdas, closures, local functions and classes) goes by
-    cloudpickle.  Buffers of ``LEASE_MIN`` bytes or more are lent from this
-    process's leases on ring ``prefix``."""
+    cloudpickle.  Buffers of ``LEASE_MIN`` bytes or more, and a body too big
+    for a slot, are lent from this process's leases on ring ``prefix``."""
     lent = []
 
     def out_of_band(pb):
@@ -272,7 +288,7 @@ def encode(prefix, kind, pid, a, b, obj):
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
-            return True  # no room for a lease: in band, as any other item
+            return True  # no room for a lease: in band
         return False
 
     def give_back():
@@ -292,54 +308,86 @@ def encode(prefix, kind, pid, a, b, obj):
         except BaseException:
             give_back()
             raise
-    if not lent:
-        return _HEAD.pack(kind, 0, pid, a, b) + data
-    parts = [_HEAD.pack(kind, _F_LEASES, pid, a, b), data]
-    size = 0
-    for seg, n in lent:
-        name = seg.name.encode()
-        parts += [_LEASE.pack(n, len(name)), name]
-        size += _LEASE.size + len(name)
-    parts.append(_TRAILER.pack(len(lent), size))
-    return b"".join(parts)
+    body = [data]
+    flags = 0
+    if lent:
+        flags = _F_LEASES
+        size = 0
+        for seg, n in lent:
+            name = seg.name.encode()
+            body += [_LEASE.pack(n, len(name)), name]
+            size += _LEASE.size + len(name)
+        body.append(_TRAILER.pack(len(lent), size))
+    nbytes = sum(len(x) for x in body)
+    if _HEAD.size + nbytes > SLOT_BYTES:
+        try:
+            seg = _lender(prefix).lend(*body)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+        else:
+            name = seg.name.encode()
+            return b"".join([_HEAD.pack(kind, flags | _F_INDIRECT, pid, a, b),
+                             _LEASE.pack(nbytes, len(name)), name])
+    return b"".join([_HEAD.pack(kind, flags, pid, a, b)] + body)
 
 
-def _lent_names(data):
-    """(name, size) of each lease an encoded item names."""
+def _body(data):
+    """(flags, body, name of the lease holding the body or None) of an item."""
     mv = memoryview(data)
-    if not mv[1] & _F_LEASES:
-        return []
-    end = len(mv)
-    count, size = _TRAILER.unpack_from(mv, end - _TRAILER.size)
-    off, out = end - _TRAILER.size - size, []
+    flags = mv[1]
+    if not flags & _F_INDIRECT:
+        return flags, mv[_HEAD.size:], None
+    n, k = _LEASE.unpack_from(mv, _HEAD.size)
+    off = _HEAD.size + _LEASE.size
+    name = bytes(mv[off:off + k]).decode()
+    return flags, None, (name, n)
+
+
+def _trailer(flags, body):
+    """(end of the pickle in ``body``, [(lease name, size)] it names)."""
+    end = len(body)
+    if not flags & _F_LEASES:
+        return end, []
+    count, size = _TRAILER.unpack_from(body, end - _TRAILER.size)
+    end -= _TRAILER.size + size
+    off, out = end, []
     for _ in range(count):
-        n, k = _LEASE.unpack_from(mv, off)
+        n, k = _LEASE.unpack_from(body, off)
         off += _LEASE.size
-        out.append((bytes(mv[off:off + k]).decode(), n))
+        out.append((bytes(body[off:off + k]).decode(), n))
         off += k
-    return out
-
-
-def _give_back(prefix, data):
-    """Free the leases of an encoded item that was never sent."""
-    names = {name for name, _ in _lent_names(data)}
-    leases = _lenders.get(prefix)
-    if names and leases is not None:
-        with leases.lock:
-            for seg, _, _ in leases.segs:
-                if seg.name in names:
-                    _core.blob_release(seg.mm)
+    return end, out
 
 
 def decode(data):
     """The object of a ring item made by :func:`encode` (after its header)."""
-    mv = memoryview(data)
-    lent = _lent_names(mv)
-    end = len(mv)
-    if lent:
-        end -= _TRAILER.size + _TRAILER.unpack_from(mv, end - _TRAILER.size)[1]
+    flags, body, indirect = _body(data)
+    if indirect is not None:
+        body = _borrow(*indirect)  # given back once loaded: the objects copy it
+    end, lent = _trailer(flags, body)
     buffers = [_borrow(name, n) for name, n in lent] if lent else None
-    return pickle.loads(mv[_HEAD.size:end], buffers=buffers)
+    return pickle.loads(body[:end], buffers=buffers)
+
+
+def _give_back(prefix, data):
+    """Free the leases of an encoded item that was never sent."""
+    leases = _lenders.get(prefix)
+    if leases is None:
+        return
+    flags, body, indirect = _body(data)
+    segs = []
+    if indirect is not None:
+        seg = leases.find(indirect[0])
+        if seg is None:
+            return
+        segs.append(seg)
+        body = memoryview(seg.mm)[_LEASE_HDR:_LEASE_HDR + indirect[1]]
+    segs += [leases.find(name) for name, _ in _trailer(flags, body)[1]]
+    body = None
+    for seg in segs:
+        if seg is not None:
+            _core.blob_release(seg.mm)
 
 
 # -- the board: which task each worker is running ----------------------------------
@@ -514,6 +562,9 @@ class _Notifier:
         self._r, self._w = r, w
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_fds, r, w)
+        # not at interpreter exit: the pool's own finalizer still needs the
+        # pipe then, to stop the worker handler (it runs later, at exit)
+        self._finalizer.atexit = False
         self.closing = False  # set by close()/terminate(): see _Cache
 
     def fileno(self):
@@ -746,7 +797,9 @@ class Pool(_mp_pool.Pool):
         return [self._change_notifier._reader]
 
     @staticmethod
-    def _wait_for_updates(sentinels, change_notifier, timeout=None):
+    def _wait_for_updates(sentinels, change_notifier, timeout=_WORKER_CHECK):
+        # with a timeout all the same: the worker handler also reaps workers
+        # whose sentinel it could not wait on
         wait(sentinels, timeout=timeout)
         change_notifier.drain()
 
@@ -830,13 +883,18 @@ class Pool(_mp_pool.Pool):
         thread = threading.current_thread()
         # keep workers alive until the cache drains, unless terminated
         while thread._state == RUN or (cache and thread._state != TERMINATE):
-            cls._maintain_pool(ctx, Process, processes, pool, inqueue, outqueue,
-                               initializer, initargs, maxtasksperchild, wrap_exception,
-                               board)
-            if len(pool) < processes and thread._state != TERMINATE:
-                cls._repopulate_pool_static(ctx, Process, processes, pool, inqueue,
-                                            outqueue, initializer, initargs,
-                                            maxtasksperchild, wrap_exception, board)
+            try:
+                cls._maintain_pool(ctx, Process, processes, pool, inqueue, outqueue,
+                                   initializer, initargs, maxtasksperchild, wrap_exception,
+                                   board)
+                if len(pool) < processes and thread._state != TERMINATE:
+                    cls._repopulate_pool_static(ctx, Process, processes, pool, inqueue,
+                                                outqueue, initializer, initargs,
+                                                maxtasksperchild, wrap_exception, board)
+            except Exception:
+                # e.g. fork() failing for want of memory: say so and try again
+                # at the next round, rather than leave the pool without workers
+                traceback.print_exc()
             current = [*cls._get_worker_sentinels(pool), *sentinels]
             cls._wait_for_updates(current, change_notifier)
         # tell the task handler to finish

@@ -19,15 +19,6 @@ SOURCE = HERE / "c" / "test_ring.c"
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="the C test uses pthreads (Windows unverified)")
 
-# groups that document core bugs reported but not yet fixed: each must still
-# fail; once fixed, the strict xfail turns into a failure that asks for the
-# marker to be removed
-KNOWN_BUGS = {
-    "overflow": "gb_ring_nbytes/gb_ring_open: nslots * stride can wrap 64 bits",
-    "wrap40": "gb_queue_recover picks the slot from the 40-bit word position",
-}
-
-
 def _include_root():
     """Directory holding global_buffer/csrc/gb_ring.h: this checkout if it has
     the sources, else the installed package (tox runs from an sdist/wheel)."""
@@ -108,12 +99,5 @@ def test_c_groups_listed(optimised):
     p = _run(optimised, "--list", timeout=30)
     assert p.returncode == 0
     names = {line.split()[0] for line in p.stdout.splitlines()}
-    assert {"open", "fuzz", "stream", "queue", "recover", "mpmc", "torn"} <= names
-    assert set(KNOWN_BUGS) <= names
-
-
-@pytest.mark.parametrize("group", sorted(KNOWN_BUGS))
-def test_c_known_core_bug(optimised, group, request):
-    request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[group]))
-    p = _run(optimised, group, timeout=60)
-    assert p.returncode == 0, _report(p)
+    assert {"open", "fuzz", "stream", "queue", "recover", "mpmc", "torn",
+            "overflow", "wrap40"} <= names

@@ -472,6 +472,19 @@ def test_a_forked_child_dropping_a_result_does_not_free_it(pools, children):
         _HELD.clear()
 
 
+def test_large_pickled_items_travel_in_leases_not_ring_blobs(pools):
+    from global_buffer import segment
+    p = pools()
+    items = [bytes(range(256)) * 4000, list(range(100_000)), {"k": "v" * 300_000},
+             [np.arange(10)] * 3000]
+    out = p.map_async(identity, items, 1).get(TIMEOUT)
+    assert out[:3] == items[:3] and all((a == np.arange(10)).all() for a in out[3])
+    assert p.apply_async(len, (items[1],)).get(TIMEOUT) == 100_000
+    rings = (p._inqueue.name, p._outqueue.name)
+    blobs = [n for n in segment.list_names() if n.startswith(tuple(r + ".b" for r in rings))]
+    assert blobs == []
+
+
 # -- lost workers ---------------------------------------------------------------------
 
 def _wait_pids(ring, n):
@@ -647,6 +660,33 @@ def test_no_segments_left_after_shutdown(pools):
     bounded(p.join)
     assert set(segment.list_names()) <= before
     assert float(kept[7][0, 0]) == 7.0  # still mapped after the names are gone
+
+
+EXIT_WITHOUT_CLOSE = """
+import multiprocessing as mp, os, sys
+import numpy as np
+import global_buffer as gb
+def f(x):
+    return np.full(300_000, x)
+if __name__ == "__main__":
+    p = gb.Pool(2, context=mp.get_context(sys.argv[1]))
+    print(p.map(f, range(4))[3][0], p._inqueue.name[:-1], flush=True)
+    # no close()/terminate(): interpreter exit must still stop the pool
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_interpreter_exit_with_a_running_pool(tmp_path, method):
+    import subprocess
+    from global_buffer import segment
+    script = tmp_path / "exit_without_close.py"
+    script.write_text(EXIT_WITHOUT_CLOSE)
+    r = subprocess.run([sys.executable, "-W", "ignore", str(script), method],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    value, prefix = r.stdout.split()
+    assert value == "3"
+    assert [n for n in segment.list_names() if n.startswith(prefix)] == []
 
 
 # -- start methods --------------------------------------------------------------------

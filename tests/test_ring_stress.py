@@ -483,6 +483,65 @@ def test_dead_consumer_claim_does_not_block_put(linger, children):
         ring.unlink()
 
 
+def put_one(ring, item):
+    ring.put(item, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("maxsize,capacity", [(1, 1), (1, 4), (0, 1)],
+                         ids=["ring-full", "maxsize-full", "unbounded"])
+def test_dead_consumer_wakes_parked_producer(maxsize, capacity, children):
+    """A producer already asleep on a full ring (waiting for space, not on a
+    claim) when the consumer that takes the item in its way dies holding it:
+    no get() will ever commit that slot and wake the producer, yet its put()
+    must go through within about a second, not at its next sleep slice."""
+    ring = gb.Ring(maxsize, capacity=capacity)
+    try:
+        ring.put("a")
+        producer = children.start(FORK, put_one, ring, "b")
+        time.sleep(0.3)                  # parked on the space wait queue
+        assert producer.exitcode is None
+        claimed = FORK.Event()
+        p = children.start(FORK, claim_and_die, ring, False, claimed, 0.0)
+        assert claimed.wait(TIMEOUT)
+        p.join(5)
+        t0 = time.monotonic()
+        assert children.join(producer, TIMEOUT) == 0
+        took = time.monotonic() - t0
+        assert took < 1.5, f"put() took {took:.2f}s to get past the dead consumer"
+        assert ring.get(timeout=1) == "b"
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def get_one(ring, expect):
+    assert ring.get(timeout=TIMEOUT) == expect
+
+
+def test_dead_producer_with_everyone_parked(children):
+    """Everyone asleep when a producer dies holding a claim: the consumer
+    waits on an empty ring (no commit will wake it), the next producer on
+    maxsize (the dead claim counts as an item).  The producer must recover
+    the claim itself instead of waiting for the consumer's next sleep slice."""
+    ring = gb.Ring(1)                    # maxsize = capacity = 1
+    try:
+        consumer = children.start(FORK, get_one, ring, "b")
+        time.sleep(0.3)                  # parked on the data wait queue
+        claimed = FORK.Event()
+        p = children.start(FORK, claim_and_die, ring, True, claimed, 0.0)
+        assert claimed.wait(TIMEOUT)
+        p.join(5)
+        t0 = time.monotonic()
+        producer = children.start(FORK, put_one, ring, "b")
+        assert children.join(producer, TIMEOUT) == 0
+        assert children.join(consumer, TIMEOUT) == 0
+        took = time.monotonic() - t0
+        assert took < 1.5, f"the item took {took:.2f}s to get past the dead claim"
+    finally:
+        ring.close()
+        ring.unlink()
+
+
 def test_dead_claims_on_every_slot(children):
     """Every slot of a ring held by dead claimants (producers and consumers,
     several laps): blocked puts and gets recover them all, in bounded time,

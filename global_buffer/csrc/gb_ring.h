@@ -324,6 +324,7 @@ GB_INLINE int gb_ring_open(gb_ring *r, void *mem, uint64_t size)
         h->slot_stride != gb_slot_stride(h->slot_size) ||
         h->meta_offset != GB_HEADER_SIZE || h->meta_len > GB_MAX_META ||
         h->slots_offset != gb_round_up(GB_HEADER_SIZE + (uint64_t)h->meta_len, GB_PAGE) ||
+        h->total_size == 0 /* gb_ring_nbytes' "out of range" */ ||
         h->total_size != gb_ring_nbytes(h->nslots, h->slot_size, h->meta_len))
         return GB_E_LAYOUT;
     if (h->total_size > size)
@@ -568,6 +569,7 @@ GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t start, uint6
             if (atomic_load_explicit(&h->tail, memory_order_relaxed) != pos)
                 continue;
             *blocker = w;
+            *pos_out = pos; /* the full position of the slot holding us up */
             return gb_word_state(w) == GB_FULL ? GB_FULL_RING : GB_BUSY;
         }
     }
@@ -617,6 +619,7 @@ GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint6
             if (d == 0 && st == GB_FREE)
                 return GB_EMPTY;
             *blocker = w; /* WRITING at pos, or READING of the previous lap */
+            *pos_out = pos; /* the full position of the slot holding us up */
             return GB_BUSY;
         }
     }
@@ -633,10 +636,12 @@ GB_INLINE void gb_queue_get_commit(gb_ring *r, uint64_t pos)
 /* A claim whose holder died: free the slot for the next lap (the held item,
  * if any, is lost, as the contract allows).  Returns 1 if we recovered it,
  * 0 if the word changed meanwhile (someone else did, or it was live). */
-GB_INLINE int gb_queue_recover(gb_ring *r, uint64_t word)
+GB_INLINE int gb_queue_recover(gb_ring *r, uint64_t at, uint64_t word)
 {
-    uint64_t pos = gb_word_pos(word);
-    gb_slot *s = gb_slot_at(r, pos);
+    /* the slot comes from the full 64-bit position `at` (the word only keeps
+     * 40 bits); the claim's own position is within a lap of it */
+    uint64_t pos = at + (uint64_t)gb_pos_diff(gb_word_pos(word), at & GB_POS_MASK);
+    gb_slot *s = gb_slot_at(r, at);
     uint64_t w = word;
     /* acq_rel: we take over the slot, and free it for the next lap */
     if (!atomic_compare_exchange_strong_explicit(&s->word, &w,
@@ -698,9 +703,9 @@ GB_INLINE uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
  * or 0 if it has not recorded it yet (or the slot moved on): the stored
  * start may still be the previous claimant's, and judging a live claimant
  * by another process's start time would declare it dead. */
-GB_INLINE uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t claim)
+GB_INLINE uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t at, uint64_t claim)
 {
-    gb_slot *s = gb_slot_at(r, gb_word_pos(claim));
+    gb_slot *s = gb_slot_at(r, at);
     /* acquire: pairs with the release store in gb_set_owner */
     if (atomic_load_explicit(&s->owner_word, memory_order_acquire) != claim)
         return 0;
