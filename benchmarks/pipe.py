@@ -47,10 +47,15 @@ def _echo(conn, n):
 def _frames(conn, n, api):
     import numpy as np
     frame = np.zeros(FRAME_SHAPE, np.uint8)
-    send = conn.send_bytes if api == "bytes" else conn.send
+    # send_bytes gets the frame as 1-D bytes: the stdlib's sends only
+    # len(first dimension) bytes of a multi-dimensional buffer
+    flat = frame.reshape(-1)
     for i in range(n):
         frame[0, 0, 0] = frame[-1, -1, -1] = i % 251
-        send(frame)
+        if api == "bytes":
+            conn.send_bytes(flat)
+        else:
+            conn.send(frame)
     conn.recv()  # stay until the parent has everything
     conn.close()
 

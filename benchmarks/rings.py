@@ -86,7 +86,7 @@ def _make(peer, case, variant):
         return q, put, get, put_many, get_many
     import global_buffer as gb
     if frame and variant in ("array", "reserve"):
-        q = gb.Ring(schema=gb.ArraySpec(np.uint8, FRAME_SHAPE), capacity=8)
+        q = gb.Ring(schema=gb.ArraySpec(np.uint8, FRAME_SHAPE), capacity=4)
     else:
         q = gb.Ring()  # the drop-in default: maxsize=0, 1024 slots of 4 KiB
     if variant == "reserve":

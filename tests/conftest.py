@@ -10,6 +10,20 @@ import pytest
 import global_buffer as gb
 from global_buffer import segment as _segment
 
+def pytest_collection_modifyitems(config, items):
+    """Long stress runs (``@pytest.mark.slow``) are opt-in: a plain
+    ``pytest`` deselects them; any ``-m`` expression (CI uses
+    ``-m "slow or not slow"``) decides for itself."""
+    if config.getoption("markexpr"):
+        return
+    keep, slow = [], []
+    for item in items:
+        (slow if item.get_closest_marker("slow") else keep).append(item)
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = keep
+
+
 START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in mp.get_all_start_methods()]
 
 

@@ -42,7 +42,13 @@ def _pipe_names(*conns):
 
 # -- rings and pipes across processes ----------------------------------------------------
 
-def _worker(ring, jring, conn, out):
+def _worker(ring, jring, conn, out, proxies):
+    d, lst, lock, q, ns = proxies  # the usual SyncManager proxies, same child
+    with lock:
+        d["child"] = os.getpid()
+        lst.append("child")
+    q.put("from child")
+    ns.x = 42
     while True:
         item = ring.get(timeout=TIMEOUT)
         if item is None:
@@ -61,15 +67,18 @@ def _worker(ring, jring, conn, out):
 
 def test_manager_objects_across_processes(ctx, children):
     """Under each start method: a child uses the manager's Ring,
-    JoinableRing and Pipe end; afterwards the segments are gone."""
+    JoinableRing and Pipe end, and the usual proxies (dict, list, Lock,
+    Queue, Namespace) alongside; afterwards the segments are gone."""
     with gb.Manager(ctx=ctx) as m:
+        assert isinstance(m, mp.managers.SyncManager) and isinstance(m, gb.GBManager)
         ring, jring, out = m.Ring(4), m.JoinableRing(), m.Ring()
         a, b = m.Pipe()
         assert isinstance(ring, gb.Ring) and not isinstance(ring, gb.JoinableRing)
         assert isinstance(jring, gb.JoinableRing)
         assert isinstance(a, gb.Connection) and isinstance(b, gb.Connection)
         names = {ring.name, jring.name, out.name} | _pipe_names(a, b)
-        p = children.start(ctx, _worker, ring, jring, b, out)
+        proxies = (m.dict(), m.list([1]), m.Lock(), m.Queue(), m.Namespace())
+        p = children.start(ctx, _worker, ring, jring, b, out, proxies)
         b.close()
         frame = np.arange(1 << 20, dtype=np.uint8)
         for item in (1, "two", frame, None):
@@ -88,6 +97,11 @@ def test_manager_objects_across_processes(ctx, children):
         assert np.array_equal(got[2][1], frame)
         assert got[3:] == [("joinable", "x"), ("joinable", {"y": 2})]
         assert out.get(timeout=TIMEOUT) == p.pid
+        d, lst, lock, q, ns = proxies
+        assert q.get(timeout=TIMEOUT) == "from child"
+        assert d["child"] == p.pid and list(lst) == [1, "child"] and ns.x == 42
+        v, arr = m.Value("i", 7), m.Array("d", [1.0, 2.0])
+        assert v.value == 7 and list(arr) == [1.0, 2.0]
         with pytest.raises(EOFError):  # the child's end closed, nothing left
             a.poll(TIMEOUT) and a.recv()
         assert children.join(p, TIMEOUT) == 0
@@ -191,29 +205,6 @@ def test_segments_removed_even_if_the_manager_process_is_terminated():
 
 
 # -- the manager itself -------------------------------------------------------------------
-
-def _use_proxies(d, lst, lock, q, ns, ev):
-    with lock:
-        d["child"] = os.getpid()
-        lst.append("child")
-    q.put("from child")
-    ns.x = 42
-    ev.set()
-
-
-def test_usual_proxies_still_work(ctx, children):
-    with gb.Manager(ctx=ctx) as m:
-        assert isinstance(m, mp.managers.SyncManager) and isinstance(m, gb.GBManager)
-        d, lst, lock, q = m.dict(), m.list([1]), m.Lock(), m.Queue()
-        ns, ev = m.Namespace(), m.Event()
-        p = children.start(ctx, _use_proxies, d, lst, lock, q, ns, ev)
-        assert ev.wait(TIMEOUT)
-        assert q.get(timeout=TIMEOUT) == "from child"
-        assert children.join(p, TIMEOUT) == 0
-        assert d["child"] == p.pid and list(lst) == [1, "child"] and ns.x == 42
-        v, arr = m.Value("i", 7), m.Array("d", [1.0, 2.0])
-        assert v.value == 7 and list(arr) == [1.0, 2.0]
-
 
 def test_with_manager_as_context_manager():
     with gb.Manager() as m:

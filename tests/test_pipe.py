@@ -554,22 +554,6 @@ def test_echo_child(pkind, children):
     assert children.join(p, TIMEOUT) == 0
 
 
-def _big_sender(conn):
-    conn.send_bytes(b"\xab" * BIG)
-    conn.send(np.full(BIG, 7, np.uint8))
-    conn.recv()  # wait for the acknowledgement before going
-
-
-def test_16mib_from_child(pkind, children):
-    a, b = pkind()
-    p = children.start(pkind.ctx, _big_sender, b)
-    assert recv_bytes(a) == b"\xab" * BIG
-    arr = recv(a)
-    assert arr.shape == (BIG,) and arr.dtype == np.uint8 and (arr == 7).all()
-    a.send("ack")
-    assert children.join(p, TIMEOUT) == 0
-
-
 def _hold(conn, how, ready):
     ready.send("ready")
     if how == "close":
@@ -580,24 +564,29 @@ def _hold(conn, how, ready):
     # "exit": return with the connection still open
 
 
-@pytest.mark.parametrize("how", ["close", "exit", "kill"])
-def test_eof_when_the_holding_child_closes_exits_or_is_killed(pkind, children, how):
+def test_eof_when_the_holding_child_closes_exits_or_is_killed(pkind, children):
     """EOFError once the only other copy is gone: closed by the child, or the
-    child exited (normally or SIGKILLed) without closing it."""
-    a, b = pkind()
+    child exited (normally or SIGKILLed) without closing it.  (The three
+    children run at once.)"""
+    ends, procs = {}, {}
     ready_r, ready_w = pkind(duplex=False)
-    p = children.start(pkind.ctx, _hold, b, how, ready_w)
-    b.close()
+    for how in ("close", "exit", "kill"):
+        a, b = pkind()
+        procs[how] = children.start(pkind.ctx, _hold, b, how, ready_w)
+        b.close()
+        ends[how] = a
     ready_w.close()
-    assert recv(ready_r) == "ready"
-    res, dt = timed(a.poll, TIMEOUT)
-    assert res is True, "end of stream not seen"
-    with pytest.raises(EOFError):
-        a.recv()
-    with pytest.raises(EOFError):
-        a.recv_bytes()
-    if how != "close":
-        children.join(p, TIMEOUT)
+    for _ in ends:
+        assert recv(ready_r) == "ready"
+    for how, a in ends.items():
+        assert a.poll(TIMEOUT) is True, f"{how}: end of stream not seen"
+        with pytest.raises(EOFError):
+            a.recv()
+        with pytest.raises(EOFError):
+            a.recv_bytes()
+    for how in ("exit", "kill"):
+        children.join(procs[how], TIMEOUT)
+    assert procs["kill"].exitcode == -signal.SIGKILL
 
 
 def _read_one_then(conn, how):
@@ -609,19 +598,24 @@ def _read_one_then(conn, how):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("how", ["close", "kill"])
-def test_broken_pipe_when_the_reader_child_goes(pkind, children, how):
-    r, w = pkind(duplex=False)
-    p = children.start(pkind.ctx, _read_one_then, r, how)
-    r.close()
-    w.send("one")
+def test_broken_pipe_when_the_reader_child_goes(pkind, children):
+    """BrokenPipeError for a sender once the only reader closed its end or
+    was SIGKILLed (a killed reader's ring may first take a few messages).
+    (The two children run at once.)"""
+    writers, procs = {}, {}
+    for how in ("close", "kill"):
+        r, w = pkind(duplex=False)
+        procs[how] = children.start(pkind.ctx, _read_one_then, r, how)
+        r.close()
+        w.send("one")
+        writers[how] = w
     deadline = time.monotonic() + TIMEOUT
-    with pytest.raises(BrokenPipeError):
-        while time.monotonic() < deadline:  # a dead reader's buffer may take a few
-            w.send_bytes(b"z" * 1000)
-            time.sleep(0.001)
-    if how == "kill":
-        children.join(p, TIMEOUT)
+    for how, w in writers.items():
+        with pytest.raises(BrokenPipeError):
+            while time.monotonic() < deadline:
+                w.send_bytes(b"z" * 1000)
+                time.sleep(0.001)
+    children.join(procs["kill"], TIMEOUT)
 
 
 def _writer(w, tag, n):
@@ -631,21 +625,54 @@ def _writer(w, tag, n):
 
 
 def test_many_writer_children_then_eof(pkind, children):
-    """One write end shared by three children: every message arrives, per
+    """One write end shared by two children: every message arrives, per
     child in order, and EOF comes only after the last one is done."""
     r, w = pkind(duplex=False)
-    procs = [children.start(pkind.ctx, _writer, w, t, 200) for t in range(3)]
+    procs = [children.start(pkind.ctx, _writer, w, t, 200) for t in range(2)]
     w.close()
-    got = {0: [], 1: [], 2: []}
+    got = {0: [], 1: []}
     while True:
         try:
             tag, i = recv(r)
         except EOFError:
             break
         got[tag].append(i)
-    assert got == {t: list(range(200)) for t in range(3)}
+    assert got == {t: list(range(200)) for t in range(2)}
     for p in procs:
         assert children.join(p, TIMEOUT) == 0
+
+
+class _DieWhileUnpickled:
+    """Unpickling this in a child ends the child at once, before the
+    arguments that follow it (a connection end) are unpickled."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def _never_runs(killer, conn):
+    conn.send("unreachable")
+
+
+@pytest.mark.parametrize("method", [m for m in ("spawn", "forkserver")
+                                    if m in mp.get_all_start_methods()])
+def test_eof_when_the_child_dies_before_attaching(method, children):
+    """The only other end was pickled for a child that died while starting:
+    the parent sees EOF, not a hang (the stdlib: the child's inherited
+    descriptor closes with it)."""
+    ctx = mp.get_context(method)
+    for k in ("mp", "gb"):
+        pipes = _Pipes(k, ctx)
+        try:
+            a, b = pipes()
+            p = children.start(ctx, _never_runs, _DieWhileUnpickled(), b)
+            b.close()
+            assert children.join(p, TIMEOUT) == 3
+            assert a.poll(TIMEOUT), f"{k}: no end of stream"
+            with pytest.raises(EOFError):
+                a.recv()
+        finally:
+            pipes.cleanup()
 
 
 def _relay(conn):
@@ -688,7 +715,7 @@ def test_wait_on_several_children(pkind, children):
     """CPython's TestWait.test_wait: wait() over the read ends of children
     until each reaches EOF."""
     readers, procs = [], []
-    for _ in range(3):
+    for _ in range(2):
         r, w = pkind(duplex=False)
         procs.append(children.start(pkind.ctx, _sender_slow, w, 10))
         w.close()

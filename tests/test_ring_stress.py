@@ -20,6 +20,10 @@
   torn item ever reaches a reader), per-producer order, ``read + overruns ==
   tail`` exactly, and a producer killed while holding the producers' lock does
   not wedge the others.
+* Regressions for protocol bugs these tests found (docs/design.md, "MPMC
+  protocol" / History): a live claim judged by the previous claimant's start
+  time, producers asleep on a full ring that no commit would ever wake, blob
+  names repeated after pid reuse.
 
 Default run (``pytest tests/test_ring_stress.py``) stays well under a minute on
 two cores; ``-m slow`` runs the long variants.
@@ -208,13 +212,17 @@ def _check_exactly_once(logs, nproducers, n):
     expected = np.array([_enc(k, s) for k in range(nproducers) for s in range(n)], np.int64)
     vals, counts = np.unique(allv, return_counts=True)
     dups = vals[counts > 1]
-    assert len(dups) == 0, f"{len(dups)} items delivered twice, e.g. {[_dec(int(v)) for v in dups[:5]]}"
+    assert len(dups) == 0, f"{len(dups)} items delivered twice, e.g. {_some(dups)}"
     missing = np.setdiff1d(expected, vals)
-    assert len(missing) == 0, f"{len(missing)} items lost, e.g. {[_dec(int(v)) for v in missing[:5]]}"
+    assert len(missing) == 0, f"{len(missing)} items lost, e.g. {_some(missing)}"
     extra = np.setdiff1d(vals, expected)
-    assert len(extra) == 0, f"{len(extra)} items never put, e.g. {[_dec(int(v)) for v in extra[:5]]}"
+    assert len(extra) == 0, f"{len(extra)} items never put, e.g. {_some(extra)}"
     for tag, log in logs.items():
         _check_order(tag, log)
+
+
+def _some(encoded):
+    return [_dec(int(v)) for v in encoded[:5]]
 
 
 def _check_order(tag, log):

@@ -31,14 +31,6 @@ def _digest(n, data):
     return hashlib.blake2b(n.to_bytes(8, "little") + data, digest_size=16).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def _slow_is_opt_in(request):
-    """The long variants run only when selected (``-m slow``)."""
-    if request.node.get_closest_marker("slow") and "slow" not in (
-            request.config.getoption("markexpr") or "").replace("not slow", ""):
-        pytest.skip("long stress run: select it with -m slow")
-
-
 # -- child bodies ----------------------------------------------------------------
 
 def array_writer(name, ready, start, stop, results):

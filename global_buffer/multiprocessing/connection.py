@@ -436,8 +436,8 @@ class Connection:
         self._check_closed()
         self._check_writable()
         m = memoryview(buf)
-        if m.itemsize > 1:
-            m = m.cast("B")
+        if m.itemsize > 1 or m.ndim != 1:
+            m = m.cast("B")  # offset and size count bytes, whatever the shape
         n = m.nbytes
         if offset < 0:
             raise ValueError("offset is negative")
