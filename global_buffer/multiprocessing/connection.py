@@ -267,6 +267,8 @@ def _after_fork_in_child():
             c._register()
             for t in tokens:
                 _unpend(*t)
+            # the parent may have let go of the pipe meanwhile, waiting for us
+            _reap_orphaned(c._rings())
 
 
 if hasattr(os, "register_at_fork"):
