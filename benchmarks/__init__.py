@@ -5,6 +5,8 @@
   message-stream cost against ``model_dump`` + msgpack and pickle.
 - ``benchmarks.wake``: wake-up latency, idle cost of a blocked reader, and
   the writer's cost of waking parked readers (SPEC §4).
+- ``benchmarks.pool``: ``gb.Pool.map`` against ``multiprocessing.Pool.map``
+  for 1080p frame results and for 100k trivial tasks (SPEC §3.3).
 
 Each peer runs in its own subprocess; figures are medians of repeats.
 Results and method: ``docs/benchmarks.md``.

@@ -123,6 +123,8 @@ cdef extern from "csrc/gb_ring.h" nogil:
     void gb_queue_get_commit(gb_ring *r, uint64_t pos)
     int gb_queue_recover(gb_ring *r, uint64_t at, uint64_t word)
     int64_t gb_queue_size(const gb_ring *r)
+    int gb_spin_tail(const gb_ring *r, uint64_t seen, int64_t spin_ns)
+    int gb_spin_queue(const gb_ring *r, int put, int64_t limit, int64_t spin_ns)
 
     void gb_set_heartbeat(gb_ring *r, int64_t now)
     int64_t gb_get_heartbeat(const gb_ring *r)

@@ -411,23 +411,19 @@ cdef class Handle:
     cdef int _wait_tail(self, uint64_t seen, int64_t deadline) except -1:
         """Wait until the stream tail passes ``seen``.  1 on timeout."""
         cdef gb_waitq *q = &self.r.hdr.data
-        cdef int64_t spin_end
         cdef int64_t poll = self._poll_min_ns
         cdef uint32_t ev
-        cdef int i
+        cdef int got
         if gb_stream_tail(&self.r) > seen:
             return 0
         if deadline >= 0 and gb_now_ns() >= deadline:
             return 1
         if _spin_ns > 0:
-            spin_end = gb_now_ns() + _spin_ns
-            while True:
-                for i in range(64):
-                    if gb_stream_tail(&self.r) > seen:
-                        return 0
-                    gb_cpu_relax()
-                if gb_now_ns() >= spin_end:
-                    break
+            # spin without the GIL: other threads of this process run on
+            with nogil:
+                got = gb_spin_tail(&self.r, seen, _spin_ns)
+            if got:
+                return 0
         while True:
             ev = gb_wait_prepare(q)
             if gb_stream_tail(&self.r) > seen:

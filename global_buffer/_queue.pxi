@@ -197,9 +197,9 @@ cdef class QueueHandle(Handle):
         """Claim a slot to write (put) or read; 0 when claimed, 1 on timeout."""
         cdef gb_waitq *q = &self.r.hdr.space if put else &self.r.hdr.data
         cdef uint64_t blocker = 0
-        cdef int64_t spin_end, now, until, poll = self._poll_min_ns, next_check = 0
+        cdef int64_t now, until, limit, poll = self._poll_min_ns, next_check = 0
         cdef uint32_t ev
-        cdef int rc, i
+        cdef int rc, got
         rc = self._try(put, pos, &blocker)
         if rc == GB_OK:
             return 0
@@ -207,16 +207,17 @@ cdef class QueueHandle(Handle):
             if rc == GB_BUSY and self._recover(pos[0], blocker):
                 return 1 - (self._try(put, pos, &blocker) == GB_OK)
             return 1
-        if _spin_ns > 0:
-            spin_end = gb_now_ns() + _spin_ns
-            while True:
-                for i in range(16):
-                    gb_cpu_relax()
+        if _spin_ns > 0 and rc != GB_BUSY:
+            # spin without the GIL until the ring looks ready, then claim
+            limit = self.r.capacity
+            if put and self._qmax and self._qmax < limit:
+                limit = self._qmax
+            with nogil:
+                got = gb_spin_queue(&self.r, put, limit, _spin_ns)
+            if got:
                 rc = self._try(put, pos, &blocker)
                 if rc == GB_OK:
                     return 0
-                if gb_now_ns() >= spin_end:
-                    break
         while True:
             ev = gb_wait_prepare(q)
             rc = self._try(put, pos, &blocker)
@@ -797,20 +798,19 @@ def peer_entries(Handle h):
     return out
 
 
-def peer_count(Handle h, unsigned int role):
-    """Entries holding ``role`` (its low two bits), plus one if any handle is
-    pickled but not attached yet: 0 means every holder closed explicitly.
-    Cheap enough for every send (no liveness probe: dead holders count)."""
+def peer_held(Handle h, unsigned int role):
+    """Is ``role`` held by an entry (its low two bits) or by a handle pickled
+    but not attached yet?  False means every holder closed explicitly.  Cheap
+    enough for every send: no liveness probe (dead holders count), and it
+    stops at the first entry found."""
     h._live()
     cdef uint64_t w, start
-    cdef int i, n = 0
+    cdef int i
     for i in range(GB_MAX_PEERS):
         w = gb_peer_get(&h.r, i, &start)
         if w and ((w >> 32) & 3) == role:
-            n += 1
-    if gb_add_i64(&h.r.hdr.pending, 0) > 0:
-        n += 1
-    return n
+            return True
+    return <int64_t>gb_load_u64(<uint64_t *>&h.r.hdr.pending) > 0
 
 
 def pending_add(Handle h, long long n):

@@ -73,7 +73,9 @@ def drain(it, timeout=TIMEOUT):
 
 
 class Pools:
-    """Makes pools and always terminates them (with a bound)."""
+    """Makes pools, always terminates them (with a bound), then checks that
+    nothing of a gb pool is left in /dev/shm: its rings, board, leases and
+    out-of-line items all carry the pool's unique name prefix."""
 
     def __init__(self):
         self.made = []
@@ -81,14 +83,22 @@ class Pools:
     def __call__(self, kind="gb", processes=2, ctx=FORK, **kwargs):
         if kind == "gb":
             p = gb.Pool(processes, context=ctx, **kwargs)
+            self.made.append((p, p._inqueue.name[:-1]))
         else:
             p = ctx.Pool(processes, **kwargs)
-        self.made.append(p)
+            self.made.append((p, None))
         return p
 
     def cleanup(self):
-        for p in self.made:
+        from global_buffer import segment
+        for p, _ in self.made:
             bounded(p.terminate, timeout=15)
+        prefixes = tuple(prefix for _, prefix in self.made if prefix)
+        if prefixes:
+            left = [n for n in segment.list_names() if n.startswith(prefixes)]
+            for name in left:
+                gb.unlink(name)
+            assert not left, f"pool segments left after terminate(): {left}"
 
 
 @pytest.fixture

@@ -834,4 +834,35 @@ GB_INLINE int64_t gb_queue_size(const gb_ring *r)
     return t >= hd ? (int64_t)(t - hd) : 0;
 }
 
+/* Spin (without sleeping, and without the GIL in the binding) for up to
+ * spin_ns until a stream's tail passes `seen`.  1 if it did. */
+GB_INLINE int gb_spin_tail(const gb_ring *r, uint64_t seen, int64_t spin_ns)
+{
+    int64_t end = gb_now_ns() + spin_ns;
+    do {
+        for (int i = 0; i < 64; i++) {
+            if (gb_stream_tail(r) > seen)
+                return 1;
+            gb_cpu_relax();
+        }
+    } while (gb_now_ns() < end);
+    return 0;
+}
+
+/* Spin for up to spin_ns until a queue ring looks ready for a put (a free
+ * slot under `limit` items) or a get (an item).  A hint: the caller claims. */
+GB_INLINE int gb_spin_queue(const gb_ring *r, int put, int64_t limit, int64_t spin_ns)
+{
+    int64_t end = gb_now_ns() + spin_ns;
+    do {
+        for (int i = 0; i < 64; i++) {
+            int64_t n = gb_queue_size(r);
+            if (put ? n < limit : n > 0)
+                return 1;
+            gb_cpu_relax();
+        }
+    } while (gb_now_ns() < end);
+    return 0;
+}
+
 #endif /* GB_RING_H */

@@ -62,6 +62,8 @@ _SLICE = 0.2  # how often a blocked end re-checks that its peers are alive
 _YIELD_SPIN = 50e-6
 _sched_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 _clock = time.perf_counter
+_peer_held = _core.peer_held
+_fd_armed = _core.fd_armed
 _FIFO_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 _WRITER, _READER = _core.ROLE_WRITER, _core.ROLE_READER
@@ -382,7 +384,7 @@ class Connection:
         """End of stream: every write end closed (cheap), or its holders are
         dead (a liveness probe, at most every ``_SLICE`` s)."""
         rx = self._rx
-        if not _core.peer_count(rx, _WRITER):
+        if not _core.peer_held(rx, _WRITER):
             return True
         now = time.monotonic()
         if now < self._probe_at:
@@ -395,11 +397,11 @@ class Connection:
 
     def _send(self, obj):
         tx = self._tx
-        if not _core.peer_count(tx, _READER):
+        if not _peer_held(tx, _READER):
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         if not tx._put_obj(obj, False):
             self._send_blocking(obj)
-        if _core.fd_armed(tx):
+        if _fd_armed(tx):
             self._signal_fd()
 
     def _send_blocking(self, obj):
@@ -427,11 +429,17 @@ class Connection:
 
     def send(self, obj):
         """Send a picklable object."""
-        if self._closed:
+        if self._closed or not self._writable:
             self._check_closed()
-        if not self._writable:
             self._check_writable()
-        self._send(obj)
+        # _send() inlined: this is the hot path of a request/reply loop
+        tx = self._tx
+        if not _peer_held(tx, _READER):
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if not tx._put_obj(obj, False):
+            self._send_blocking(obj)
+        if _fd_armed(tx):
+            self._signal_fd()
 
     def send_bytes(self, buf, offset=0, size=None):
         """Send bytes from a bytes-like object (``offset``/``size`` in bytes)."""
@@ -457,7 +465,7 @@ class Connection:
 
     def _recv(self):
         """Next message (object or _Raw); EOFError at end of stream."""
-        if not self._eof:
+        if not self._eof:  # (inlined in recv())
             rx = self._rx
             if not rx._qsize():
                 end = _clock() + _YIELD_SPIN
@@ -473,15 +481,20 @@ class Connection:
                 if self._fifo_r is not None:
                     self._drain_fd()
                 return item
+        return self._recv_slow()
+
+    def _recv_slow(self):
+        """After a quiet slice or an end-of-stream marker: wait on, probing
+        that writers remain; EOFError once none does and nothing is left."""
         rx = self._rx
         while True:
             if self._eof or self._writers_gone():
-                # nothing more can come: take what is left, then EOF
+                # nothing more can come (for good): take what is left, then EOF
+                self._eof = True
                 while True:
                     try:
                         item = rx._get(False)
                     except Empty:
-                        self._eof = True
                         raise EOFError from None
                     if item is not _EOF:
                         return item
@@ -496,12 +509,29 @@ class Connection:
 
     def recv(self):
         """Receive a picklable object (EOFError when the other end is gone)."""
-        if self._closed:
+        if self._closed or not self._readable:
             self._check_closed()
-        if not self._readable:
             self._check_readable()
         try:
-            item = self._recv()
+            # _recv() inlined: this is the hot path of a request/reply loop
+            if self._eof:
+                item = self._recv_slow()
+            else:
+                rx = self._rx
+                if not rx._qsize():
+                    end = _clock() + _YIELD_SPIN
+                    while True:
+                        _sched_yield()
+                        if rx._qsize() or _clock() >= end:
+                            break
+                try:
+                    item = rx._get(True, _SLICE)
+                except Empty:
+                    item = _EOF
+                if item is _EOF:
+                    item = self._recv_slow()
+                elif self._fifo_r is not None:
+                    self._drain_fd()
         except BufferClosed:  # closed by another thread while waiting
             raise OSError("handle is closed") from None
         if item.__class__ is _Raw:
@@ -615,7 +645,7 @@ class Connection:
             pass
         # re-arm if messages (or EOF) are still waiting
         rx = self._rx
-        if rx._qsize() > 0 or self._eof or not _core.peer_count(rx, _WRITER):
+        if rx._qsize() > 0 or self._eof or not _core.peer_held(rx, _WRITER):
             os.write(self._fifo_r, b"\1")
 
     # -- lifetime ----------------------------------------------------------------
@@ -630,7 +660,7 @@ class Connection:
                 _unpend(ring, idx, who)
         self._entries = []
         tx = self._tx
-        if tx is not None and not tx.closed and not _core.peer_count(tx, _WRITER):
+        if tx is not None and not tx.closed and not _core.peer_held(tx, _WRITER):
             # the last write end: wake a reader blocked in recv() or wait()
             try:
                 tx._put_obj(_EOF, False)
