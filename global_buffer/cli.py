@@ -665,7 +665,21 @@ def build_parser():
     cl.add_argument("-n", "--dry-run", action="store_true",
                     help="list what would be removed, remove nothing")
     cl.set_defaults(func=cmd_clean)
+
+    be = sub.add_parser("bench", help="quick comparison against multiprocessing",
+                        description="Small objects and 1080p frames through a Queue, and "
+                                    "Pipe round trips, multiprocessing against "
+                                    "global_buffer in the same run (medians of 3; "
+                                    "benchmarks/ has the full suite).")
+    be.add_argument("--quick", action="store_true", help="one short run per row")
+    be.set_defaults(func=cmd_bench)
     return p
+
+
+def cmd_bench(args, out):
+    from .bench import run
+    run(quick=args.quick, out=out)
+    return 0
 
 
 def main(argv=None, out=None):

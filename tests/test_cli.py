@@ -63,11 +63,11 @@ def line_of(text, name):
 def test_help_runs_as_module():
     p = run_cli("--help")
     assert p.returncode == 0, p.stderr
-    for sub in ("demo", "ls", "stat", "unlink", "clean"):
+    for sub in ("demo", "ls", "stat", "unlink", "clean", "bench"):
         assert sub in p.stdout
 
 
-@pytest.mark.parametrize("sub", ["demo", "ls", "stat", "unlink", "clean"])
+@pytest.mark.parametrize("sub", ["demo", "ls", "stat", "unlink", "clean", "bench"])
 def test_every_subcommand_has_help(sub, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([sub, "--help"])
@@ -284,3 +284,15 @@ def test_clean_removes_only_dead_owner_segments(shm_name, new_name):
 
         code, out = call("clean", pattern)
         assert "removed 0 segments" in out
+
+
+def test_bench_quick_prints_the_comparison_table():
+    """§7: ``bench`` compares against multiprocessing in one short run."""
+    p = run_cli("bench", "--quick", timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "multiprocessing" in lines[0] and "global_buffer" in lines[0]
+    rows = [line for line in lines[1:] if line.strip()]
+    assert len(rows) == 3
+    for row in rows:
+        assert re.search(r"\d+\.\dx$", row), row
