@@ -7,6 +7,11 @@
   the writer's cost of waking parked readers (SPEC §4).
 - ``benchmarks.pool``: ``gb.Pool.map`` against ``multiprocessing.Pool.map``
   for 1080p frame results and for 100k trivial tasks (SPEC §3.3).
+- ``benchmarks.rings``: ``gb.Ring`` against ``multiprocessing.Queue`` and
+  faster-fifo: small objects at 1:1 and 4:4 processes (with and without
+  ``put_many``/``get_many``) and 1080p frames (SPEC §3.1).
+- ``benchmarks.pipe``: ``gb.Pipe`` against ``multiprocessing.Pipe``:
+  ping-pong round trips and 1080p frame throughput (SPEC §3.2).
 
 Each peer runs in its own subprocess; figures are medians of repeats.
 Results and method: ``docs/benchmarks.md``.

@@ -13,7 +13,6 @@ Rounds interleave the peers (rotating their order) so that a noisy
 neighbour hits all of them alike; each figure is the median over rounds and
 each "vs." ratio is the median of the per-round ratios.
 """
-import json
 import os
 import statistics
 import sys
@@ -29,10 +28,10 @@ T_BIG = 600.0  # faster-fifo's put/get default to a 10 s timeout; we want "block
 
 # what one measurement is: case parameters; the gb variant only matters for gb
 CASES = {
-    "small-1:1": dict(kind="small", p=1, c=1, batch=0, n=200_000, n_mp=60_000),
-    "small-1:1-many": dict(kind="small", p=1, c=1, batch=BATCH, n=400_000, n_mp=60_000),
-    "small-4:4": dict(kind="small", p=4, c=4, batch=0, n=200_000, n_mp=60_000),
-    "small-4:4-many": dict(kind="small", p=4, c=4, batch=BATCH, n=400_000, n_mp=60_000),
+    "small-1:1": dict(kind="small", p=1, c=1, batch=0, n=400_000, n_mp=100_000),
+    "small-1:1-many": dict(kind="small", p=1, c=1, batch=BATCH, n=400_000, n_mp=100_000),
+    "small-4:4": dict(kind="small", p=4, c=4, batch=0, n=400_000, n_mp=100_000),
+    "small-4:4-many": dict(kind="small", p=4, c=4, batch=BATCH, n=400_000, n_mp=100_000),
     "frame": dict(kind="frame", p=1, c=1, batch=0, n=600, n_mp=120),
 }
 
@@ -119,7 +118,7 @@ def _producer(barrier, put, put_many, k, n, case, ncons):
                 put(None)
 
 
-def _consumer(barrier, get, get_many, j, total, case, nprod, ends, counts):
+def _consumer(barrier, put, get, get_many, j, total, case, nprod, ends, counts):
     barrier.wait()
     got = 0
     batch = case["batch"]
@@ -142,6 +141,10 @@ def _consumer(barrier, get, get_many, j, total, case, nprod, ends, counts):
                     seen += 1
                 else:
                     got += 1
+        # a batch may hold more sentinels than this consumer needs: they are
+        # the other consumers' (else one of them would wait forever)
+        for _ in range(seen - nprod):
+            put(None)
     ends[j] = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
     counts[j] = got
 
@@ -157,7 +160,7 @@ def worker(peer, case_name, variant, n):
     barrier = ctx.Barrier(p + c + 1)
     ends = ctx.RawArray("d", c)
     counts = ctx.RawArray("q", c)
-    procs = [ctx.Process(target=_consumer, args=(barrier, get, get_many, j, total, case, p,
+    procs = [ctx.Process(target=_consumer, args=(barrier, put, get, get_many, j, total, case, p,
                                                  ends, counts), daemon=True) for j in range(c)]
     procs += [ctx.Process(target=_producer, args=(barrier, put, put_many, k, per, case, c),
                           daemon=True) for k in range(p)]
@@ -204,11 +207,21 @@ def fmt_rate(x):
     return f"{x:.0f}"
 
 
-def _units(rows):
+def _have_faster_fifo():
+    try:
+        import faster_fifo  # noqa: F401
+        return True
+    except ImportError:
+        print("faster-fifo is not installed (pip install faster-fifo, or the 'bench' "
+              "extra): its column stays empty", file=sys.stderr)
+        return False
+
+
+def _units(rows, peers):
     """Measurements a run needs: (case, peer, variant); mp/ff ignore variant."""
     units = []
     for _, case, variant, _ in rows:
-        for peer in PEERS:
+        for peer in peers:
             u = (case, peer, variant if peer == "gb" else None)
             if u not in units:
                 units.append(u)
@@ -223,7 +236,8 @@ def run(repeats, scale, only=None, verbose=True):
     rows = _rows_available()
     if only:
         rows = [r for r in rows if any(o in r[0] or o == r[1] for o in only)]
-    units = _units(rows)
+    peers = [p for p in PEERS if p != "ff" or _have_faster_fifo()]
+    units = _units(rows, peers)
     samples = {u: [] for u in units}
     t_start = time.monotonic()
     for rnd in range(repeats):
@@ -252,7 +266,7 @@ def run(repeats, scale, only=None, verbose=True):
     results = []
     for label, case, variant, target in rows:
         mp_s = samples[(case, "mp", None)]
-        ff_s = samples[(case, "ff", None)]
+        ff_s = samples.get((case, "ff", None), [])
         gb_s = samples[(case, "gb", variant)]
 
         def paired(base):

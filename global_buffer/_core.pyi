@@ -7,7 +7,7 @@ the package but typed here so the Python layers type-check against them.
 Sections follow the source files: module state and segments, ``Handle``,
 streams (``_core.pyx``), then queue and broadcast rings (``_queue.pxi``).
 """
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -158,5 +158,21 @@ class StreamReader(Handle):
 # blob_* and peer_* functions and the AUX_* / ROLE_* constants here, then
 # delete the __getattr__ below, which until then types every name not
 # stubbed yet as Any (a partial stub, PEP 484).
+
+# peer table and fd signalling (pipes; stubbed)
+ROLE_WRITER: int
+ROLE_READER: int
+def peer_add(h: Handle, role: int) -> Tuple[int, int]:
+    """Register this process as a holder of ``role``; (index, who) or (-1, 0)."""
+def peer_del(h: Handle, idx: int, who: int) -> None: ...
+def peers(h: Handle, role: int) -> List[Tuple[int, int]]:
+    """[(pid, start)] of the registered holders of ``role``."""
+def peer_entries(h: Handle) -> List[Tuple[int, int, int]]:
+    """[(pid, role, start)] of every used entry of the peer table."""
+def peer_held(h: Handle, role: int) -> bool:
+    """Is ``role`` held by an entry or a handle pickled but not attached yet?"""
+def pending_add(h: Handle, n: int) -> int: ...
+def arm_fd(h: Handle) -> None: ...
+def fd_armed(h: Handle) -> bool: ...
 
 def __getattr__(name: str) -> Any: ...

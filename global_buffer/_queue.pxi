@@ -324,6 +324,22 @@ cdef class QueueHandle(Handle):
             gb_queue_put_commit(&self.r, _pid, pos, len(ref))
         return True
 
+    def _put_each(self, items, grace):
+        """Put ``items`` (a sequence) in order, each waiting at most
+        ``grace`` s for a slot; returns how many were put (the caller defers
+        the rest, in order).  put_many's loop, without a Python call per item."""
+        cdef Py_ssize_t k = 0
+        self._live()
+        for obj in items:
+            if self._ndim >= 0:
+                if not self._put_obj(obj, True, grace):
+                    return k
+            elif not self._put_parts_c(_serialize(self._ser, obj, self.r.kind, None), True,
+                                       grace):
+                return k
+            k += 1
+        return k
+
     def _serialize(self, obj):
         """Serialise ``obj`` now (for items deferred to the feeder)."""
         if self._ndim >= 0:

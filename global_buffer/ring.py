@@ -579,11 +579,13 @@ class Ring:
         """Put every item of ``items`` in order, waking consumers once."""
         self._check_put()
         if self._maxsize <= 0 and not self._bcast and not isinstance(self, JoinableRing):
-            put, grace = self._put_obj, _FULL_GRACE  # put()'s unbounded path, inlined
-            for obj in items:
-                if self._pending or not put(obj, True, grace):
-                    self._defer(self._serialize(obj))
-                    self._flush()
+            # put()'s unbounded path, looped in compiled code
+            if not isinstance(items, (list, tuple)):
+                items = list(items)
+            done = 0 if self._pending else self._put_each(items, _FULL_GRACE)
+            for obj in items[done:]:
+                self._defer(self._serialize(obj))
+                self._flush()
             return
         if self._bcast or self._maxsize <= 0:
             for obj in items:

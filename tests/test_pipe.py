@@ -761,3 +761,102 @@ def test_connection_pickled_to_pool_tasks(method):
                 pool.join()
         finally:
             pipes.cleanup()
+
+
+# -- gb specifics ---------------------------------------------------------------------------
+
+def _fifo_of(conn):
+    from global_buffer.multiprocessing.connection import _fifo_path
+    return _fifo_path(conn._rx.name)
+
+
+def test_gb_fileno_fifo_is_made_on_demand_and_removed():
+    """No descriptor, no syscall per message until someone asks for
+    fileno(); the FIFO goes with the pipe."""
+    a, b = gb.Pipe()
+    fifo = _fifo_of(a)
+    try:
+        for i in range(10):
+            b.send(i)
+            assert recv(a) == i
+        assert not os.path.exists(fifo)
+        assert not gb._core.fd_armed(a._rx)
+        fd = a.fileno()
+        assert os.path.exists(fifo) and gb._core.fd_armed(a._rx)
+        assert mpc.wait([a], 0) == []
+        b.send("now signalled")
+        assert mpc.wait([a], TIMEOUT) == [a]
+        assert recv(a) == "now signalled"
+        assert fd == a.fileno()
+    finally:
+        a.close()
+        b.close()
+    del a, b
+    gc.collect()
+    assert not os.path.exists(fifo)
+
+
+def test_gb_blocked_recv_costs_no_cpu():
+    """§4: a reader blocked in recv() sleeps in the kernel (it only wakes
+    every 0.2 s to check its peers are alive)."""
+    a, b = gb.Pipe()
+    try:
+        t = threading.Timer(1.0, b.send, ("late",))
+        cpu0, t0 = time.process_time(), time.monotonic()
+        t.start()
+        assert a.recv() == "late"
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+        t.join(TIMEOUT)
+        assert wall >= 0.9
+        assert cpu < 0.1 * wall, f"a blocked recv() burnt {cpu:.3f}s CPU in {wall:.2f}s"
+    finally:
+        a.close()
+        b.close()
+
+
+def _send_then_hang(w):
+    w.send("before")
+    time.sleep(60)
+
+
+def test_gb_wait_notices_a_killed_writer(children):
+    """global_buffer.multiprocessing.connection.wait (what
+    multiprocessing.connection.wait is after the migration) returns a read
+    end whose only writer was SIGKILLed: no byte reaches its FIFO then."""
+    from global_buffer.multiprocessing import connection as gbc
+    r, w = gb.Pipe(duplex=False)
+    try:
+        p = children.start(mp.get_context("fork"), _send_then_hang, w)
+        w.close()
+        assert gbc.wait([r], TIMEOUT) == [r] and r.recv() == "before"
+        assert gbc.wait([r], 0.3) == []
+        p.kill()
+        children.join(p, TIMEOUT)
+        t0 = time.monotonic()
+        assert gbc.wait([r], TIMEOUT) == [r]
+        assert time.monotonic() - t0 < 5
+        with pytest.raises(EOFError):
+            r.recv()
+    finally:
+        r.close()
+
+
+def test_gb_more_holders_than_the_peer_table():
+    """An end held by more connections than the 40-entry peer table falls
+    back to a counter: EOF still comes once every copy is closed."""
+    a, b = gb.Pipe()
+    try:
+        copies = [pickle.loads(pickle.dumps(b)) for _ in range(45)]
+        copies[-1].send("from copy 45")
+        assert recv(a) == "from copy 45"
+        b.close()
+        for c in copies[:-1]:
+            c.close()
+        assert not a.poll(0.3), "EOF while a copy is still open"
+        copies[-1].close()
+        assert a.poll(TIMEOUT)
+        with pytest.raises(EOFError):
+            a.recv()
+    finally:
+        a.close()
+        b.close()
