@@ -133,8 +133,10 @@ def _gb_frame_writer(name, ack_name, shape, dtype, capacity, seconds, lossless, 
             ack.close()
 
 
-def xp_gb(shape, dtype, capacity, seconds, lossless):
-    """Writer process -> this process (reader doing next_into)."""
+def xp_gb(shape, dtype, capacity, seconds, lossless, view=False):
+    """Writer process -> this process (reader doing next_into, or with
+    ``view=True`` reading each frame in place through ``view("next")``:
+    the zero-copy read, which touches one value per frame)."""
     import global_buffer as gb
     shape, dtype = tuple(shape), np.dtype(dtype)
     ctx = mp.get_context("fork")
@@ -153,12 +155,20 @@ def xp_gb(shape, dtype, capacity, seconds, lossless):
         n = 0
         t_first = t_last = None
         clock = time.perf_counter
+        stale = 0
         while True:
             try:
-                r.next_into(out, timeout=0.5)
+                if view:
+                    with r.view("next", timeout=0.5) as v:
+                        v.flat[0]
+                else:
+                    r.next_into(out, timeout=0.5)
             except gb.Empty:
                 if here.poll():
                     break
+                continue
+            except gb.StaleView:
+                stale += 1
                 continue
             n += 1
             if lossless:
@@ -168,7 +178,7 @@ def xp_gb(shape, dtype, capacity, seconds, lossless):
             if t_first is None:
                 t_first = t_last
         written, w_elapsed = here.recv()
-        overruns = r.overruns
+        overruns = r.overruns + stale
         r.close()
         here.send("bye")
         p.join(30)
@@ -323,10 +333,13 @@ def main(argv=None):
     reps = 2 if quick else 3
     rows = []
     for label, (shape, dtype) in FRAMES.items():
-        runs = {"lossy": [], "lossless": [], "mpq": []}
+        runs = {"lossy": [], "view": [], "lossless": [], "mpq": []}
         for _ in range(reps):  # interleave peers so drift hits them alike
             runs["lossy"].append(run_peer("streams", "xp_gb", shape=shape, dtype=dtype,
                                           capacity=8, seconds=seconds, lossless=False))
+            runs["view"].append(run_peer("streams", "xp_gb", shape=shape, dtype=dtype,
+                                         capacity=8, seconds=seconds, lossless=False,
+                                         view=True))
             runs["lossless"].append(run_peer("streams", "xp_gb", shape=shape, dtype=dtype,
                                              capacity=8, seconds=seconds, lossless=True))
             runs["mpq"].append(run_peer("streams", "xp_mpq", shape=shape, dtype=dtype,
@@ -335,11 +348,12 @@ def main(argv=None):
         results["throughput"][label] = {"runs": runs, "median_read_fps": med}
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         for k, title in (("lossy", "gb stream, writer free-running"),
+                         ("view", "gb stream, zero-copy view(\"next\")"),
                          ("lossless", "gb stream, reader acks (no overrun)"),
                          ("mpq", "multiprocessing.Queue(maxsize=8)")):
             ov = median([r["overruns"] for r in runs[k]])
             rows.append([label, title, f"{med[k]:,.0f}", f"{med[k] * nbytes / 1e9:.2f}",
-                         f"{ov:,.0f}" if k == "lossy" else "0",
+                         f"{ov:,.0f}" if k in ("lossy", "view") else "0",
                          fmt_ratio(med[k] / med["mpq"]) if med["mpq"] else "-"])
     print_table(
         f"Cross-process frame throughput (writer process -> reader process, "
