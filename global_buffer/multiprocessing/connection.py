@@ -465,7 +465,7 @@ class Connection:
 
     def _recv(self):
         """Next message (object or _Raw); EOFError at end of stream."""
-        if not self._eof:  # (inlined in recv())
+        if not self._eof:
             rx = self._rx
             if not rx._qsize():
                 end = _clock() + _YIELD_SPIN
@@ -513,25 +513,7 @@ class Connection:
             self._check_closed()
             self._check_readable()
         try:
-            # _recv() inlined: this is the hot path of a request/reply loop
-            if self._eof:
-                item = self._recv_slow()
-            else:
-                rx = self._rx
-                if not rx._qsize():
-                    end = _clock() + _YIELD_SPIN
-                    while True:
-                        _sched_yield()
-                        if rx._qsize() or _clock() >= end:
-                            break
-                try:
-                    item = rx._get(True, _SLICE)
-                except Empty:
-                    item = _EOF
-                if item is _EOF:
-                    item = self._recv_slow()
-                elif self._fifo_r is not None:
-                    self._drain_fd()
+            item = self._recv()
         except BufferClosed:  # closed by another thread while waiting
             raise OSError("handle is closed") from None
         if item.__class__ is _Raw:
