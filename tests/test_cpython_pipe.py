@@ -31,6 +31,8 @@ import global_buffer as gb
 import global_buffer.multiprocessing as gbmp
 from global_buffer.multiprocessing import connection as gb_connection
 
+from _cpython_mixin import make_mixin
+
 _tm = pytest.importorskip("test._test_multiprocessing",
                           reason="CPython's test package is not installed")
 
@@ -41,39 +43,12 @@ START_METHODS = [m for m in ("fork", "spawn", "forkserver")
 multiprocessing.set_forkserver_preload(["global_buffer", "numpy"])
 
 
-class GBProcessesMixin(_tm.ProcessesMixin):
-    """CPython's ProcessesMixin with the ring-backed factories; the start
-    method is set for the duration of the class, as CPython's setUpModule
-    does for a whole module."""
-
-    Pipe = staticmethod(gb.Pipe)
-    Queue = staticmethod(gb.Ring)
-    JoinableQueue = staticmethod(gb.JoinableRing)
-    connection = gb_connection   # Listener / Client re-exported from the stdlib
-    start_method = None
-
-    @classmethod
-    def setUpClass(cls):
-        cls._old_start_method = multiprocessing.get_start_method(allow_none=True)
-        multiprocessing.set_start_method(cls.start_method, force=True)
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            multiprocessing.set_start_method(cls._old_start_method, force=True)
-
-    def setUp(self):
-        super().setUp()
-        # tests that call multiprocessing.Pipe() etc. directly get ours too
-        for attr, ours in (("Pipe", gb.Pipe), ("SimpleQueue", gbmp.SimpleQueue),
-                           ("Queue", gb.Ring), ("JoinableQueue", gb.JoinableRing)):
-            patcher = mock.patch.object(multiprocessing, attr, ours)
-            patcher.start()
-            self.addCleanup(patcher.stop)
-        self.addCleanup(gc.collect)  # pipes left by the test go before the leak check
+GBProcessesMixin = make_mixin(
+    _tm, "GBProcessesMixin",
+    {"Pipe": gb.Pipe, "Queue": gb.Ring, "JoinableQueue": gb.JoinableRing,
+     "SimpleQueue": gbmp.SimpleQueue,
+     "connection": gb_connection},  # Listener / Client re-exported from the stdlib
+    patched=("Pipe", "SimpleQueue", "Queue", "JoinableQueue"))
 
 
 # Tests of the base classes that are not run against gb, and why (also in

@@ -27,6 +27,8 @@ import pytest
 
 import global_buffer as gb
 
+from _cpython_mixin import make_mixin
+
 _tm = pytest.importorskip("test._test_multiprocessing",
                           reason="CPython's test package is not installed")
 
@@ -34,35 +36,10 @@ START_METHODS = [m for m in ("fork", "spawn", "forkserver")
                  if m in multiprocessing.get_all_start_methods()]
 
 
-class RingProcessesMixin(_tm.ProcessesMixin):
-    """CPython's ProcessesMixin with the queue factories swapped for rings;
-    the start method is set for the duration of the class, as CPython's
-    setUpModule does for a whole module."""
-
-    Queue = staticmethod(gb.Ring)
-    JoinableQueue = staticmethod(gb.JoinableRing)
-    start_method = None
-
-    @classmethod
-    def setUpClass(cls):
-        cls._old_start_method = multiprocessing.get_start_method(allow_none=True)
-        multiprocessing.set_start_method(cls.start_method, force=True)
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            multiprocessing.set_start_method(cls._old_start_method, force=True)
-
-    def setUp(self):
-        super().setUp()
-        for attr, ring in (("Queue", gb.Ring), ("JoinableQueue", gb.JoinableRing)):
-            patcher = mock.patch.object(multiprocessing, attr, ring)
-            patcher.start()
-            self.addCleanup(patcher.stop)
-        self.addCleanup(gc.collect)  # rings left by the test are removed before the leak check
+RingProcessesMixin = make_mixin(
+    _tm, "RingProcessesMixin",
+    {"Queue": gb.Ring, "JoinableQueue": gb.JoinableRing},
+    patched=("Queue", "JoinableQueue"))
 
 
 # Tests of the base classes that are not run against rings, and why.
