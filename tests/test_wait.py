@@ -31,7 +31,8 @@ _DATA_WAITQ = 256
 
 def _waiters(handle):
     """Processes/threads currently parked on the stream's data wait queue."""
-    return struct.unpack_from("<II", handle._segment.mm, _DATA_WAITQ)[1]
+    # low 31 bits: the count; the top bit is the "armed" flag of gb_wake
+    return struct.unpack_from("<II", handle._segment.mm, _DATA_WAITQ)[1] & 0x7FFFFFFF
 
 
 def _wait_for(pred, timeout, what):

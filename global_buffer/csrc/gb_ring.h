@@ -89,8 +89,11 @@
  * so that the waking side makes no syscall when nobody sleeps. */
 typedef struct gb_waitq {
     _Atomic uint32_t ev;      /* futex word: bumped before each wake */
-    _Atomic uint32_t waiters; /* processes/threads registered to sleep */
+    _Atomic uint32_t waiters; /* sleepers registered (low 31 bits) | GB_ARMED */
 } gb_waitq;
+/* Set by every sleeper as it registers, taken by the one waker that issues
+ * the FUTEX_WAKE (see gb_wake). */
+#define GB_ARMED 0x80000000u
 
 /* One registered holder of a ring end: pid and role in one word (so a
  * single CAS claims the entry), start time beside it (pid-reuse guard). */
@@ -345,23 +348,27 @@ GB_INLINE int gb_ring_open(gb_ring *r, void *mem, uint64_t size)
 /* Waiting and waking                                                  */
 /* ------------------------------------------------------------------ */
 /* Protocol (Dekker-style, race-free against a concurrent commit):
- *   sleeper: gb_wait_prepare (waiters++ ; full fence ; snapshot ev)
+ *   sleeper: gb_wait_prepare (waiters++, set ARMED ; full fence ; snapshot ev)
  *            re-check condition; if still unmet gb_futex_wait(ev, snapshot)
- *            gb_wait_done (waiters--)
- *   waker:   publish (release) ; gb_wake (full fence ; if waiters: ev++, wake)
- * Either the sleeper's re-check sees the publish, or the waker sees
- * waiters > 0 and bumps ev, which makes a late futex_wait return at once. */
+ *            gb_wait_done (waiters--; the last one out clears ARMED)
+ *   waker:   publish (release) ; gb_wake (full fence ; if ARMED: take it,
+ *            ev++, wake all)
+ * Either the sleeper's re-check sees the publish, or the waker sees ARMED
+ * and bumps ev, which makes a late futex_wait return at once.  Taking the
+ * flag makes a burst of commits cost one FUTEX_WAKE per sleep episode
+ * instead of one per commit while the woken are still being scheduled. */
 
 GB_INLINE uint32_t gb_wait_prepare(gb_waitq *q)
 {
-    /* seq_cst: the increment must be visible before we re-check the
-     * condition (pairs with the fence in gb_wake) */
+    /* seq_cst: the count and the armed bit must be visible before we
+     * re-check the condition (pairs with the fence in gb_wake) */
     atomic_fetch_add_explicit(&q->waiters, 1, memory_order_seq_cst);
+    atomic_fetch_or_explicit(&q->waiters, GB_ARMED, memory_order_seq_cst);
     atomic_thread_fence(memory_order_seq_cst);
-    /* relaxed: ev is only compared by the kernel; the fence above orders it */
-    return atomic_load_explicit(&q->ev, memory_order_relaxed);
+    /* acquire: if we read a waker's new ev, its publish is visible to the
+     * re-check that follows (so we never sleep on an ev already woken) */
+    return atomic_load_explicit(&q->ev, memory_order_acquire);
 }
-
 /* Sleep on q until a wake, timeout or signal (see gb_futex_wait). */
 GB_INLINE int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int64_t poll_ns,
                             int use_futex)
@@ -371,26 +378,39 @@ GB_INLINE int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int6
 
 GB_INLINE void gb_wait_done(gb_waitq *q)
 {
-    /* relaxed: an over-count only costs a waker one spare syscall */
-    atomic_fetch_sub_explicit(&q->waiters, 1, memory_order_relaxed);
+    /* One RMW: the last sleeper to leave also disarms, so a ring nobody
+     * sleeps on makes no syscall; a sleeper registering meanwhile either
+     * comes before (the count stays > 0) or re-arms after. */
+    /* relaxed: the CAS carries no data, only the count and the flag */
+    uint32_t w = atomic_load_explicit(&q->waiters, memory_order_relaxed), n;
+    do {
+        n = w - 1;
+        if ((n & ~GB_ARMED) == 0)
+            n = 0;
+    } while (!atomic_compare_exchange_weak_explicit(&q->waiters, &w, n, memory_order_relaxed,
+                                                    memory_order_relaxed));
 }
-
 /* Called after publishing.  No syscall unless someone sleeps. */
 GB_INLINE void gb_wake(gb_ring *r, gb_waitq *q)
 {
     /* seq_cst fence: our publish must be visible before we read waiters
      * (pairs with the fence in gb_wait_prepare) */
     atomic_thread_fence(memory_order_seq_cst);
-    /* relaxed: ordered by the fence above */
-    if (atomic_load_explicit(&q->waiters, memory_order_relaxed) != 0) {
-        /* release: a sleeper that sees the new ev sees our publish */
-        atomic_fetch_add_explicit(&q->ev, 1, memory_order_release);
-        /* relaxed: statistics only */
-        atomic_fetch_add_explicit(&r->hdr->wake_calls, 1, memory_order_relaxed);
-        gb_futex_wake_all(&q->ev);
+    /* relaxed: ordered by the fence above; a plain load first so a ring
+     * with nobody asleep never writes this line */
+    if (atomic_load_explicit(&q->waiters, memory_order_relaxed) & GB_ARMED) {
+        /* acq_rel: one waker per sleep episode takes the armed bit, so a
+         * burst of commits makes one FUTEX_WAKE, not one each, while the
+         * woken sleepers are still on their way (they re-arm to sleep) */
+        if (atomic_fetch_and_explicit(&q->waiters, ~GB_ARMED, memory_order_acq_rel) & GB_ARMED) {
+            /* release: a sleeper that sees the new ev sees our publish */
+            atomic_fetch_add_explicit(&q->ev, 1, memory_order_release);
+            /* relaxed: statistics only */
+            atomic_fetch_add_explicit(&r->hdr->wake_calls, 1, memory_order_relaxed);
+            gb_futex_wake_all(&q->ev);
+        }
     }
 }
-
 /* Wake every sleeper of q whether or not any registered (a handle closed
  * under a sleeping thread of its own process uses this). */
 GB_INLINE void gb_wake_force(gb_ring *r, gb_waitq *q)
