@@ -27,18 +27,22 @@ _HEADING = re.compile(r"^#+\s+(.*)$", re.M)
 _CREATED = re.compile(r"""gb\.create\(\s*(["'])([A-Za-z0-9._-]+)\1""")
 
 
-def _blocks(lang):
-    """(title, code) of each fenced block in ``lang``, titled by its heading."""
-    if not README.is_file():
-        return []
-    text = README.read_text(encoding="utf-8")
+def _blocks(lang, files=None):
+    """(title, code) of each fenced block in ``lang``, titled by its heading
+    (README.md by default)."""
     out = []
-    for m in _FENCE.finditer(text):
-        if m.group(1) != lang:
+    for path in files if files is not None else [README]:
+        if not path.is_file():
             continue
-        headings = _HEADING.findall(text, 0, m.start())
-        title = headings[-1] if headings else "top"
-        out.append((title, m.group(2)))
+        text = path.read_text(encoding="utf-8")
+        for m in _FENCE.finditer(text):
+            if m.group(1) != lang:
+                continue
+            headings = _HEADING.findall(text, 0, m.start())
+            title = headings[-1] if headings else "top"
+            if path != README:
+                title = f"{path.stem} {title}"
+            out.append((title, m.group(2)))
     return out
 
 
@@ -47,14 +51,17 @@ def _slug(title, i):
 
 
 PY_BLOCKS = _blocks("python")
+# the docs' examples run too (blocks of one line are import fragments)
+DOC_BLOCKS = [(t, c) for t, c in _blocks("python", sorted((ROOT / "docs").glob("*.md")))
+              if c.count("\n") > 1]
 
 
 def test_readme_has_python_examples():
     assert len(PY_BLOCKS) >= 3
 
 
-@pytest.mark.parametrize("code", [c for _, c in PY_BLOCKS],
-                         ids=[_slug(t, i) for i, (t, _) in enumerate(PY_BLOCKS)])
+@pytest.mark.parametrize("code", [c for _, c in PY_BLOCKS + DOC_BLOCKS],
+                         ids=[_slug(t, i) for i, (t, _) in enumerate(PY_BLOCKS + DOC_BLOCKS)])
 def test_readme_example_runs(code, tmp_path):
     token = uuid.uuid4().hex[:8]
     names = {}
