@@ -432,14 +432,7 @@ class Connection:
         if self._closed or not self._writable:
             self._check_closed()
             self._check_writable()
-        # _send() inlined: this is the hot path of a request/reply loop
-        tx = self._tx
-        if not _peer_held(tx, _READER):
-            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-        if not tx._put_obj(obj, False):
-            self._send_blocking(obj)
-        if _fd_armed(tx):
-            self._signal_fd()
+        self._send(obj)
 
     def send_bytes(self, buf, offset=0, size=None):
         """Send bytes from a bytes-like object (``offset``/``size`` in bytes)."""
