@@ -83,6 +83,9 @@ cdef extern from "csrc/gb_ring.h" nogil:
     int64_t gb_now_ns()
     void gb_cpu_relax()
     void gb_sleep_ns(int64_t ns)
+    void gb_copy_streaming(void *dst, const void *src, size_t n)
+    uint64_t gb_llc_bytes()
+    int gb_stream_copy_wanted(uint64_t item, uint64_t footprint, uint64_t llc)
 
     uint64_t gb_ring_nbytes(uint32_t nslots, uint64_t slot_size, uint32_t meta_len)
     int gb_ring_init(void *mem, uint64_t size, uint32_t kind, uint32_t flags,

@@ -43,6 +43,8 @@ cdef extern from "numpy/arrayobject.h":
 # ---------------------------------------------------------------------------
 
 cdef uint32_t _pid = <uint32_t>os.getpid()
+# last-level cache size, for choosing streaming copies (gb_stream_copy_wanted)
+cdef uint64_t _llc = gb_llc_bytes()
 
 
 def _reset_pid():
@@ -178,6 +180,15 @@ cdef inline int64_t _deadline(object timeout) except -2:
 # Handle: one mapping of one segment
 # ---------------------------------------------------------------------------
 
+cdef inline void _copy_in(bint nt, void *dst, const void *src, size_t n) noexcept nogil:
+    """Copy an item into a slot: streaming stores for a large item into a
+    ring bigger than the cache (see gb_copy_streaming), memcpy otherwise."""
+    if nt and n >= (<size_t>1 << 20):
+        gb_copy_streaming(dst, src, n)
+    else:
+        memcpy(dst, src, n)
+
+
 cdef class Handle:
     """A process-local handle on a mapped ring segment."""
 
@@ -192,6 +203,7 @@ cdef class Handle:
     cdef int _ndim
     cdef cnp.npy_intp _dims[32]
     cdef uint64_t _nbytes
+    cdef bint _nt           # large items go in with streaming stores (_copy_in)
 
     def __cinit__(self):
         self._bound = False
@@ -213,6 +225,8 @@ cdef class Handle:
             PyBuffer_Release(&self._buf)
             _check(rc, what)
         self._bound = True
+        self._nt = gb_stream_copy_wanted(
+            self.r.slot_size, <uint64_t>self.r.nslots * self.r.stride, _llc)
 
     def _set_array(self, dtype, tuple shape):
         """Fix the sample dtype/shape checked and produced by the hot path."""
@@ -351,6 +365,11 @@ cdef class Handle:
         return gb_load_u64(&self.r.hdr.head)
 
     @property
+    def _streaming(self):
+        """True when large items go in with streaming stores (_copy_in)."""
+        return bool(self._nt)
+
+    @property
     def _wake_calls(self):
         self._live()
         return gb_load_u64(&self.r.hdr.wake_calls)
@@ -483,7 +502,7 @@ cdef class StreamWriter(Handle):
             a = <cnp.ndarray>sample
             if cnp.PyArray_IS_C_CONTIGUOUS(a):
                 p = gb_stream_begin(&self.r, _pid, &pos)
-                memcpy(p, cnp.PyArray_DATA(a), self._nbytes)
+                _copy_in(self._nt, p, cnp.PyArray_DATA(a), self._nbytes)
             else:
                 pos = self._begin_view_copy(a)
             gb_stream_commit(&self.r, _pid, pos, self._nbytes)

@@ -69,8 +69,9 @@ cdef uint64_t _frame_header(Py_ssize_t nbufs):
     return _align64(16 + 8 * <uint64_t>nbufs)
 
 
-cdef int _write_parts(_Parts parts, uint8_t *dst) except -1:
-    """Copy a serialised item into dst (which has parts.total bytes)."""
+cdef int _write_parts(_Parts parts, uint8_t *dst, bint nt) except -1:
+    """Copy a serialised item into dst (which has parts.total bytes); ``nt``:
+    large out-of-band buffers go in with streaming stores (see _copy_in)."""
     cdef Py_buffer b
     cdef uint64_t off, n
     cdef Py_ssize_t i, nb
@@ -94,7 +95,7 @@ cdef int _write_parts(_Parts parts, uint8_t *dst) except -1:
         try:
             n = <uint64_t>b.len
             hdr[2 + i] = n
-            memcpy(dst + off, b.buf, n)
+            _copy_in(nt, dst + off, b.buf, n)
             off = _align64(off + n)
         finally:
             PyBuffer_Release(&b)
@@ -277,7 +278,8 @@ cdef class QueueHandle(Handle):
             deadline = self._put_deadline(block, timeout)
             if self._claim(True, deadline, &pos):
                 return False
-            memcpy(gb_payload(gb_slot_at(&self.r, pos)), cnp.PyArray_DATA(a), self._nbytes)
+            _copy_in(self._nt, gb_payload(gb_slot_at(&self.r, pos)), cnp.PyArray_DATA(a),
+                     self._nbytes)
             gb_slot_set_aux(&self.r, pos, AUX_INLINE)
             gb_queue_put_commit(&self.r, _pid, pos, self._nbytes)
             return True
@@ -310,7 +312,7 @@ cdef class QueueHandle(Handle):
         dst = gb_payload(gb_slot_at(&self.r, pos))
         if ref is None:
             try:
-                _write_parts(parts, dst)
+                _write_parts(parts, dst, self._nt)
             except BaseException:
                 # the slot is ours: publish a void item rather than wedge the ring
                 gb_slot_set_aux(&self.r, pos, AUX_VOID)
@@ -643,9 +645,9 @@ cdef class BroadcastHandle(StreamReader):
             dst = gb_stream_begin(&self.r, _pid, &pos)
             try:
                 if parts is None:
-                    memcpy(dst, cnp.PyArray_DATA(a), total)
+                    _copy_in(self._nt, dst, cnp.PyArray_DATA(a), total)
                 else:
-                    _write_parts(parts, dst)
+                    _write_parts(parts, dst, self._nt)
             except BaseException:
                 gb_stream_abort(&self.r, pos)
                 raise
@@ -734,7 +736,8 @@ def blob_write(mm, _Parts parts):
         bl = _blob(&b)
         if parts.total > bl.size:
             raise ValueError("item larger than the blob")
-        _write_parts(parts, <uint8_t *>b.buf + sizeof(gb_blob))
+        # blobs: memcpy (one blob per item in flight; often still cached)
+        _write_parts(parts, <uint8_t *>b.buf + sizeof(gb_blob), False)
         bl.len = parts.total
     finally:
         PyBuffer_Release(&b)

@@ -668,6 +668,36 @@ static void t_wrap40(void)
 /* Sizes whose product wraps 64 bits must not validate (a garbage header
  * would otherwise send every slot access out of bounds), and must not size
  * a segment (init would write past the buffer). */
+/* gb_copy_streaming (streaming stores for large items, gb_platform.h): every
+ * length and both alignments copy exactly n bytes, nothing beyond. */
+static void t_copy(void)
+{
+    size_t lens[] = {0, 1, 15, 16, 63, 64, 255, 256, 257, 1000, 4096 + 13,
+                     (1u << 20) + 7, 3u << 20};
+    size_t cap = (3u << 20) + 128;
+    uint8_t *src = xcalloc(cap), *dst = xcalloc(cap + 64), *want = xcalloc(cap + 64);
+    for (size_t i = 0; i < cap; i++)
+        src[i] = (uint8_t)rnd();
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        for (size_t doff = 0; doff < 18; doff += (lens[li] > 4096 ? 5 : 1)) {
+            size_t soff = (doff * 7) % 19, n = lens[li];
+            memset(dst, 0xA5, cap + 64);
+            memset(want, 0xA5, cap + 64);
+            memcpy(want + doff, src + soff, n);
+            gb_copy_streaming(dst + doff, src + soff, n);
+            CHECK(memcmp(dst, want, cap + 64) == 0);
+        }
+    }
+    /* the policy: only large items into rings bigger than half the cache */
+    CHECK(!gb_stream_copy_wanted(1u << 19, 1ULL << 30, 32u << 20));
+    CHECK(!gb_stream_copy_wanted(6u << 20, 12u << 20, 32u << 20));
+    CHECK(gb_stream_copy_wanted(6u << 20, 18u << 20, 32u << 20) == GB_HAVE_STREAM_COPY);
+    CHECK(gb_llc_bytes() <= (32u << 20));
+    free(src);
+    free(dst);
+    free(want);
+}
+
 static void t_overflow(void)
 {
     /* 2^20 slots of stride 2^44: 2^64 bytes, which wraps to 0 */
@@ -1071,6 +1101,7 @@ static const group GROUPS[] = {
     {"mpmc", t_mpmc, 0},
     {"torn", t_torn, 0},
     {"overflow", t_overflow, 0},
+    {"copy", t_copy, 0},
     {"wrap40", t_wrap40, 0},
 };
 #define NGROUPS (sizeof GROUPS / sizeof GROUPS[0])
