@@ -6,6 +6,10 @@ the package but typed here so the Python layers type-check against them.
 
 Sections follow the source files: module state and segments, ``Handle``,
 streams (``_core.pyx``), then queue and broadcast rings (``_queue.pxi``).
+
+The docs site's API reference renders the docstrings of the public members
+of ``StreamWriter`` and ``StreamReader`` from this stub (``gb.GlobalBuffer``
+and ``gb.Reader`` inherit them): keep them in step with ``_core.pyx``.
 """
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -119,10 +123,22 @@ class Handle:
 class StreamWriter(Handle):
     def _setup_writer(self, heartbeat_interval: float,
                       encode: Optional[Callable[[Any], bytes]]) -> None: ...
-    def heartbeat(self) -> None: ...
+    def heartbeat(self) -> None:
+        """Stamp the writer's heartbeat now.
+
+        ``write()`` stamps it too, at most every ``heartbeat_interval``
+        seconds.  A writer that is idle on purpose calls this more often
+        than every 2 s, so that readers' ``writer_alive`` stays True.
+        """
     def write(self, sample: Any) -> None:
-        """Publish one sample (an ndarray of the stream's dtype and shape,
-        or a model instance / dict for message streams)."""
+        """Publish one sample; never waits for readers.
+
+        Array streams take an ndarray of exactly the stream's dtype and
+        shape (anything else raises ``ValueError`` or ``TypeError`` saying
+        what was expected).  Message streams take a model instance or a
+        dict, validated by the model; a message that encodes larger than
+        ``max_bytes`` raises ``ValueError``.  Nothing is published on error.
+        """
     def _slot_view(self, pos: int) -> NDArray[Any]: ...
     def _make_view(self, pos: int) -> NDArray[Any]: ...
     def _drop_views(self) -> None: ...
@@ -132,20 +148,42 @@ class StreamWriter(Handle):
 class StreamReader(Handle):
     _cursor: int
     overruns: int
+    """Samples this reader missed because the writer lapped it."""
 
     def _setup_reader(self, decode: Optional[Callable[[bytes], Any]],
                       from_oldest: bool) -> None: ...
     def next(self, timeout: Optional[float] = None) -> Any:
-        """The next sample in order; ``gb.Empty`` on timeout."""
+        """The next sample in order: a new array, or a model instance (a
+        dict without ``model=``).
+
+        Waits up to ``timeout`` seconds (forever if None) and raises
+        ``gb.Empty`` if none came; the wait sleeps in the kernel and Ctrl-C
+        interrupts it.  If the writer lapped this reader, ``overruns`` grows
+        by the samples lost and reading resumes at the oldest one held.
+        """
     def _next_seq(self, timeout: Optional[float] = None) -> Tuple[Any, int]: ...
     def latest(self) -> Any:
-        """The newest committed sample, or None."""
+        """A copy of the newest committed sample, or None if nothing was
+        written.  Never waits and does not move the cursor."""
     def _latest_seq(self) -> Tuple[Any, int]: ...
     def _wait_new(self, seen: int, timeout: Optional[float]) -> bool: ...
     def next_into(self, out: NDArray[Any], timeout: Optional[float] = None) -> int:
-        """Copy the next sample into ``out``; return its sequence number."""
+        """Array streams: copy the next sample into ``out`` without
+        allocating; return its sequence number (0 for the first sample
+        written).
+
+        ``out`` must have the stream's dtype and shape and be writable and
+        C-contiguous; a wrong ``out`` raises ``ValueError`` and consumes
+        nothing.  Waits as ``next()`` (``gb.Empty`` on timeout).
+        """
     def next_batch_into(self, out: NDArray[Any], timeout: Optional[float] = None) -> int:
-        """Copy up to ``len(out)`` samples into ``out``; return how many."""
+        """Array streams: copy up to ``len(out)`` samples into ``out``, an
+        array of shape ``(k, *shape)``; return how many were copied.
+
+        Takes every sample already committed (up to ``len(out)``) at once;
+        if there is none, waits for at least one (``gb.Empty`` on timeout).
+        A wrong ``out`` raises ``ValueError`` and consumes nothing.
+        """
     def _out_what(self, batch: bool) -> str: ...
     def _view_begin(self, take_next: bool,
                     timeout: Optional[float]) -> Optional[Tuple[int, int]]: ...

@@ -680,14 +680,28 @@ def _receive(ring, thread):
 class Pool(_mp_pool.Pool):
     """``multiprocessing.Pool`` over shared-memory rings.
 
-    Same signature and methods as :class:`multiprocessing.pool.Pool`
+    Same signature and methods as ``multiprocessing.pool.Pool``
     (``context=`` picks the start method).  Functions, arguments and results
     are pickled as for the stdlib pool, with cloudpickle for what pickle
     cannot do (lambdas, closures, local functions and classes); large
     numpy arguments and results come through shared memory without a copy on
     the receiving side.  If a worker dies while running a task, that task's
-    result raises :class:`gb.WorkerLost` (naming the worker's pid and how it
+    result raises ``gb.WorkerLost`` (naming the worker's pid and how it
     ended), the worker is replaced, and the other tasks go on.
+
+    Parameters
+    ----------
+    processes : int, optional
+        Number of workers (default ``os.cpu_count()``;
+        ``os.process_cpu_count()`` on Python 3.13+).
+    initializer : callable, optional
+        Called as ``initializer(*initargs)`` in each worker when it starts.
+    initargs : tuple
+        Arguments of ``initializer``.
+    maxtasksperchild : int, optional
+        Tasks a worker runs before it is replaced (default: no limit).
+    context : multiprocessing context, optional
+        Its start method starts the workers (default: the current one).
     """
 
     def __init__(self, processes=None, initializer=None, initargs=(),
@@ -1022,14 +1036,20 @@ class Pool(_mp_pool.Pool):
     # -- shutdown --------------------------------------------------------------------
 
     def close(self):
+        """Accept no more tasks; the workers exit once the queued ones are
+        done."""
         self._change_notifier.closing = True
         super().close()
 
     def terminate(self):
+        """Stop the workers now, without finishing outstanding work (as
+        the stdlib; also what leaving a ``with`` block does)."""
         self._change_notifier.closing = True
         super().terminate()
 
     def join(self):
+        """Wait for the workers to exit (after ``close()`` or
+        ``terminate()``), then remove the pool's rings."""
         super().join()
         # every thread and worker is gone: nothing uses the rings any more
         self._release(self._inqueue, self._outqueue, self._board)

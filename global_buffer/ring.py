@@ -273,6 +273,17 @@ def _as_int(value, what, minimum=None):
 class Ring:
     """A shared-memory ring with the ``multiprocessing.Queue`` API.
 
+    Any number of producer and consumer processes and threads.  A queue
+    ring (the default) delivers each item to exactly one ``get()``, in each
+    producer's order.  A ring pickles by name: passed to a ``Process``, a
+    ``Pool`` task or an initializer, it re-attaches in the receiving
+    process; ``Ring.attach(name)`` opens it from an unrelated one.
+
+    The creating process owns the segment and removes it when its handle
+    is closed and collected, or at exit; other processes never remove it.
+    Object rings unpickle what peers put, as ``multiprocessing`` does: use
+    them within one trust domain.
+
     Parameters
     ----------
     maxsize : int
@@ -294,7 +305,27 @@ class Ring:
     name : str, optional
         Segment name (default: a short unique one).
     mode : int
-        Segment permissions, applied exactly (default 0o600).
+        Segment permissions, applied exactly (default ``0o600``); extra
+        segments made for large items get the same.
+
+    Attributes
+    ----------
+    name : str
+        The segment name (pass it to ``Ring.attach``).
+    maxsize : int
+        As given.
+    capacity : int
+        Items the shared slots hold.
+    broadcast : bool
+        As given.
+    schema : None, gb.ArraySpec or pydantic model class
+        As given (``None`` for a message ring attached without ``model``).
+    overruns : int
+        Broadcast rings only: items this handle missed because producers
+        lapped it.
+    closed : bool
+        True once the handle is unmapped (after ``close()``, once buffered
+        items are flushed).
     """
 
     def __new__(cls, *args, **kwargs):
@@ -472,18 +503,22 @@ class Ring:
 
     @property
     def name(self):
+        """The segment name."""
         return self._segment.name
 
     @property
     def maxsize(self):
+        """Items that may wait before ``put`` blocks (``<= 0``: never)."""
         return self._maxsize
 
     @property
     def broadcast(self):
+        """True for a broadcast ring (every handle reads every item)."""
         return bool(self._flags & _core.FLAG_BROADCAST)
 
     @property
     def schema(self):
+        """``None`` (objects), a ``gb.ArraySpec`` or a pydantic model class."""
         return self._schema
 
     def __repr__(self):
@@ -497,7 +532,17 @@ class Ring:
             raise ValueError(f"Queue {self!r} is closed")
 
     def put(self, obj, block=True, timeout=None):
-        """Put ``obj``; see ``multiprocessing.Queue.put``."""
+        """Put ``obj`` into the ring, as ``multiprocessing.Queue.put``.
+
+        ``maxsize > 0``: waits while ``maxsize`` items are waiting (up to
+        ``timeout`` seconds; ``block=False`` does not wait) and raises
+        ``gb.Full`` (a ``queue.Full``) if no room came; once it returns, the
+        item is in shared memory.  ``maxsize <= 0``: never blocks; if the
+        shared slots are full the item waits in this process, in order, and
+        a feeder thread moves it in.  Broadcast rings overwrite the oldest
+        item.  The object is serialised in the calling thread, so an
+        unpicklable one raises here.  ``ValueError`` after ``close()``.
+        """
         if self._closed_put:
             self._check_put()
         if self._bcast:
@@ -515,10 +560,19 @@ class Ring:
             raise Full()
 
     def put_nowait(self, obj):
+        """``put(obj, False)``."""
         return self.put(obj, False)
 
     def get(self, block=True, timeout=None):
-        """Remove and return an item; see ``multiprocessing.Queue.get``."""
+        """Remove and return an item, as ``multiprocessing.Queue.get``.
+
+        Waits up to ``timeout`` seconds (forever if None; not at all with
+        ``block=False``) and raises ``gb.Empty`` (a ``queue.Empty``) if
+        nothing came.  The wait sleeps in the kernel and costs no CPU.
+        Broadcast rings return the next item from this handle's cursor
+        without taking it from other handles.  ``ValueError`` after
+        ``close()``.
+        """
         if self._closed_put:
             self._check_put()
         if self._bcast:
@@ -528,17 +582,19 @@ class Ring:
         return self._get(block, timeout)
 
     def get_nowait(self):
+        """``get(False)``."""
         return self.get(False)
 
     def next(self, timeout=None):
-        """``get()`` for queue rings; the next item from this handle's cursor
-        for broadcast rings."""
+        """``get(timeout=timeout)``: for queue rings the next item of the
+        queue, for broadcast rings the next from this handle's cursor."""
         if self.broadcast:
             return super().next(timeout)
         return self._get(True, timeout)
 
     def latest(self):
-        """The newest item put that is still held, without consuming it."""
+        """The newest item put that is still held, without consuming it
+        (``None`` if there is none)."""
         if self.broadcast:
             return super().latest()
         if self._blobs is None:
@@ -576,7 +632,12 @@ class Ring:
         return self._views
 
     def put_many(self, items, block=True, timeout=None):
-        """Put every item of ``items`` in order, waking consumers once."""
+        """Put every item of ``items`` in order, waking consumers once.
+
+        ``block``/``timeout`` apply as for ``put`` (the timeout covers the
+        whole batch); on ``gb.Full`` the items before the one that did not
+        fit were put.
+        """
         self._check_put()
         if self._maxsize <= 0 and not self._bcast and not isinstance(self, JoinableRing):
             # put()'s unbounded path, looped in compiled code
@@ -606,8 +667,9 @@ class Ring:
                 self._wake_data()
 
     def get_many(self, max_items, block=True, timeout=None):
-        """Up to ``max_items`` items: waits (per ``block``/``timeout``) for
-        the first, then takes whatever else is already there."""
+        """A list of 1 to ``max_items`` items: waits (per ``block`` and
+        ``timeout``, ``gb.Empty`` as ``get``) for the first, then takes
+        whatever else is already there, without waiting again."""
         max_items = _as_int(max_items, "max_items", 1)
         if not self._bcast:
             if self._closed_put:
@@ -623,23 +685,32 @@ class Ring:
         return out
 
     def qsize(self):
-        """Approximate number of items waiting (a counter in the segment)."""
+        """Approximate number of items waiting: a counter in the segment,
+        so it works on every platform (plus items buffered by this process
+        for an unbounded ring).  Broadcast rings: items this handle has not
+        read yet."""
         if self.broadcast:
             t = self._tail
             return min(t - self._cursor, self.capacity) if t > self._cursor else 0
         return self._qsize() + len(self._pending)
 
     def empty(self):
+        """``qsize() == 0`` (approximate, as for ``multiprocessing.Queue``)."""
         return self.qsize() == 0
 
     def full(self):
+        """True if a ``put`` would block now (never for unbounded or
+        broadcast rings)."""
         # an unbounded ring is never full: put() does not block (as the stdlib)
         if self.broadcast or self._maxsize <= 0:
             return False
         return self._qsize() >= self._maxsize
 
     def close(self):
-        """No more puts from this process; pending items are still flushed."""
+        """No more puts or gets through this handle; items this process
+        still buffers are flushed to the ring first, then the handle is
+        unmapped.  The segment stays while other handles use it (the owner's
+        is removed when the closed handle is collected, or at exit)."""
         self._closed_put = True
         if self._feeder is None and not self.closed:
             self._release()
@@ -675,6 +746,7 @@ class Ring:
         return self
 
     def __exit__(self, *exc):
+        # as a context manager: close() and join_thread() on exit
         self.close()
         self.join_thread()
 
@@ -791,8 +863,9 @@ def _rebuild(cls, name, schema, serializer):
 
 
 class JoinableRing(Ring):
-    """A :class:`Ring` with ``task_done()`` and ``join()``, as
-    ``multiprocessing.JoinableQueue``."""
+    """A ``Ring`` with ``task_done()`` and ``join()``, as
+    ``multiprocessing.JoinableQueue``.  The count of unfinished
+    tasks lives in the segment, so any process may call either."""
 
     def put(self, obj, block=True, timeout=None):
         self._check_put()
@@ -816,9 +889,14 @@ class JoinableRing(Ring):
         return ok
 
     def task_done(self):
-        """Mark one item taken with get() as processed."""
+        """Mark one item taken with ``get()`` as processed; ``ValueError``
+        if called more times than items were put."""
         self._task_done()
 
     def join(self, timeout=None):
-        """Block until every item put has been marked done."""
+        """Block until every item put has been marked done.
+
+        ``timeout`` (seconds; not in the stdlib) bounds the wait.  Returns
+        False if it expired, else True.  The wait sleeps in the kernel.
+        """
         return self._join(timeout)

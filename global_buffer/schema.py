@@ -15,8 +15,24 @@ __all__ = ["ArraySpec", "model_schema", "schema_hash", "encode_meta", "decode_me
 class ArraySpec:
     """Fixed dtype and shape of every sample of an array stream or ring.
 
+    Immutable, hashable and picklable.  ``dtype`` is anything
+    ``numpy.dtype()`` accepts, structured dtypes included, but not one that
+    holds Python objects (``TypeError``); ``shape`` is a tuple of ints or
+    one int.
+
+    Attributes
+    ----------
+    dtype : numpy.dtype
+        Every sample's dtype.
+    shape : tuple of int
+        Every sample's shape.
+
+    Examples
+    --------
     >>> ArraySpec("float32", (480, 640))
     ArraySpec(dtype='float32', shape=(480, 640))
+    >>> ArraySpec("uint8", 16).nbytes
+    16
     """
 
     __slots__ = ("dtype", "shape")
@@ -49,6 +65,7 @@ class ArraySpec:
 
     @property
     def nbytes(self):
+        """Bytes per sample: the slot size of the stream or ring."""
         return int(self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64)))
 
     def __eq__(self, other):
@@ -66,10 +83,12 @@ class ArraySpec:
         return ArraySpec, (self.dtype, self.shape)
 
     def to_json(self):
+        """``{"dtype": descr, "shape": [...]}``, as stored in a segment."""
         return {"dtype": np.lib.format.dtype_to_descr(self.dtype), "shape": list(self.shape)}
 
     @classmethod
     def from_json(cls, d):
+        """The inverse of ``to_json()``."""
         descr = d["dtype"]
         if isinstance(descr, list):
             descr = [tuple(f) for f in _tuples(descr)]

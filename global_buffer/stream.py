@@ -76,10 +76,12 @@ class _Mapped:
 
     @property
     def name(self):
+        """The stream's name, as given to ``create``/``attach``."""
         return self._segment.name
 
     def close(self):
-        """Detach this handle (idempotent).  The segment stays."""
+        """Detach this handle (idempotent).  The segment stays; afterwards
+        every other method raises ``gb.BufferClosed``."""
         if self.closed:
             return
         self._before_close()
@@ -111,20 +113,41 @@ def _view(segment, offset, spec, writable):
 
 
 class GlobalBuffer(_Mapped, _core.StreamWriter):
-    """The writer of a stream, made by :func:`create` (SPEC §2.1)."""
+    """The writer of a stream, returned by ``gb.create()``.
+
+    The creating process owns the segment.  Used as a context manager,
+    leaving the ``with`` block removes the segment (``unlink()``) and
+    closes the handle; readers already attached keep their mapping.
+
+    Attributes
+    ----------
+    name : str
+        The stream's name.
+    capacity : int
+        Samples the stream holds (the segment has one slot more).
+    schema : gb.ArraySpec or pydantic model class
+        The schema given to ``create``.
+    closed : bool
+        True once ``close()`` was called.
+    """
 
     def _make_view(self, pos):
         return _view(self._segment, self._payload_offset(pos), self.schema, True)
 
     @property
     def schema(self):
+        """The ``gb.ArraySpec`` or pydantic model class of the samples."""
         return self._schema
 
     @contextlib.contextmanager
     def reserve(self):
-        """Yield a writable ndarray straight into the next slot.  The sample
-        is published when the block exits normally and discarded (nothing
-        published, ring unchanged) if it raises."""
+        """Zero-copy write: yield a writable ndarray straight into the next
+        slot (array streams only; ``TypeError`` otherwise).
+
+        The sample is published when the block exits normally and discarded
+        (nothing published, ring unchanged) if it raises.  Fill every
+        element: the slot still holds an older sample's bytes.
+        """
         if self._spec is None:
             raise TypeError("reserve() needs an array stream")
         pos = self._reserve_begin()
@@ -139,7 +162,8 @@ class GlobalBuffer(_Mapped, _core.StreamWriter):
         self._drop_views()
 
     def unlink(self):
-        """Remove the segment (readers already attached keep their mapping)."""
+        """Remove the segment's name now.  Readers already attached keep
+        their mapping; new ``attach()`` calls raise ``gb.BufferNotFound``."""
         if self.closed:
             raise BufferClosed("GlobalBuffer is closed")
         _unlink_name(self._segment.name)
@@ -157,18 +181,35 @@ def create(name, schema, capacity, max_bytes=None, *, mode=0o600, heartbeat_inte
     Parameters
     ----------
     name : str
-        Letters, digits, ``.``, ``_``, ``-``; at most 200 characters.
+        Letters, digits, ``.``, ``_``, ``-`` (not ``.`` or ``..``); at most
+        200 characters.
     schema : gb.ArraySpec or pydantic.BaseModel subclass
-        What every sample is.
+        What every sample is: a numpy array of one dtype and shape, or a
+        message validated by the model and encoded with msgspec.
     capacity : int
         Samples held (>= 1); one spare slot is added so the writer never
         overwrites the newest readable sample.
     max_bytes : int, optional
-        Slot size of a message stream (default 4096).
+        Slot size of a message stream (default 4096).  A message that
+        encodes larger raises ``ValueError`` and is not published.  Not
+        allowed for array streams, whose slot size is the sample's.
     mode : int
-        Permissions of the segment, applied exactly (default 0o600).
+        Permissions of the segment, applied exactly, not masked by the umask
+        (default ``0o600``: same user only).
     heartbeat_interval : float
         Seconds between heartbeat stamps made by ``write``.
+
+    Returns
+    -------
+    GlobalBuffer
+        The writer; this process owns the segment.
+
+    Raises
+    ------
+    gb.BufferExists
+        A segment of that name exists.
+    ValueError, TypeError
+        A bad name, capacity, schema or size; nothing is created.
     """
     capacity = _check_capacity(capacity)
     kind, slot_size, meta, codec, spec = _layout(schema, max_bytes)
@@ -197,25 +238,49 @@ def create(name, schema, capacity, max_bytes=None, *, mode=0o600, heartbeat_inte
 
 
 class Reader(_Mapped, _core.StreamReader):
-    """A reader of a stream, made by :func:`attach` (SPEC §2.2)."""
+    """A reader of a stream, returned by ``gb.attach()``.
+
+    Each reader has its own cursor.  ``next()`` and its variants read
+    every sample in order; when the writer laps the reader, the reader
+    jumps to the oldest sample still held and ``overruns`` grows by the
+    number skipped.  ``latest()`` and ``view("latest")`` never move the
+    cursor.  Iterating a reader yields samples in order (blocking); a
+    ``close()`` from another thread ends the loop.
+
+    Attributes
+    ----------
+    name : str
+        The stream's name.
+    capacity : int
+        Samples the stream holds.
+    overruns : int
+        Samples this reader missed because the writer lapped it.
+    closed : bool
+        True once ``close()`` was called.
+    """
 
     def _make_view(self, pos):
         return _view(self._segment, self._payload_offset(pos), self._spec, False)
 
     @property
     def shape(self):
+        """Shape of an array stream's samples; None for message streams."""
         return self._spec.shape if self._spec is not None else None
 
     @property
     def dtype(self):
+        """``numpy.dtype`` of an array stream's samples; None for messages."""
         return self._spec.dtype if self._spec is not None else None
 
     @property
     def nbytes(self):
+        """Bytes per sample of an array stream; None for message streams."""
         return self._spec.nbytes if self._spec is not None else None
 
     @property
     def schema(self):
+        """The stream's ``gb.ArraySpec``; for message streams the model
+        given to ``attach``, or the stored JSON schema (a dict) without one."""
         return self._schema
 
     @property
@@ -232,11 +297,17 @@ class Reader(_Mapped, _core.StreamReader):
 
     @contextlib.contextmanager
     def view(self, which="latest", timeout=None):
-        """Zero-copy read: a read-only ndarray view of a sample in shared
-        memory.  ``which="latest"`` views the newest sample (``None`` if
-        there is none), ``"next"`` the next one in order.  If the writer
-        overwrote the slot while the block ran, leaving it raises
-        ``gb.StaleView``."""
+        """Zero-copy read: a context manager yielding a read-only ndarray
+        view of a sample in shared memory (array streams only).
+
+        ``which="latest"`` views the newest sample (yields ``None`` if there
+        is none) and leaves the cursor alone; ``"next"`` views the next
+        sample in order, waiting up to ``timeout`` seconds (``gb.Empty``),
+        and consumes it.  The view is valid only inside the block: if the
+        writer overwrote the slot meanwhile, leaving the block raises
+        ``gb.StaleView``, so a torn sample never passes silently.  Copy
+        what you keep.
+        """
         if which not in ("latest", "next"):
             raise ValueError(f"which must be 'latest' or 'next', got {which!r}")
         if self.closed:
@@ -269,9 +340,20 @@ class Reader(_Mapped, _core.StreamReader):
                 return
 
     def on_data(self, fn, mode="latest"):
-        """Call ``fn(sample, seq)`` on a background thread for new samples:
-        every sample in order (``mode="next"``) or the newest one after each
-        wake-up (``mode="latest"``).  Returns a handle with ``.stop()``."""
+        """Call ``fn(sample, seq)`` on a background thread for new samples.
+
+        ``mode="next"``: every sample in order (overruns are counted on the
+        handle).  ``mode="latest"``: the newest sample after each wake-up,
+        skipping those written meanwhile.  The thread reads through its own
+        reader, starting after the newest sample now; an exception raised
+        by ``fn`` is logged (logger ``"global_buffer"``) and the thread
+        goes on.
+
+        Returns
+        -------
+        CallbackHandle
+            ``.stop()`` ends the thread; also a context manager.
+        """
         if mode not in ("latest", "next"):
             raise ValueError(f"mode must be 'latest' or 'next', got {mode!r}")
         if not callable(fn):
@@ -291,15 +373,36 @@ class Reader(_Mapped, _core.StreamReader):
 
 
 def attach(name, model=None, *, start="newest", poll_min=None, poll_max=None):
-    """Attach to the stream ``name`` and return a :class:`Reader`.
+    """Attach to the stream ``name`` and return a ``Reader``.
 
-    The schema comes from the segment.  For message streams, ``model``
-    (a pydantic model class) is checked against it (``gb.SchemaMismatch``)
-    and reads return validated instances; without it reads return dicts.
-    ``start="newest"`` (default) begins after the newest sample present now;
-    ``start="oldest"`` replays from the oldest sample still held.
-    ``poll_min``/``poll_max`` (seconds) tune the adaptive-poll wait used
-    where no futex exists.
+    The schema comes from the segment.  Any process may attach; attaching
+    never removes the segment, and the reader is not registered with
+    ``multiprocessing``'s ``resource_tracker``.
+
+    Parameters
+    ----------
+    name : str
+        The stream's name.
+    model : pydantic.BaseModel subclass, optional
+        Message streams only: checked against the stored schema
+        (``gb.SchemaMismatch`` if it differs); reads then return validated
+        instances.  Without it, reads return plain dicts.
+    start : {"newest", "oldest"}
+        ``"newest"``: the first ``next()`` returns the first sample written
+        after ``attach()``.  ``"oldest"``: replay from the oldest sample
+        still held.
+    poll_min, poll_max : float, optional
+        Bounds (seconds) of the adaptive poll used to wait where no futex
+        exists (default 0.0001 and 0.002).
+
+    Raises
+    ------
+    gb.BufferNotFound
+        No segment of that name.
+    gb.BufferCorrupt
+        The segment is not a valid stream (a ring, or garbage).
+    gb.SchemaMismatch
+        ``model`` does not match the stream.
     """
     if start not in ("newest", "oldest"):
         raise ValueError(f"start must be 'newest' or 'oldest', got {start!r}")
@@ -368,12 +471,18 @@ def _poll_bounds(poll_min, poll_max):
 
 
 def unlink(name):
-    """Remove the segment ``name`` (SPEC §2.3).  A missing name is a no-op."""
+    """Remove the segment ``name``.  A missing name is a no-op.
+
+    Processes that have the segment mapped keep using it until they close;
+    the memory is freed when the last one does.
+    """
     _unlink_name(name)
 
 
 class CallbackHandle:
-    """Runs ``fn(sample, seq)`` on a daemon thread until :meth:`stop`."""
+    """Runs ``fn(sample, seq)`` on a daemon thread until ``stop()``;
+    returned by ``Reader.on_data()``.  A context manager that stops on exit.
+    """
 
     def __init__(self, reader, fn, mode):
         self._reader = reader
@@ -386,10 +495,12 @@ class CallbackHandle:
 
     @property
     def overruns(self):
+        """Samples the thread's reader missed because the writer lapped it."""
         return self._reader.overruns
 
     @property
     def running(self):
+        """True while the thread runs."""
         return self._thread.is_alive()
 
     def _run(self):
@@ -430,14 +541,22 @@ class CallbackHandle:
 
 
 class Consumer:
-    """Subclass and implement :meth:`callback`; the framework sets
-    ``self.data`` and ``self.seq`` before each call (SPEC §2.2)::
+    """A stream reader that calls ``callback()`` on a background thread.
 
-        class Printer(gb.Consumer):
-            def callback(self):
-                print(self.seq, self.data)
+    Subclass it and implement ``callback()``; before each call the
+    framework sets ``self.data`` (the sample) and ``self.seq`` (its
+    sequence number).  ``mode`` is as for
+    ``Reader.on_data()``.  As a context manager it starts on entry and
+    closes on exit.
 
-        c = Printer.attach("status", mode="next"); c.start(); ...; c.stop()
+    ```python
+    class Printer(gb.Consumer):
+        def callback(self):
+            print(self.seq, self.data)
+
+    with Printer.attach("status", mode="next"):
+        ...
+    ```
     """
 
     def __init__(self, reader, mode="latest"):
@@ -451,9 +570,13 @@ class Consumer:
 
     @classmethod
     def attach(cls, name, model=None, mode="latest"):
+        """A consumer of the stream ``name`` (``model`` as for
+        ``gb.attach``); not started yet."""
         return cls(attach(name, model), mode)
 
     def callback(self):
+        """Handle ``self.data`` (sample number ``self.seq``).  Runs on the
+        consumer's thread; an exception is logged and the thread goes on."""
         raise NotImplementedError("Consumer subclasses implement callback()")
 
     def _deliver(self, sample, seq):
@@ -461,12 +584,16 @@ class Consumer:
         self.callback()
 
     def start(self):
+        """Start the background thread (``RuntimeError`` if it runs);
+        returns ``self``.  It reads from after the newest sample now."""
         if self._handle is not None and self._handle.running:
             raise RuntimeError("consumer already started")
         self._handle = CallbackHandle(self.reader._clone(), self._deliver, self.mode)
         return self
 
     def stop(self, timeout=2.0):
+        """Stop the thread, waiting up to ``timeout`` s; ``start()`` may
+        follow."""
         if self._handle is not None:
             self._handle.stop(timeout)
 
@@ -476,6 +603,7 @@ class Consumer:
         return self._handle.overruns if self._handle is not None else 0
 
     def close(self):
+        """Stop the thread and close the reader."""
         self.stop()
         self.reader.close()
 

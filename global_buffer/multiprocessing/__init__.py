@@ -1,7 +1,7 @@
 """``import global_buffer.multiprocessing as multiprocessing``: the one-line
 migration (SPEC §3.3).
 
-Every public name of :mod:`multiprocessing` is here.  ``Queue``,
+Every public name of ``multiprocessing`` is here.  ``Queue``,
 ``SimpleQueue``, ``JoinableQueue``, ``Pipe``, ``Pool`` and ``Manager`` are
 the shared-memory ring versions, taken from our default context as the
 stdlib takes its module functions from its own (so the module and

@@ -302,8 +302,16 @@ _util.register_after_fork(_exit_hook, _ExitHook.register)
 
 
 class Connection:
-    """One end of a :func:`Pipe`; the ``multiprocessing.connection.Connection``
-    API.  Picklable to child processes and Pool tasks."""
+    """One end of a ``gb.Pipe()``, with the API of
+    ``multiprocessing.connection.Connection``.
+
+    Picklable to child processes, ``Pool`` tasks and through rings; the
+    receiving process re-attaches.  ``recv()`` raises ``EOFError`` once
+    every copy of the other end is closed (or its processes have exited)
+    and nothing is left to read.  Methods of a closed connection raise
+    ``OSError``, and a one-way end refuses the other direction with
+    ``OSError``, as the stdlib does.  A context manager that closes on exit.
+    """
 
     def __init__(self, rx_name, tx_name, readable, writable, owner=None, _tokens=None):
         self._rx = Ring.attach(rx_name) if readable else None
@@ -370,14 +378,17 @@ class Connection:
 
     @property
     def closed(self):
+        """True once ``close()`` was called."""
         return self._closed
 
     @property
     def readable(self):
+        """True if this end can receive."""
         return self._readable
 
     @property
     def writable(self):
+        """True if this end can send."""
         return self._writable
 
     def _writers_gone(self):
@@ -428,14 +439,16 @@ class Connection:
             self._fifo_w = None
 
     def send(self, obj):
-        """Send a picklable object."""
+        """Send a picklable object.  Blocks while 64 messages wait unread;
+        ``BrokenPipeError`` once every receiving end is closed."""
         if self._closed or not self._writable:
             self._check_closed()
             self._check_writable()
         self._send(obj)
 
     def send_bytes(self, buf, offset=0, size=None):
-        """Send bytes from a bytes-like object (``offset``/``size`` in bytes)."""
+        """Send bytes from a bytes-like object as one message
+        (``offset`` and ``size`` count bytes, whatever the buffer's shape)."""
         self._check_closed()
         self._check_writable()
         m = memoryview(buf)
@@ -501,7 +514,8 @@ class Connection:
                 return item
 
     def recv(self):
-        """Receive a picklable object (EOFError when the other end is gone)."""
+        """Receive the next object; waits for one.  ``EOFError`` when the
+        other end is gone and nothing is left."""
         if self._closed or not self._readable:
             self._check_closed()
             self._check_readable()
@@ -532,7 +546,9 @@ class Connection:
         raise OSError("bad message length")
 
     def recv_bytes(self, maxlength=None):
-        """Receive a message sent with send_bytes() as bytes."""
+        """Receive the next message as bytes (a ``send()`` message gives its
+        pickle).  A message longer than ``maxlength`` raises ``OSError`` and
+        leaves the connection unusable for reading, as the stdlib."""
         self._check_closed()
         self._check_readable()
         if maxlength is not None and maxlength < 0:
@@ -543,9 +559,10 @@ class Connection:
         return bytes(data)
 
     def recv_bytes_into(self, buf, offset=0):
-        """Receive a message into a writable buffer; returns its size.
-        Raises ``multiprocessing.BufferTooShort`` (holding the message) if
-        it does not fit."""
+        """Receive the next message into a writable buffer at byte
+        ``offset``; return its size in bytes.  Raises
+        ``multiprocessing.BufferTooShort`` (holding the message) if it does
+        not fit."""
         self._check_closed()
         self._check_readable()
         with memoryview(buf) as m:
@@ -563,7 +580,8 @@ class Connection:
             return size
 
     def poll(self, timeout=0.0):
-        """Whether there is anything to read (data or end of stream)."""
+        """Whether there is anything to read (data or end of stream),
+        waiting up to ``timeout`` seconds (``None``: until there is)."""
         self._check_closed()
         self._check_readable()
         rx = self._rx
@@ -689,9 +707,13 @@ def _rebuild(rx_name, tx_name, readable, writable, tokens=()):
 
 
 def Pipe(duplex=True):
-    """Return ``(conn1, conn2)`` connected by shared-memory rings, as
-    ``multiprocessing.Pipe``: with ``duplex=False`` conn1 only receives and
-    conn2 only sends."""
+    """Return ``(conn1, conn2)``, two ``Connection`` objects joined by
+    shared-memory rings, as ``multiprocessing.Pipe``.
+
+    With ``duplex=True`` both ends send and receive; with ``duplex=False``
+    ``conn1`` only receives and ``conn2`` only sends.  Each direction is a
+    64-slot queue ring owned by the calling process.
+    """
     a = Ring(PIPE_CAPACITY, capacity=PIPE_CAPACITY)
     b = Ring(PIPE_CAPACITY, capacity=PIPE_CAPACITY) if duplex else None
     owner = _Owner([a] + ([b] if b is not None else []))

@@ -16,33 +16,33 @@ class _RingFactories:
     """The ring-backed factories, mixed into each stdlib context class."""
 
     def Queue(self, maxsize=0):
-        """A :class:`gb.Ring` (the ``multiprocessing.Queue`` drop-in)."""
+        """A ``gb.Ring`` (the ``multiprocessing.Queue`` drop-in)."""
         from ..ring import Ring
         return Ring(maxsize)
 
     def JoinableQueue(self, maxsize=0):
-        """A :class:`gb.JoinableRing`."""
+        """A ``gb.JoinableRing``."""
         from ..ring import JoinableRing
         return JoinableRing(maxsize)
 
     def SimpleQueue(self):
-        """A :class:`gb.Ring` (it has SimpleQueue's get/put/empty/close)."""
+        """A ``gb.Ring`` (it has SimpleQueue's get/put/empty/close)."""
         from ..ring import Ring
         return Ring()
 
     def Pipe(self, duplex=True):
-        """A :func:`gb.Pipe`."""
+        """A ``gb.Pipe()``."""
         from .connection import Pipe
         return Pipe(duplex)
 
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
-        """A :class:`gb.Pool` using this context's start method."""
+        """A ``gb.Pool`` using this context's start method."""
         from ..pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context())
 
     def Manager(self):
-        """A started :class:`gb.Manager` using this context's start method."""
+        """A started ``gb.Manager`` using this context's start method."""
         from .managers import Manager
         return Manager(ctx=self.get_context())
 
@@ -108,4 +108,10 @@ _default_context = DefaultContext()
 
 
 def get_context(method=None):
+    """A context for start method ``method`` ("fork", "spawn",
+    "forkserver"; ``None``: the current default), as
+    ``multiprocessing.get_context``, whose ``Queue``, ``SimpleQueue``,
+    ``JoinableQueue``, ``Pipe``, ``Pool`` and ``Manager`` are the
+    ring-backed ones.  Everything else (``Process``, locks, ...) is the
+    stdlib context's own.  ``ValueError`` for an unknown method."""
     return _default_context.get_context(method)

@@ -106,24 +106,35 @@ class _SegmentsProxy(_std.BaseProxy):
 
 
 class GBManager(_std.SyncManager):
-    """``multiprocessing.managers.SyncManager`` plus ring factories."""
+    """``multiprocessing.managers.SyncManager`` plus ring factories.
+
+    Start it yourself (``start()``, or ``with GBManager() as m:``) as any
+    ``SyncManager``.  ``Ring()``, ``JoinableRing()`` and ``Pipe()`` return
+    real rings and connections (not proxies) whose segments the manager
+    process owns: they stay until the manager shuts down and are removed
+    then, even if the process that asked for them died.  Every
+    ``SyncManager`` proxy (``dict()``, ``list()``, ``Lock()``, ...) works
+    as before.
+    """
 
     def _segments(self):
         proxy = self._gb_segments()
         return proxy
 
     def Ring(self, maxsize=0, **kwargs):
-        """A :class:`gb.Ring` owned by the manager process (same arguments)."""
+        """A ``gb.Ring`` owned by the manager process; takes the same
+        arguments as ``gb.Ring()``."""
         name = self._gb_segments().ring(False, (maxsize,), kwargs)
         return _Ring.attach(name, model=_model(kwargs), serializer=_custom(kwargs))
 
     def JoinableRing(self, maxsize=0, **kwargs):
-        """A :class:`gb.JoinableRing` owned by the manager process."""
+        """A ``gb.JoinableRing`` owned by the manager process (arguments as
+        ``gb.Ring()``)."""
         name = self._gb_segments().ring(True, (maxsize,), kwargs)
         return _JoinableRing.attach(name, model=_model(kwargs), serializer=_custom(kwargs))
 
     def Pipe(self, duplex=True):
-        """A :func:`gb.Pipe` whose rings the manager process owns."""
+        """A ``gb.Pipe()`` whose rings the manager process owns."""
         return pickle.loads(self._gb_segments().pipe(duplex))
 
     @staticmethod
@@ -164,8 +175,14 @@ GBManager.register("_gb_segments", callable=_get_segments, proxytype=_SegmentsPr
 
 
 class Manager(GBManager):
-    """A :class:`GBManager` that starts at once, so ``gb.Manager()`` is used
-    like ``multiprocessing.Manager()`` (and as a context manager)."""
+    """A ``GBManager`` that starts at once, so ``gb.Manager()`` is used
+    like ``multiprocessing.Manager()``, and as a context manager that shuts
+    the manager down on exit.
+
+    ``address``, ``authkey``, ``serializer`` and ``ctx`` are as for
+    ``multiprocessing.managers.SyncManager`` (``ctx`` picks the start method
+    of the manager process); ``start=False`` leaves starting to you.
+    """
 
     def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
                  start=True, **kwargs):
