@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs, as a script in its own process.
+"""Every ```python block of README.md and of the docs (docs/**/*.md) runs,
+as a script in its own process.
 
 Segment names in the examples ("camera", ...) are made unique per run, so
 the examples can run next to anything else, and removed afterwards.  The
@@ -41,7 +42,7 @@ def _blocks(lang, files=None):
             headings = _HEADING.findall(text, 0, m.start())
             title = headings[-1] if headings else "top"
             if path != README:
-                title = f"{path.stem} {title}"
+                title = f"{path.relative_to(ROOT / 'docs').with_suffix('')} {title}"
             out.append((title, m.group(2)))
     return out
 
@@ -51,9 +52,10 @@ def _slug(title, i):
 
 
 PY_BLOCKS = _blocks("python")
-# the docs' examples run too (blocks of one line are import fragments)
-DOC_BLOCKS = [(t, c) for t, c in _blocks("python", sorted((ROOT / "docs").glob("*.md")))
-              if c.count("\n") > 1]
+# every ```python block of the docs site runs too, one-liners included:
+# a fragment that is not a whole program belongs in a ```text block
+DOC_FILES = sorted((ROOT / "docs").rglob("*.md"))
+DOC_BLOCKS = _blocks("python", DOC_FILES)
 
 
 def test_readme_has_python_examples():
