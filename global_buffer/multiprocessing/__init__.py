@@ -1,13 +1,16 @@
 """``import global_buffer.multiprocessing as multiprocessing``: the one-line
-migration (SPEC §3.3).
+migration.
 
 Every public name of ``multiprocessing`` is here.  ``Queue``,
 ``SimpleQueue``, ``JoinableQueue``, ``Pipe``, ``Pool`` and ``Manager`` are
-the shared-memory ring versions, taken from our default context as the
-stdlib takes its module functions from its own (so the module and
-``get_context()`` agree by construction); everything else is the stdlib's
-very object, so ``set_start_method`` & co. act on the stdlib's state.
-Other submodules (``shared_memory``, ``dummy``, ...) resolve to the stdlib's.
+the shared-memory ring versions (``gb.Ring``, ``gb.JoinableRing``,
+``gb.Pipe``, ``gb.Pool``, ``gb.Manager``), taken from this module's default
+context as the stdlib takes its module functions from its own, so the module
+and ``get_context()`` agree by construction.  Everything else is the
+stdlib's very object, so ``Process``, locks and ``set_start_method`` act on
+the stdlib's state.  The submodules ``connection``, ``managers`` and
+``pool`` carry the ring-backed names; any other (``shared_memory``,
+``dummy``, ...) is the stdlib's.
 """
 import multiprocessing as _mp
 import sys
