@@ -5,8 +5,16 @@ returns something JSON-serialisable.  :func:`run_peer` runs it in a fresh
 interpreter (so one peer's heap, threads and page cache state never colour
 another's), optionally with another build of ``global_buffer`` first on
 ``sys.path``.
+
+Every benchmark module also has ``suite(level, **options)`` for
+``python -m benchmarks``: ``level`` is one of :data:`LEVELS` and the result a
+dict with ``results`` (JSON-serialisable), ``tables`` (:func:`table` dicts,
+printed in order) and ``summary`` (:func:`summary_row` dicts: gb against the
+stdlib, for the suite's headline table).
 """
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -15,21 +23,33 @@ import subprocess
 import sys
 import time
 
-__all__ = ["ROOT", "run_peer", "median", "per_call_ns", "fmt_ns", "fmt_ratio",
-           "print_table", "machine", "parser", "finish", "percentile"]
+__all__ = ["ROOT", "LEVELS", "NOT_INSTALLED", "run_peer", "median", "per_call_ns", "fmt_ns",
+           "fmt_ratio", "fmt_load", "table", "format_table", "print_table", "summary_row", "installed",
+           "machine", "machine_lines", "build_info", "print_machine", "parser", "level", "finish",
+           "percentile"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK = "@@BENCH-RESULT@@"
+# smoke: tiny counts, checks that everything runs (figures meaningless);
+# quick: fewer repeats and shorter runs; full: what docs/benchmarks.md quotes
+LEVELS = ("smoke", "quick", "full")
+NOT_INSTALLED = "not installed"
 
 
 def run_peer(module, fn, timeout=900, gb_path=None, **kwargs):
     """Run ``benchmarks.<module>.<fn>(**kwargs)`` in a new interpreter and
     return its result.  ``gb_path``: a directory whose ``global_buffer``
     package shadows the installed one (used for the no-wait build)."""
-    paths = [ROOT] if gb_path is None else [gb_path, ROOT]
+    # `python -c` puts the working directory (the checkout) first on sys.path,
+    # which would shadow an installed global_buffer with the checkout's
+    # (perhaps unbuilt) source: drop it, and find `benchmarks` after
+    # site-packages.  gb_path, when given, must shadow: it goes first.
     code = (
         "import sys, json\n"
-        f"sys.path[:0] = {paths!r}\n"
+        "if sys.path and sys.path[0] == '':\n"
+        "    del sys.path[0]\n"
+        f"sys.path[:0] = {[gb_path] if gb_path else []!r}\n"
+        f"sys.path.append({ROOT!r})\n"
         f"from benchmarks.{module} import {fn} as f\n"
         "r = f(**json.loads(sys.argv[1]))\n"
         f"print({_MARK!r} + json.dumps(r), flush=True)\n"
@@ -101,20 +121,49 @@ def fmt_ratio(x):
     return f"{x:.2f}x"
 
 
-def print_table(title, headers, rows, note=None):
-    """Print a GitHub-markdown table (readable on a terminal too)."""
-    cells = [[str(c) for c in r] for r in rows]
+def table(title, headers, rows, note=None):
+    """A table as data: printed by :func:`print_table`, kept in --json."""
+    return {"title": title, "headers": list(headers),
+            "rows": [[str(c) for c in r] for r in rows], "note": note}
+
+
+def format_table(t):
+    """A :func:`table` as GitHub markdown (readable on a terminal too)."""
+    headers, cells = t["headers"], [[str(c) for c in r] for r in t["rows"]]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in cells:
-        print("| " + " | ".join(c.rjust(w) if i else c.ljust(w)
-                                for i, (c, w) in enumerate(zip(r, widths))) + " |")
-    if note:
-        print(f"\n{note}")
-    sys.stdout.flush()
+    lines = [f"### {t['title']}", "",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.rjust(w) if i else c.ljust(w)
+                                for i, (c, w) in enumerate(zip(r, widths))) + " |"
+              for r in cells]
+    if t.get("note"):
+        lines += ["", t["note"]]
+    return "\n".join(lines)
+
+
+def print_table(title, headers, rows, note=None):
+    """Print a GitHub-markdown table."""
+    print("\n" + format_table(table(title, headers, rows, note)), flush=True)
+
+
+def summary_row(benchmark, case, unit, gb, stdlib, stdlib_peer, *, higher_is_better=True,
+                advantage=None, gb_peer="gb"):
+    """One row of the suite's headline table: a gb figure next to the
+    stdlib's.  ``advantage`` is how many times better gb is (> 1: gb
+    better, whichever way the unit points); by default the ratio of the two
+    figures, a benchmark passes its own when it pairs rounds."""
+    if advantage is None and gb and stdlib:
+        advantage = gb / stdlib if higher_is_better else stdlib / gb
+    return {"benchmark": benchmark, "case": case, "unit": unit, "gb_peer": gb_peer,
+            "gb": gb, "stdlib_peer": stdlib_peer, "stdlib": stdlib,
+            "higher_is_better": higher_is_better, "advantage": advantage}
+
+
+def installed(module):
+    """True if ``module`` (an optional peer such as faster_fifo) imports."""
+    return importlib.util.find_spec(module) is not None
 
 
 def _cpu_model():
@@ -128,6 +177,21 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+# distributions whose versions a result depends on (peers included)
+_VERSIONS = ("global_buffer", "numpy", "msgspec", "pydantic", "cloudpickle", "faster-fifo",
+             "pyzmq", "psutil", "matplotlib")
+
+
+def _versions():
+    out = {}
+    for dist in _VERSIONS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 def machine():
     """A description of the machine for the docs and --json."""
     import numpy
@@ -135,8 +199,11 @@ def machine():
         "cpu": _cpu_model(),
         "machine": platform.machine(),
         "os": platform.platform(),
+        "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
         "numpy": numpy.__version__,
+        "versions": _versions(),
         "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
@@ -154,26 +221,51 @@ def machine():
     return info
 
 
+def build_info():
+    """Which global_buffer the peers import (a peer: run it with run_peer)."""
+    import global_buffer
+    from global_buffer import _core
+    return {"version": getattr(global_buffer, "__version__", None), "core": _core.__file__}
+
+
 def print_machine(info):
-    print(f"machine: {info['cpu']} ({info.get('cpus_logical')} logical CPUs, "
-          f"{info.get('memory_gib', '?')} GiB{', VM' if info.get('virtualised') else ''}), "
-          f"{info['os']}")
-    print(f"python {info['python']}, numpy {info['numpy']}, "
-          f"load average at start {info['loadavg_at_start']}")
+    for line in machine_lines(info):
+        print(line)
+
+
+def machine_lines(info):
+    """The machine in two lines of text."""
+    return [f"machine: {info['cpu']} ({info.get('cpus_logical')} logical / "
+            f"{info.get('cpus_physical') or '?'} physical CPUs, "
+            f"{info.get('memory_gib', '?')} GiB{', VM' if info.get('virtualised') else ''}), "
+            f"{info.get('kernel', info['os'])}",
+            f"python {info['python']}, numpy {info['numpy']}, "
+            f"load average at start {fmt_load(info['loadavg_at_start'])}"]
+
+
+def fmt_load(avg):
+    return "-" if avg is None else " / ".join(f"{x:.2f}" for x in avg)
 
 
 def parser(description):
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny counts: checks that it runs (figures meaningless)")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     return ap
+
+
+def level(args):
+    """The level (see :data:`LEVELS`) that --smoke / --quick ask for."""
+    return "smoke" if args.smoke else "quick" if args.quick else "full"
 
 
 def finish(args, name, results, info):
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"benchmark": name, "machine": info, "quick": args.quick,
-                       "results": results}, f, indent=2)
+            json.dump({"benchmark": name, "machine": info, "level": level(args),
+                       "quick": args.quick, "results": results}, f, indent=2)
         print(f"\nwrote {args.json}")
 
 

@@ -20,12 +20,15 @@ import time
 from benchmarks._util import (
     finish,
     fmt_ratio,
+    format_table,
+    level,
     machine,
     median,
     parser,
     print_machine,
-    print_table,
     run_peer,
+    summary_row,
+    table,
 )
 
 FRAME_SHAPE = (1080, 1920, 3)
@@ -122,32 +125,23 @@ def peer(kind, case, n, repeats, start):
     return times
 
 
-def main(argv=None):
-    ap = parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="peer runs per pipe kind (alternating); default 3")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="timed batches per run (default 5, --quick 2)")
-    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
-    ap.add_argument("--only", choices=sorted(CASES), help="one case")
-    args = ap.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 5)
-    rounds = 1 if args.quick else max(1, args.rounds)
-    info = machine()
-    print_machine(info)
-    print(f"start method {args.start}, {rounds} round(s) x {repeats} batches per pipe kind")
-
-    results, rows = {}, []
+def suite(level="full", rounds=None, repeats=None, start="fork", only=None):
+    """The pipe cases at ``level``; smoke measures ping-pong only."""
+    smoke, quick = level == "smoke", level != "full"
+    repeats = repeats or (1 if smoke else 2 if quick else 5)
+    rounds = 1 if quick else max(1, rounds or 3)
+    only = only or ("pingpong" if smoke else None)
+    results, rows, summary = {}, [], []
     for case, (n, desc) in CASES.items():
-        if args.only and case != args.only:
+        if only and case != only:
             continue
-        if args.quick:
-            n = max(n // 4, 10)
+        if quick:
+            n = max(n // (40 if smoke else 4), 10)
         runs = {"mp": [], "gb": []}
         for _ in range(rounds):
             for kind in ("mp", "gb"):
                 runs[kind].append(run_peer("pipe", "peer", kind=kind, case=case, n=n,
-                                           repeats=repeats, start=args.start))
+                                           repeats=repeats, start=start))
         med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
         rate = {k: n / med[k] for k in med}
         speed = rate["gb"] / rate["mp"]
@@ -159,11 +153,34 @@ def main(argv=None):
             cells = [f"{rate[k]:,.1f}/s ({rate[k] * FRAME_BYTES / 1e9:.2f} GB/s)"
                      for k in ("mp", "gb")]
         rows.append([desc, *cells, fmt_ratio(speed)])
-    print_table("Pipe, gb.Pipe vs multiprocessing.Pipe (median rates)",
-                ["case", "mp.Pipe", "gb.Pipe", "vs. mp"], rows,
-                note="vs. mp: gb rate / mp rate (higher is better); targets: frames >= 10x, "
-                     "ping-pong >= 3x.")
-    finish(args, "pipe", results, info)
+        summary.append(summary_row("pipe", desc.rsplit(" (", 1)[0],
+                                   "round trips/s" if case == "pingpong" else "frames/s",
+                                   rate["gb"], rate["mp"], "mp.Pipe", advantage=speed,
+                                   gb_peer="gb.Pipe"))
+    tables = [table(
+        f"Pipe, gb.Pipe vs multiprocessing.Pipe (median rates; start method {start}, "
+        f"{rounds} round(s) x {repeats} batches per pipe kind)",
+        ["case", "mp.Pipe", "gb.Pipe", "vs. mp"], rows,
+        note="vs. mp: gb rate / mp rate (higher is better); targets: frames >= 10x, "
+             "ping-pong >= 3x.")]
+    return {"results": results, "tables": tables, "summary": summary}
+
+
+def main(argv=None):
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="peer runs per pipe kind (alternating); default 3")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed batches per run (default 5, --quick 2)")
+    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
+    ap.add_argument("--only", choices=sorted(CASES), help="one case")
+    args = ap.parse_args(argv)
+    info = machine()
+    print_machine(info)
+    out = suite(level(args), args.rounds, args.repeats, args.start, args.only)
+    for t in out["tables"]:
+        print("\n" + format_table(t), flush=True)
+    finish(args, "pipe", out["results"], info)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,18 @@ import os
 import time
 
 from benchmarks._util import (
+    finish,
     fmt_ns,
     fmt_ratio,
+    format_table,
+    level,
     machine,
     median,
     parser,
     print_machine,
-    print_table,
     run_peer,
-    finish,
+    summary_row,
+    table,
 )
 
 FRAME_SHAPE = (1080, 1920, 3)
@@ -75,6 +78,48 @@ def peer(kind, case, n, repeats, processes, start):
     return times
 
 
+def suite(level="full", rounds=None, repeats=None, processes=None, start="fork", only=None):
+    """The pool cases at ``level``; smoke maps 2000 small tasks only."""
+    smoke, quick = level == "smoke", level != "full"
+    repeats = repeats or (1 if smoke else 2 if quick else 5)
+    rounds = 1 if quick else max(1, rounds or 3)
+    processes = processes or os.cpu_count() or 1
+    only = only or ("small" if smoke else None)
+    results, rows, summary = {}, [], []
+    for case, (n, desc) in CASES.items():
+        if only and case != only:
+            continue
+        if smoke:
+            n = min(n, 2000)
+            desc = desc.replace("100k", f"{n}")
+        runs = {"mp": [], "gb": []}
+        for _ in range(rounds):
+            for kind in ("mp", "gb"):
+                runs[kind].append(run_peer("pool", "peer", kind=kind, case=case, n=n,
+                                           repeats=repeats, processes=processes,
+                                           start=start))
+        med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
+        cold = {k: median([r[0] for r in v]) for k, v in runs.items()}
+        speed = med["mp"] / med["gb"]
+        results[case] = {"n": n, "runs_s": runs, "median_s": med, "cold_s": cold,
+                         "speedup": speed, "cold_speedup": cold["mp"] / cold["gb"]}
+        unit = "frames/s" if case == "frames" else "tasks/s"
+        rows.append([desc, fmt_ns(med["mp"] * 1e9), fmt_ns(med["gb"] * 1e9),
+                     f"{n / med['gb']:,.0f} {unit}", fmt_ratio(speed),
+                     fmt_ratio(cold["mp"] / cold["gb"])])
+        summary.append(summary_row("pool", f"Pool.map {desc.replace('map -> ', '')}",
+                                   "s per map", med["gb"], med["mp"], "mp.Pool",
+                                   higher_is_better=False, gb_peer="gb.Pool"))
+    tables = [table(
+        f"Pool.map, gb.Pool vs multiprocessing.Pool (wall time per map, median; pool size "
+        f"{processes}, start method {start}, {rounds} round(s) x {repeats} maps per pool kind)",
+        ["case", "mp.Pool", "gb.Pool", "gb.Pool rate", "vs. mp", "vs. mp (cold)"],
+        rows,
+        note="vs. mp: mp.Pool time / gb.Pool time (higher is better); targets: "
+             "frames >= 5x, small >= 1x.")]
+    return {"results": results, "tables": tables, "summary": summary}
+
+
 def main(argv=None):
     ap = parser(__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3,
@@ -86,39 +131,12 @@ def main(argv=None):
     ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
     ap.add_argument("--only", choices=sorted(CASES), help="one case")
     args = ap.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 5)
-    rounds = 1 if args.quick else max(1, args.rounds)
-    processes = args.processes or os.cpu_count() or 1
     info = machine()
     print_machine(info)
-    print(f"pool size {processes}, start method {args.start}, {rounds} round(s) x "
-          f"{repeats} maps per pool kind")
-
-    results, rows = {}, []
-    for case, (n, desc) in CASES.items():
-        if args.only and case != args.only:
-            continue
-        runs = {"mp": [], "gb": []}
-        for _ in range(rounds):
-            for kind in ("mp", "gb"):
-                runs[kind].append(run_peer("pool", "peer", kind=kind, case=case, n=n,
-                                           repeats=repeats, processes=processes,
-                                           start=args.start))
-        med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
-        cold = {k: median([r[0] for r in v]) for k, v in runs.items()}
-        speed = med["mp"] / med["gb"]
-        results[case] = {"n": n, "runs_s": runs, "median_s": med, "cold_s": cold,
-                         "speedup": speed, "cold_speedup": cold["mp"] / cold["gb"]}
-        unit = "frames/s" if case == "frames" else "tasks/s"
-        rows.append([desc, fmt_ns(med["mp"] * 1e9), fmt_ns(med["gb"] * 1e9),
-                     f"{n / med['gb']:,.0f} {unit}", fmt_ratio(speed),
-                     fmt_ratio(cold["mp"] / cold["gb"])])
-    print_table("Pool.map, gb.Pool vs multiprocessing.Pool (wall time per map, median)",
-                ["case", "mp.Pool", "gb.Pool", "gb.Pool rate", "vs. mp", "vs. mp (cold)"],
-                rows,
-                note="vs. mp: mp.Pool time / gb.Pool time (higher is better); targets: "
-                     "frames >= 5x, small >= 1x.")
-    finish(args, "pool", results, info)
+    out = suite(level(args), args.rounds, args.repeats, args.processes, args.start, args.only)
+    for t in out["tables"]:
+        print("\n" + format_table(t), flush=True)
+    finish(args, "pool", out["results"], info)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,31 @@ faster-fifo, in the same run (issue 4, "Benchmarks").
 Every measurement runs in a fresh interpreter (``benchmarks._util.run_peer``
 calling :func:`worker`) that creates the queue, forks the producer and consumer
 processes, releases them together through a barrier and reports items/s
-as (items put) / (time from release to the last consumer's last item).
+as (items put) / (time from the first producer's release to the last
+consumer's last item).
 Rounds interleave the peers (rotating their order) so that a noisy
 neighbour hits all of them alike; each figure is the median over rounds and
 each "vs." ratio is the median of the per-round ratios.
+
+:func:`worker` also measures ``multiprocessing.Pipe`` and pyzmq PUSH/PULL
+(over ``ipc://``) moving ``bytes`` payloads of a given size: the
+throughput-vs-payload sweep of ``benchmarks.sweep`` runs on it.
 """
 import os
 import statistics
 import sys
+import tempfile
 import time
 
-from benchmarks._util import finish, fmt_ratio, machine, parser, print_machine, print_table, run_peer
+from benchmarks._util import (NOT_INSTALLED, finish, fmt_ratio, format_table, installed, level,
+                              machine, parser, print_machine, run_peer, summary_row, table)
 
 FRAME_SHAPE = (1080, 1920, 3)
 PEERS = ("mp", "ff", "gb")
-PEER_NAMES = {"mp": "mp.Queue", "ff": "faster-fifo", "gb": "gb.Ring"}
+PEER_NAMES = {"mp": "mp.Queue", "ff": "faster-fifo", "gb": "gb.Ring", "pipe": "mp.Pipe",
+              "zmq": "pyzmq"}
+# the module each optional peer needs
+OPTIONAL = {"ff": "faster_fifo", "zmq": "zmq"}
 BATCH = 64
 T_BIG = 600.0  # faster-fifo's put/get default to a 10 s timeout; we want "block"
 
@@ -56,19 +66,63 @@ def _has_reserve():
     return hasattr(gb.Ring, "reserve")
 
 
+def _zmq(case):
+    """PUSH/PULL over ipc://.  zmq sockets do not survive fork, so each
+    process opens its end in ``prepare()``, before the start barrier, and the
+    producer waits in ``finish()`` until its messages are sent."""
+    if case["kind"] != "bytes":
+        raise ValueError("the pyzmq peer carries bytes payloads only")
+    import zmq
+    path = os.path.join(tempfile.gettempdir(), f"gb-bench-{os.getpid()}-{time.monotonic_ns()}")
+    addr = f"ipc://{path}"
+    end = {}
+
+    def prepare(kind):
+        sock = zmq.Context.instance().socket(kind)
+        (sock.bind if kind == zmq.PULL else sock.connect)(addr)
+        end["sock"] = sock
+
+    def put(x):
+        end["sock"].send(x)
+
+    def get():
+        return end["sock"].recv()
+
+    def finish():
+        # a forked Process ends in os._exit(): without this, messages still
+        # queued in zmq's I/O thread would be lost
+        end["sock"].close(linger=-1)
+        zmq.Context.instance().term()
+    put.prepare = lambda: prepare(zmq.PUSH)
+    get.prepare = lambda: prepare(zmq.PULL)
+    put.finish = finish
+    return path, put, get, None, None
+
+
 def _make(peer, case, variant):
-    """(queue, put, get, put_many, get_many) for one peer."""
+    """(queue, put, get, put_many, get_many) for one peer.  ``put`` and
+    ``get`` may carry a ``prepare()`` that the producer / consumer process
+    calls before the start barrier; ``put`` a ``finish()`` called last."""
     import numpy as np
     frame = case["kind"] == "frame"
     if peer == "mp":
         import multiprocessing as mp
         q = mp.get_context("fork").Queue()
         return q, q.put, q.get, None, None
+    if peer == "pipe":
+        import multiprocessing as mp
+        r, w = mp.get_context("fork").Pipe(duplex=False)
+        return (r, w), w.send, r.recv, None, None
+    if peer == "zmq":
+        return _zmq(case)
     if peer == "ff":
         import faster_fifo
         # shared bytes comparable to the ring's: 4 MiB for small items
-        # (gb.Ring() has 1024 slots of 4 KiB); ~10 frames for frames
+        # (gb.Ring() has 1024 slots of 4 KiB); ~10 frames for frames; room
+        # for 4 payloads of the sweep
         size = 64 * 2**20 if frame else 4 * 2**20
+        if case["kind"] == "bytes":
+            size = max(size, 4 * case["size"] + 2**16)
         q = faster_fifo.Queue(max_size_bytes=size)
 
         def put(x):
@@ -96,16 +150,28 @@ def _make(peer, case, variant):
     return q, q.put, q.get, q.put_many, q.get_many
 
 
-def _producer(barrier, put, put_many, k, n, case, ncons):
+def _hook(fn, name):
+    getattr(fn, name, lambda: None)()
+
+
+def _producer(barrier, put, put_many, k, n, case, ncons, starts):
     import numpy as np
+    _hook(put, "prepare")
+    if case["kind"] == "bytes":
+        item = os.urandom(case["size"])
+        for _ in range(case["warm"]):  # connections, blobs, page faults: untimed
+            put(item)
+    elif case["kind"] == "frame":  # made before the barrier: not timed
+        item = np.random.default_rng(k).integers(0, 255, FRAME_SHAPE, dtype=np.uint8)
     barrier.wait()
+    # t0 is the first producer's release: a parent stamping it after its own
+    # barrier.wait() may be scheduled late, after a fast transfer is over
+    starts[k] = time.perf_counter()
     batch = case["batch"]
-    if case["kind"] == "frame":
-        frame = np.random.default_rng(k).integers(0, 255, FRAME_SHAPE, dtype=np.uint8)
+    if case["kind"] != "small":
         for _ in range(n):
-            put(frame)
-        return
-    if batch and put_many is not None:
+            put(item)
+    elif batch and put_many is not None:
         for s in range(0, n, batch):
             put_many([(i, 3.14, "abc") for i in range(s, min(n, s + batch))])
         if ncons > 1:
@@ -116,9 +182,13 @@ def _producer(barrier, put, put_many, k, n, case, ncons):
         if ncons > 1:
             for _ in range(ncons):
                 put(None)
+    _hook(put, "finish")
 
 
 def _consumer(barrier, put, get, get_many, j, total, case, nprod, ends, counts):
+    _hook(get, "prepare")
+    for _ in range(case.get("warm", 0)):
+        get()
     barrier.wait()
     got = 0
     batch = case["batch"]
@@ -149,25 +219,31 @@ def _consumer(barrier, put, get, get_many, j, total, case, nprod, ends, counts):
     counts[j] = got
 
 
-def worker(peer, case_name, variant, n):
+def worker(peer, case_name, variant, n, payload=None, warm=0):
+    """One measurement: items/s from ``P`` producers to ``C`` consumers of
+    ``case_name``, or, with ``payload`` (bytes), of a ``bytes`` object that
+    size from one producer to one consumer after ``warm`` untimed items."""
     import multiprocessing as mp
-    case = CASES[case_name]
+    if payload is None:
+        case = CASES[case_name]
+    else:
+        case = dict(kind="bytes", p=1, c=1, batch=0, size=payload, warm=warm)
     ctx = mp.get_context("fork")
     q, put, get, put_many, get_many = _make(peer, case, variant)
     p, c = case["p"], case["c"]
     per = n // p
     total = per * p
     barrier = ctx.Barrier(p + c + 1)
+    starts = ctx.RawArray("d", p)
     ends = ctx.RawArray("d", c)
     counts = ctx.RawArray("q", c)
     procs = [ctx.Process(target=_consumer, args=(barrier, put, get, get_many, j, total, case, p,
                                                  ends, counts), daemon=True) for j in range(c)]
-    procs += [ctx.Process(target=_producer, args=(barrier, put, put_many, k, per, case, c),
-                          daemon=True) for k in range(p)]
+    procs += [ctx.Process(target=_producer, args=(barrier, put, put_many, k, per, case, c,
+                                                  starts), daemon=True) for k in range(p)]
     for pr in procs:
         pr.start()
     barrier.wait()
-    t0 = time.perf_counter()
     deadline = time.monotonic() + 120
     for pr in procs:
         pr.join(max(0.1, deadline - time.monotonic()))
@@ -180,9 +256,11 @@ def worker(peer, case_name, variant, n):
         raise SystemExit(f"a worker failed: exit codes {[pr.exitcode for pr in procs]}")
     if sum(counts) != total:
         raise SystemExit(f"lost items: consumers got {sum(counts)} of {total}")
-    elapsed = max(ends) - t0
+    elapsed = max(ends) - min(starts)
     if peer == "gb":
         q.close()
+    elif peer == "zmq" and os.path.exists(q):
+        os.unlink(q)  # the ipc:// socket file, if the PULL end left it
     return {"items": total, "seconds": elapsed, "rate": total / elapsed}
 
 
@@ -207,14 +285,13 @@ def fmt_rate(x):
     return f"{x:.0f}"
 
 
-def _have_faster_fifo():
-    try:
-        import faster_fifo  # noqa: F401
+def have(peer):
+    """False (and a note on stderr) for an optional peer that is not installed."""
+    if peer not in OPTIONAL or installed(OPTIONAL[peer]):
         return True
-    except ImportError:
-        print("faster-fifo is not installed (pip install faster-fifo, or the 'bench' "
-              "extra): its column stays empty", file=sys.stderr)
-        return False
+    print(f"{PEER_NAMES[peer]} is {NOT_INSTALLED} (pip install -e '.[bench]'): "
+          "reported as such", file=sys.stderr)
+    return False
 
 
 def _units(rows, peers):
@@ -236,7 +313,7 @@ def run(repeats, scale, only=None, verbose=True):
     rows = _rows_available()
     if only:
         rows = [r for r in rows if any(o in r[0] or o == r[1] for o in only)]
-    peers = [p for p in PEERS if p != "ff" or _have_faster_fifo()]
+    peers = [p for p in PEERS if have(p)]
     units = _units(rows, peers)
     samples = {u: [] for u in units}
     t_start = time.monotonic()
@@ -277,6 +354,7 @@ def run(repeats, scale, only=None, verbose=True):
             "producers": CASES[case]["p"], "consumers": CASES[case]["c"],
             "batch": CASES[case]["batch"],
             "mp_queue": _median(mp_s), "faster_fifo": _median(ff_s), "gb_ring": _median(gb_s),
+            "faster_fifo_installed": "ff" in peers,
             "samples": {"mp_queue": mp_s, "faster_fifo": ff_s, "gb_ring": gb_s},
             "vs_mp_queue": vs_mp, "vs_faster_fifo": vs_ff,
             "target_vs_mp_queue": target,
@@ -290,14 +368,45 @@ def table_rows(results):
     rows = []
     for r in results:
         ok = "yes" if r["pass_vs_mp_queue"] and r["pass_vs_faster_fifo"] else "no"
-        rows.append([r["row"], fmt_rate(r["mp_queue"]), fmt_rate(r["faster_fifo"]),
+        ff = r["faster_fifo_installed"]
+        rows.append([r["row"], fmt_rate(r["mp_queue"]),
+                     fmt_rate(r["faster_fifo"]) if ff else NOT_INSTALLED,
                      fmt_rate(r["gb_ring"]), fmt_ratio(r["vs_mp_queue"]),
-                     fmt_ratio(r["vs_faster_fifo"]), f"{r['target_vs_mp_queue']}x", ok])
+                     fmt_ratio(r["vs_faster_fifo"]) if ff else NOT_INSTALLED,
+                     f"{r['target_vs_mp_queue']}x", ok])
     return rows
 
 
 HEADERS = ["items/s (median)", "mp.Queue", "faster-fifo", "gb.Ring", "vs. mp.Queue",
            "vs. faster-fifo", "target vs. mp.Queue", "meets targets"]
+
+
+def suite(level="full", repeats=None, scale=None, only=None):
+    """The rings table at ``level``; smoke measures one row, once."""
+    # numpy's BLAS threads spin for a while after import: keep them out of
+    # every peer alike (children inherit the environment)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    smoke = level == "smoke"
+    repeats = repeats or (1 if smoke else 3)
+    if not smoke:
+        repeats = max(3, repeats)
+    if scale is None:
+        scale = 0.01 if smoke else 0.25 if level == "quick" else 1.0
+    if smoke and not only:
+        only = ["small-1:1"]
+    results, wall = run(repeats, scale, only)
+    load = tuple(round(x, 1) for x in os.getloadavg())
+    tables = [table("Rings: items/s, producers:consumers processes (medians; ratios are "
+                    "medians of per-round ratios)", HEADERS, table_rows(results),
+                    note=f"{repeats} rounds, item counts x{scale}, {wall:.0f} s; load average "
+                         f"at end {load}")]
+    summary = [summary_row("rings", r["row"], "items/s", r["gb_ring"], r["mp_queue"], "mp.Queue",
+                           advantage=r["vs_mp_queue"], gb_peer="gb.Ring") for r in results]
+    return {"results": {"repeats": repeats, "scale": scale, "wall_seconds": wall,
+                        "batch": BATCH, "frame_shape": FRAME_SHAPE, "rows": results,
+                        "loadavg_at_end": load},
+            "tables": tables, "summary": summary}
 
 
 def main(argv=None):
@@ -307,22 +416,13 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=None, help="multiply item counts")
     ap.add_argument("--only", action="append", help="rows whose label or case contains this")
     args = ap.parse_args(argv)
-    # numpy's BLAS threads spin for a while after import: keep them out of
-    # every peer alike (children inherit the environment)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    repeats = max(3, args.repeats or 3)
-    scale = args.scale if args.scale is not None else (0.25 if args.quick else 1.0)
     info = machine()
     print_machine(info)
-    results, wall = run(repeats, scale, args.only)
-    print_table("Rings: items/s, producers:consumers processes (medians; ratios are medians "
-                "of per-round ratios)", HEADERS, table_rows(results),
-                note=f"{repeats} rounds, item counts x{scale}, {wall:.0f} s; load average at "
-                     f"end {tuple(round(x, 1) for x in os.getloadavg())}")
+    out = suite(level(args), args.repeats, args.scale, args.only)
+    for t in out["tables"]:
+        print("\n" + format_table(t), flush=True)
     info["loadavg_at_end"] = os.getloadavg()
-    finish(args, "rings", {"repeats": repeats, "scale": scale, "wall_seconds": wall,
-                           "batch": BATCH, "frame_shape": FRAME_SHAPE, "rows": results}, info)
+    finish(args, "rings", out["results"], info)
     return 0
 
 

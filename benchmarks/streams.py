@@ -22,8 +22,8 @@ from typing import Dict, List
 import numpy as np
 import pydantic
 
-from benchmarks._util import (fmt_ns, fmt_ratio, machine, median, parser, per_call_ns,
-                              print_machine, print_table, run_peer, finish)
+from benchmarks._util import (finish, fmt_ns, fmt_ratio, format_table, level, machine, median,
+                              parser, per_call_ns, print_machine, run_peer, summary_row, table)
 
 SIZES = {
     "64 x float32": ((64,), "float32", 64),
@@ -294,17 +294,28 @@ def msg_cost(peer, quick=False):
 # driver
 # ---------------------------------------------------------------------------
 
-def main(argv=None):
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    quick = args.quick
-    info = machine()
-    print_machine(info)
+# transports of the cross-process table: (key, peer function, kwargs, title)
+XP = (("lossy", "xp_gb", {"lossless": False}, "gb stream, writer free-running"),
+      ("view", "xp_gb", {"lossless": False, "view": True}, 'gb stream, zero-copy view("next")'),
+      ("lossless", "xp_gb", {"lossless": True}, "gb stream, reader acks (no overrun)"),
+      ("mpq", "xp_mpq", {}, "multiprocessing.Queue(maxsize=8)"))
+MSG = (("gb", "gb stream write / latest(model=)"),
+       ("dump+msgpack", "model_dump + msgpack / model_validate(decode)"),
+       ("dump_json", "model_dump_json / model_validate_json"),
+       ("pickle", "pickle.dumps / pickle.loads"))
+
+
+def suite(level="full"):
+    """Run the three stream benchmarks at ``level`` (see ``_util.LEVELS``)."""
+    quick = level != "full"
+    smoke = level == "smoke"
     results = {"cost": {}, "throughput": {}, "messages": {}}
+    tables, summary = [], []
 
     # 1. cost per sample
     rows = []
-    rounds = 2 if quick else 3
-    for label, (shape, dtype, cap) in SIZES.items():
+    rounds = 1 if smoke else 2 if quick else 3
+    for label, (shape, dtype, cap) in list(SIZES.items())[:1 if smoke else None]:
         runs = {"gb": [], "copyto": [], "copyto_rotating": []}
         for _ in range(rounds):  # interleave peers: a noisy neighbour hits all alike
             runs["gb"].append(run_peer("streams", "cost_gb", shape=shape, dtype=dtype,
@@ -321,69 +332,78 @@ def main(argv=None):
                      fmt_ns(g["next_into"]), fmt_ns(c1), fmt_ns(cn),
                      fmt_ratio(g["write"] / c1), fmt_ratio(g["write"] / cn),
                      fmt_ratio(g["next_into"] / c1)])
-    print_table(
+    tables.append(table(
         "Cost per sample (one process, median ns per call)",
         ["sample", "write", "latest", "next_into", "np.copyto", "copyto, slots+1 bufs",
          "write vs. copyto", "write vs. rotating", "next_into vs. copyto"], rows,
         note="np.copyto: into one hot buffer; 'slots+1 bufs': cycling through as many "
-             "destinations as the ring has slots (same memory footprint as the ring).")
+             "destinations as the ring has slots (same memory footprint as the ring)."))
 
     # 2. cross-process throughput
-    seconds = 1.0 if quick else 2.0
-    reps = 2 if quick else 3
+    seconds = 0.25 if smoke else 1.0 if quick else 2.0
+    reps = 1 if smoke else 2 if quick else 3
+    xp = [x for x in XP if not smoke or x[0] in ("lossless", "mpq")]
     rows = []
-    for label, (shape, dtype) in FRAMES.items():
-        runs = {"lossy": [], "view": [], "lossless": [], "mpq": []}
+    for label, (shape, dtype) in list(FRAMES.items())[:1 if smoke else None]:
+        runs = {k: [] for k, *_ in xp}
         for _ in range(reps):  # interleave peers so drift hits them alike
-            runs["lossy"].append(run_peer("streams", "xp_gb", shape=shape, dtype=dtype,
-                                          capacity=8, seconds=seconds, lossless=False))
-            runs["view"].append(run_peer("streams", "xp_gb", shape=shape, dtype=dtype,
-                                         capacity=8, seconds=seconds, lossless=False,
-                                         view=True))
-            runs["lossless"].append(run_peer("streams", "xp_gb", shape=shape, dtype=dtype,
-                                             capacity=8, seconds=seconds, lossless=True))
-            runs["mpq"].append(run_peer("streams", "xp_mpq", shape=shape, dtype=dtype,
-                                        capacity=8, seconds=seconds))
+            for k, fn, kw, _ in xp:
+                runs[k].append(run_peer("streams", fn, shape=shape, dtype=dtype, capacity=8,
+                                        seconds=seconds, **kw))
         med = {k: median([r["read_fps"] for r in v]) for k, v in runs.items()}
         results["throughput"][label] = {"runs": runs, "median_read_fps": med}
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        for k, title in (("lossy", "gb stream, writer free-running"),
-                         ("view", "gb stream, zero-copy view(\"next\")"),
-                         ("lossless", "gb stream, reader acks (no overrun)"),
-                         ("mpq", "multiprocessing.Queue(maxsize=8)")):
+        for k, _, _, title in xp:
             ov = median([r["overruns"] for r in runs[k]])
             rows.append([label, title, f"{med[k]:,.0f}", f"{med[k] * nbytes / 1e9:.2f}",
                          f"{ov:,.0f}" if k in ("lossy", "view") else "0",
                          fmt_ratio(med[k] / med["mpq"]) if med["mpq"] else "-"])
-    print_table(
+        summary.append(summary_row("streams", f"{label} frames, writer -> reader process",
+                                   "frames/s", med["lossless"], med["mpq"],
+                                   "mp.Queue(maxsize=8)", gb_peer="gb stream (lossless)"))
+    tables.append(table(
         f"Cross-process frame throughput (writer process -> reader process, "
         f"median of {reps} x {seconds:g} s)",
         ["frame", "transport", "frames/s read", "GB/s", "overruns", "vs. mp.Queue"], rows,
         note="gb reader: next_into() a preallocated array; mp.Queue reader: get() of "
-             "the same ndarray put by the writer. Lossy overruns are per run.")
+             "the same ndarray put by the writer. Lossy overruns are per run."))
 
     # 3. message streams
     msg = {p: run_peer("streams", "msg_cost", peer=p, quick=quick)
-           for p in ("gb", "dump+msgpack", "dump_json", "pickle")}
+           for p, _ in MSG if not smoke or p in ("gb", "pickle")}
     results["messages"] = msg
     g = msg["gb"]
     rows = []
-    for p, title in (("gb", "gb stream write / latest(model=)"),
-                     ("dump+msgpack", "model_dump + msgpack / model_validate(decode)"),
-                     ("dump_json", "model_dump_json / model_validate_json"),
-                     ("pickle", "pickle.dumps / pickle.loads")):
+    for p, title in MSG:
+        if p not in msg:
+            continue
         m = msg[p]
         rows.append([title, fmt_ns(m["encode"]), fmt_ns(m["decode"]), m["bytes"] or "-",
                      fmt_ratio(m["encode"] / g["encode"]), fmt_ratio(m["decode"] / g["decode"])])
-    print_table(
+    tables.append(table(
         "Message streams: pydantic model, ns per message (one process)",
         ["path", "write / encode", "read / decode", "bytes", "encode: x gb time",
          "decode: x gb time"], rows,
         note=f"gb figures include the copy into / out of shared memory; baselines are "
              f"encode/decode only. gb latest() without model= (plain dict): "
-             f"{fmt_ns(g['decode_dict'])}.")
-    finish(args, "streams", results, info)
-    return results
+             f"{fmt_ns(g['decode_dict'])}."))
+    p = msg["pickle"]
+    summary.append(summary_row("streams", "pydantic message, write + read", "ns",
+                               g["encode"] + g["decode"], p["encode"] + p["decode"],
+                               "pickle dumps + loads", higher_is_better=False,
+                               gb_peer="gb stream"))
+    return {"results": results, "tables": tables, "summary": summary}
+
+
+def main(argv=None):
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    info = machine()
+    print_machine(info)
+    out = suite(level(args))
+    for t in out["tables"]:
+        print("\n" + format_table(t), flush=True)
+    finish(args, "streams", out["results"], info)
+    return out["results"]
 
 
 if __name__ == "__main__":

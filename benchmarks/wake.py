@@ -24,8 +24,9 @@ import time
 
 import numpy as np
 
-from benchmarks._util import (ROOT, finish, fmt_ns, fmt_ratio, machine, median, parser,
-                              percentile, print_machine, print_table, run_peer)
+from benchmarks._util import (ROOT, finish, fmt_ns, fmt_ratio, format_table, level, machine,
+                              median, parser, percentile, print_machine, run_peer, summary_row,
+                              table)
 
 I64 = ((1,), "int64")
 _DATA_WAITERS = 260  # gb_header.data.waiters (offset 256 + 4, static-asserted in C)
@@ -82,8 +83,9 @@ def _pipe_producer(c, n, period_ns):
         c.send(clock())
 
 
-def latency(peer, n, warmup=50, period_us=1000, spin=None):
-    """One-way latency samples (ns) of ``peer``; this process is the reader."""
+def latency(peer, n, warmup=50, period_us=1000, spin=None, samples=False):
+    """One-way latency (ns) of ``peer``, summarised; this process is the
+    reader.  ``samples=True`` also returns every sample (for a CDF)."""
     ctx = mp.get_context("fork")
     total = n + warmup
     period = int(period_us * 1000)
@@ -130,6 +132,8 @@ def latency(peer, n, warmup=50, period_us=1000, spin=None):
     p.join(30)
     out = _summary(lat[warmup:])
     out["overruns"] = overruns
+    if samples:
+        out["samples_ns"] = lat[warmup:]
     return out
 
 
@@ -347,14 +351,14 @@ def build_no_wait(dest):
     with open(hdr) as f:
         text = f.read()
     if _NO_WAKE_OLD not in text:
-        print("  (no-wait build skipped: gb_wake() signature changed)")
+        print("  (no-wait build skipped: gb_wake() signature changed)", file=sys.stderr)
         return None
     with open(hdr, "w") as f:
         f.write(text.replace(_NO_WAKE_OLD, _NO_WAKE_NEW, 1))
     p = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
                        cwd=dest, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if p.returncode != 0:
-        print(f"  (no-wait build failed, skipped)\n{p.stdout[-1500:]}")
+        print(f"  (no-wait build failed, skipped)\n{p.stdout[-1500:]}", file=sys.stderr)
         return None
     return dest
 
@@ -368,40 +372,41 @@ _KEY = {"gb (futex)": "gb", "gb (poll)": "gb-poll", "mp.Queue": "mp.Queue",
         "mp.Pipe": "mp.Pipe"}
 
 
-def main(argv=None):
-    ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--spin-sweep", action="store_true",
-                    help="also sweep the reader's spin-before-park against sample gaps "
-                         "(needs a quiet machine: the producer busy-paces on one core)")
-    ap.add_argument("--samples", type=int, default=None,
-                    help="latency samples per run (default 3000, --quick 1000)")
-    args = ap.parse_args(argv)
-    quick = args.quick
-    info = machine()
-    print_machine(info)
-    results = {}
+def suite(level="full", samples=None, spin_sweep=False):
+    """The wake benchmarks at ``level``; smoke measures latency only."""
+    quick = level != "full"
+    smoke = level == "smoke"
+    results, tables, summary = {}, [], []
 
     # 1. latency: rounds interleave peers; samples pooled per peer
-    n = args.samples or (1000 if quick else 3000)
+    n = samples or (100 if smoke else 1000 if quick else 3000)
     rounds = 1 if quick else 2
     lat = {p: [] for p in PEERS}
     for _ in range(rounds):
         for p in PEERS:
-            lat[p].append(run_peer("wake", "latency", peer=_KEY[p], n=n))
+            lat[p].append(run_peer("wake", "latency", peer=_KEY[p], n=n, samples=True))
     summ = {p: {k: median([r[k] for r in v]) for k in ("p50", "p99", "max")}
             for p, v in lat.items()}
-    results["latency"] = {"runs": lat, "median_of_runs": summ, "samples_per_run": n}
+    # the CDF pools every run's samples; the table keeps medians of runs
+    cdf = {p: sorted(x for r in v for x in r.pop("samples_ns")) for p, v in lat.items()}
+    results["latency"] = {"runs": lat, "median_of_runs": summ, "samples_per_run": n,
+                          "period_us": 1000, "samples_ns": cdf}
     q = summ["mp.Queue"]
     rows = [[p, fmt_ns(s["p50"]), fmt_ns(s["p99"]), fmt_ns(s["max"]),
              fmt_ratio(s["p50"] / q["p50"]), fmt_ratio(s["p99"] / q["p99"])]
             for p, s in summ.items()]
-    print_table(f"One-way wake latency (producer every ~1 ms, {n} samples x {rounds} runs, "
-                "median of runs)",
-                ["transport", "p50", "p99", "max", "p50 vs. mp.Queue", "p99 vs. mp.Queue"],
-                rows, note="targets: gb p50 <= 0.10x and p99 <= 0.30x mp.Queue's")
+    tables.append(table(
+        f"One-way wake latency (producer every ~1 ms, {n} samples x {rounds} runs, "
+        "median of runs)",
+        ["transport", "p50", "p99", "max", "p50 vs. mp.Queue", "p99 vs. mp.Queue"],
+        rows, note="targets: gb p50 <= 0.10x and p99 <= 0.30x mp.Queue's"))
+    for k in ("p50", "p99"):
+        summary.append(summary_row("wake", f"one-way wake latency {k}", "ns",
+                                   summ["gb (futex)"][k], q[k], "mp.Queue",
+                                   higher_is_better=False, gb_peer="gb stream (futex)"))
 
     # 1b. spin before parking: what it buys for samples microseconds apart
-    if args.spin_sweep:
+    if spin_sweep:
         spins, gaps = (0, 5, 20, 50), (30, 100, 300)
         sw = {f"{s_}/{g}": run_peer("wake", "spin_sweep", spin_us=s_, gap_us=g, n=2000)
               for g in gaps for s_ in spins}
@@ -411,21 +416,25 @@ def main(argv=None):
             rows.append([f"{g} us"] + [
                 f"{fmt_ns(sw[f'{s_}/{g}']['p50'])} / {100 * sw[f'{s_}/{g}']['parked']:.0f}% / "
                 f"{sw[f'{s_}/{g}']['cpu_us']:.1f} us" for s_ in spins])
-        print_table("Spin before parking (reader next() latency p50 / writes that had to "
-                    "wake a parked reader / reader CPU per sample)",
-                    ["gap between samples"] + [f"spin {s_} us" for s_ in spins], rows,
-                    note="producer busy-paced; 2000 samples per cell; the release default "
-                         "spin is the one in _core.pyx (_spin_ns)")
+        tables.append(table(
+            "Spin before parking (reader next() latency p50 / writes that had to "
+            "wake a parked reader / reader CPU per sample)",
+            ["gap between samples"] + [f"spin {s_} us" for s_ in spins], rows,
+            note="producer busy-paced; 2000 samples per cell; the release default "
+                 "spin is the one in _core.pyx (_spin_ns)"))
+    if smoke:
+        return {"results": results, "tables": tables, "summary": summary}
 
     # 2. idle cost
     secs = 1.0 if quick else 2.0
     idl = {p: run_peer("wake", "idle", peer=_KEY[p], seconds=secs) for p in PEERS}
     results["idle"] = idl
     rows = [[p, f"{v['cpu_pct']:.2f} %", f"{v['wakeups_per_s']:.1f}"] for p, v in idl.items()]
-    print_table(f"Idle cost of a reader blocked without timeout (over {secs:g} s)",
-                ["transport", "CPU", "wake-ups/s"], rows,
-                note="wake-ups/s: voluntary + involuntary context switches (psutil). "
-                     "target for gb: 0.00 % and 0 wake-ups/s")
+    tables.append(table(
+        f"Idle cost of a reader blocked without timeout (over {secs:g} s)",
+        ["transport", "CPU", "wake-ups/s"], rows,
+        note="wake-ups/s: voluntary + involuntary context switches (psutil). "
+             "target for gb: 0.00 % and 0 wake-ups/s"))
 
     # 3. writer cost with parked readers, and the no-wait build
     writes = 200 if quick else 500
@@ -434,7 +443,7 @@ def main(argv=None):
     loops = {"normal": [], "no_wait": []}
     with tempfile.TemporaryDirectory(prefix="gb-nowait-") as tmp:
         print("\nbuilding the no-wait variant of the core (gb_wake compiled out) ...",
-              flush=True)
+              file=sys.stderr, flush=True)
         nowait = build_no_wait(tmp)
         for _ in range(3 if quick else 7):  # ABAB: drift hits both builds alike
             loops["normal"].append(run_peer("wake", "write_loop", quick=quick))
@@ -444,30 +453,49 @@ def main(argv=None):
     if loops["no_wait"]:
         assert all(tmp in r["core"] for r in loops["no_wait"]), "no-wait build not used"
     results["write_loop"] = loops
+
     def est(runs, k):
         return median([r[k] for r in runs]) if runs else None
     base, nw = est(loops["normal"], "p10"), est(loops["no_wait"], "p10")
     base_med, nw_med = est(loops["normal"], "median"), est(loops["no_wait"], "median")
     rows = [[f"{k} parked reader{'s' if k != 1 else ''}", fmt_ns(v["p50"]), fmt_ns(v["p90"]),
              fmt_ratio(v["p50"] / wc[0]["p50"]), v["wake_calls"]] for k, v in wc.items()]
-    print_table(f"Writer cost of one write() (64 x float32) with parked readers "
-                f"({writes} single timed writes)",
-                ["readers", "p50", "p90", "vs. 0 readers", "FUTEX_WAKE calls"], rows,
-                note="each write is timed alone, after every reader is parked again "
-                     "(includes one perf_counter_ns pair, ~50 ns)")
+    tables.append(table(
+        f"Writer cost of one write() (64 x float32) with parked readers "
+        f"({writes} single timed writes)",
+        ["readers", "p50", "p90", "vs. 0 readers", "FUTEX_WAKE calls"], rows,
+        note="each write is timed alone, after every reader is parked again "
+             "(includes one perf_counter_ns pair, ~50 ns)"))
     rows = [["release (gb_wake after each commit)", f"{base:.1f} ns", f"{base_med:.1f} ns",
              "-"]]
     if nw:
         rows.append(["gb_wake compiled out", f"{nw:.1f} ns", f"{nw_med:.1f} ns",
                      f"{100 * (base / nw - 1):+.1f} %"])
-    print_table("No-waiter write() in a tight loop, 64 x float32: with vs. without wake support "
-                f"({len(loops['normal'])} interleaved runs per build)",
-                ["build", "ns per write (p10 of batches)", "median of batches",
-                 "release costs"], rows,
-                note="p10: 10th percentile of 2000-write batches (preempted batches filtered "
-                     "out), median over runs. target: release within 5 % of no-wait")
-    finish(args, "wake", results, info)
-    return results
+    tables.append(table(
+        "No-waiter write() in a tight loop, 64 x float32: with vs. without wake support "
+        f"({len(loops['normal'])} interleaved runs per build)",
+        ["build", "ns per write (p10 of batches)", "median of batches",
+         "release costs"], rows,
+        note="p10: 10th percentile of 2000-write batches (preempted batches filtered "
+             "out), median over runs. target: release within 5 % of no-wait"))
+    return {"results": results, "tables": tables, "summary": summary}
+
+
+def main(argv=None):
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--spin-sweep", action="store_true",
+                    help="also sweep the reader's spin-before-park against sample gaps "
+                         "(needs a quiet machine: the producer busy-paces on one core)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="latency samples per run (default 3000, --quick 1000)")
+    args = ap.parse_args(argv)
+    info = machine()
+    print_machine(info)
+    out = suite(level(args), args.samples, args.spin_sweep)
+    for t in out["tables"]:
+        print("\n" + format_table(t), flush=True)
+    finish(args, "wake", out["results"], info)
+    return out["results"]
 
 
 if __name__ == "__main__":
