@@ -1,4 +1,6 @@
-"""Benchmarks for global_buffer (not tests): ``python -m benchmarks.<name>``.
+"""Benchmarks for global_buffer (not tests): ``python -m benchmarks`` runs
+them all (``--quick``, ``--only``, ``--json``, ``--plots``: see
+``benchmarks/__main__.py``); ``python -m benchmarks.<name>`` runs one.
 
 - ``benchmarks.streams``: per-sample write/read cost next to ``np.copyto``,
   cross-process frame throughput against ``multiprocessing.Queue``, and
@@ -12,6 +14,10 @@
   ``put_many``/``get_many``) and 1080p frames (SPEC §3.1).
 - ``benchmarks.pipe``: ``gb.Pipe`` against ``multiprocessing.Pipe``:
   ping-pong round trips and 1080p frame throughput (SPEC §3.2).
+- ``benchmarks.sweep``: throughput against payload size (8 B ... 32 MiB) for
+  ``gb.Ring``, ``multiprocessing.Queue``, ``multiprocessing.Pipe``,
+  faster-fifo and pyzmq PUSH/PULL.
+- ``benchmarks.plots``: the docs' plots, from the suite's results.
 
 Each peer runs in its own subprocess; figures are medians of repeats.
 Results and method: ``docs/benchmarks.md``.
