@@ -1,0 +1,120 @@
+"""The benchmark suite runs: ``python -m benchmarks --smoke`` with ``--json``
+and ``--plots``, real processes, tiny counts (its figures are not checked,
+only that every benchmark produced them, in the documented shape).
+
+``benchmarks/`` is not part of the installed package: it is found in this
+checkout, after the installed ``global_buffer`` on ``sys.path``.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import global_buffer as gb
+
+ROOT = Path(__file__).resolve().parent.parent
+# the installed global_buffer first, then this checkout for `benchmarks`
+_PKG_PARENT = str(Path(gb.__file__).resolve().parent.parent)
+BENCHMARKS = ["streams", "rings", "sweep", "wake", "pipe", "pool"]
+# peers installed by the dev extra (faster-fifo is in the bench extra only)
+SWEEP_PEERS = ["gb.Ring", "mp.Queue", "mp.Pipe", "pyzmq"]
+LATENCY_PEERS = ["gb (futex)", "gb (poll)", "mp.Queue", "mp.Pipe"]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PKG_PARENT, str(ROOT),
+                                                      env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def run_suite(*args, cwd, timeout=150):
+    # cwd elsewhere than the checkout: its global_buffer/ must not shadow the
+    # installed one
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def benchmarks_path(monkeypatch):
+    """``benchmarks`` importable in this process, after the installed package."""
+    monkeypatch.setattr(sys, "path", sys.path + [str(ROOT)])
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # what the suite would set, restored after
+
+
+@pytest.mark.timeout(180)
+def test_smoke_run_writes_json_tables_and_plots(tmp_path):
+    out, img = tmp_path / "results.json", tmp_path / "img"
+    p = run_suite("--smoke", "--json", str(out), "--plots", str(img), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    data = json.loads(out.read_text())
+    assert data["level"] == "smoke" and data["errors"] == {}
+    assert data["command"].startswith("python -m benchmarks --smoke")
+    m = data["machine"]
+    for key in ("cpu", "kernel", "python", "numpy", "cpus_logical", "loadavg_at_start",
+                "loadavg_at_end", "versions", "global_buffer_build"):
+        assert m[key], key
+    assert Path(m["global_buffer_build"]["core"]).parent == Path(gb._core.__file__).parent
+    assert data["method"] and all(isinstance(x, str) for x in data["method"])
+
+    assert list(data["benchmarks"]) == BENCHMARKS
+    for name, res in data["benchmarks"].items():
+        assert res["tables"], name
+        for t in res["tables"]:
+            assert t["rows"] and all(len(r) == len(t["headers"]) for r in t["rows"])
+        assert res["summary"], name  # every benchmark has a row against the stdlib
+    for row in data["summary"]:
+        assert row["gb"] > 0 and row["stdlib"] > 0 and row["advantage"] > 0, row
+
+    sweep = data["benchmarks"]["sweep"]["results"]
+    assert sweep["sizes"] == [64, 256 * 1024]
+    for peer in SWEEP_PEERS:
+        d = sweep["peers"][peer]
+        assert d["installed"], peer
+        assert [pt["size"] for pt in d["points"]] == sweep["sizes"]
+        assert all(pt["items_per_s"] > 0 and pt["mb_per_s"] > 0 for pt in d["points"]), peer
+    ff = sweep["peers"]["faster-fifo"]
+    assert not ff["installed"] or all(pt["items_per_s"] > 0 for pt in ff["points"])
+
+    lat = data["benchmarks"]["wake"]["results"]["latency"]
+    for peer in LATENCY_PEERS:
+        xs = lat["samples_ns"][peer]
+        assert len(xs) >= 100 and xs == sorted(xs) and xs[0] > 0, peer
+
+    for stem in ("throughput", "latency_cdf"):
+        assert (img / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        svg = (img / f"{stem}.svg").read_text()
+        assert "<svg" in svg and "</svg>" in svg
+    assert sorted(Path(x).name for x in data["plots"]) == [
+        "latency_cdf.png", "latency_cdf.svg", "throughput.png", "throughput.svg"]
+
+    # the markdown report on stdout
+    assert "## Summary" in p.stdout and "| benchmark" in p.stdout
+    assert "gb advantage" in p.stdout and "load average at start" in p.stdout
+
+
+def test_unknown_benchmark_is_a_usage_error(tmp_path):
+    p = run_suite("--only", "streams,nope", "--no-plots", cwd=tmp_path, timeout=60)
+    assert p.returncode == 2
+    assert "unknown benchmark(s) nope" in p.stderr
+
+
+@pytest.mark.timeout(60)
+def test_missing_peer_is_a_not_installed_row(benchmarks_path, monkeypatch, tmp_path):
+    from benchmarks import plots, rings, sweep
+    real = rings.installed
+    monkeypatch.setattr(rings, "installed", lambda mod: mod != "zmq" and real(mod))
+    out = sweep.suite("smoke", peers=["gb", "zmq"])
+    assert out["results"]["peers"]["pyzmq"] == {"installed": False}
+    (rows,) = [t["rows"] for t in out["tables"]]
+    assert all(r[2] == "not installed" and r[-1] == "not installed" for r in rows)
+    assert all(pt["items_per_s"] > 0 for pt in out["results"]["peers"]["gb.Ring"]["points"])
+    paths = plots.throughput(out["results"], "test", str(tmp_path))
+    assert all(os.path.getsize(x) > 0 for x in paths)
