@@ -24,9 +24,9 @@ import sys
 import time
 
 __all__ = ["ROOT", "LEVELS", "NOT_INSTALLED", "run_peer", "median", "per_call_ns", "fmt_ns",
-           "fmt_ratio", "fmt_load", "table", "format_table", "print_table", "summary_row", "installed",
-           "machine", "machine_lines", "build_info", "print_machine", "parser", "level", "finish",
-           "percentile"]
+           "fmt_ratio", "fmt_load", "table", "format_table", "print_table", "summary_row",
+           "installed", "machine", "machine_lines", "build_info", "print_machine", "parser",
+           "ab_parser", "ab_runs", "level", "main_suite", "finish", "percentile"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK = "@@BENCH-RESULT@@"
@@ -256,9 +256,46 @@ def parser(description):
     return ap
 
 
+def ab_parser(description, batch):
+    """The options of a gb-against-stdlib module (pipe, pool): rounds of
+    alternating peer runs, timed ``batch``es per run, the start method."""
+    ap = parser(description)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="peer runs per kind, gb and stdlib alternating; default 3")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"timed {batch} per run (default 5, --quick 2)")
+    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
+    return ap
+
+
+def ab_runs(module, rounds, **kwargs):
+    """Run ``benchmarks.<module>.peer(kind, **kwargs)`` for the stdlib
+    (``"mp"``) and gb, alternating, ``rounds`` times; each run returns the
+    seconds of its timed batches.  Returns (runs, median over every batch)."""
+    runs = {"mp": [], "gb": []}
+    for _ in range(rounds):
+        for kind in runs:
+            runs[kind].append(run_peer(module, "peer", kind=kind, **kwargs))
+    return runs, {k: median([t for r in v for t in r]) for k, v in runs.items()}
+
+
 def level(args):
     """The level (see :data:`LEVELS`) that --smoke / --quick ask for."""
     return "smoke" if args.smoke else "quick" if args.quick else "full"
+
+
+def main_suite(args, name, run):
+    """The body of each module's ``main()`` once its options are parsed:
+    print the machine, run ``run(level)`` (the module's ``suite``), print its
+    tables and honour --json.  Returns the suite's output."""
+    info = machine()
+    print_machine(info)
+    out = run(level(args))
+    for t in out["tables"]:
+        print("\n" + format_table(t), flush=True)
+    info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    finish(args, name, out["results"], info)
+    return out
 
 
 def finish(args, name, results, info):

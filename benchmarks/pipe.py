@@ -17,19 +17,7 @@ frames >= 10x, ping-pong >= 3x.
 """
 import time
 
-from benchmarks._util import (
-    finish,
-    fmt_ratio,
-    format_table,
-    level,
-    machine,
-    median,
-    parser,
-    print_machine,
-    run_peer,
-    summary_row,
-    table,
-)
+from benchmarks._util import ab_parser, ab_runs, fmt_ratio, main_suite, summary_row, table
 
 FRAME_SHAPE = (1080, 1920, 3)
 FRAME_BYTES = 1080 * 1920 * 3
@@ -137,12 +125,7 @@ def suite(level="full", rounds=None, repeats=None, start="fork", only=None):
             continue
         if quick:
             n = max(n // (40 if smoke else 4), 10)
-        runs = {"mp": [], "gb": []}
-        for _ in range(rounds):
-            for kind in ("mp", "gb"):
-                runs[kind].append(run_peer("pipe", "peer", kind=kind, case=case, n=n,
-                                           repeats=repeats, start=start))
-        med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
+        runs, med = ab_runs("pipe", rounds, case=case, n=n, repeats=repeats, start=start)
         rate = {k: n / med[k] for k in med}
         speed = rate["gb"] / rate["mp"]
         results[case] = {"n": n, "runs_s": runs, "median_s": med, "rate_per_s": rate,
@@ -167,20 +150,11 @@ def suite(level="full", rounds=None, repeats=None, start="fork", only=None):
 
 
 def main(argv=None):
-    ap = parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="peer runs per pipe kind (alternating); default 3")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="timed batches per run (default 5, --quick 2)")
-    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
+    ap = ab_parser(__doc__.split("\n\n")[0], "batches")
     ap.add_argument("--only", choices=sorted(CASES), help="one case")
     args = ap.parse_args(argv)
-    info = machine()
-    print_machine(info)
-    out = suite(level(args), args.rounds, args.repeats, args.start, args.only)
-    for t in out["tables"]:
-        print("\n" + format_table(t), flush=True)
-    finish(args, "pipe", out["results"], info)
+    main_suite(args, "pipe", lambda lv: suite(lv, args.rounds, args.repeats, args.start,
+                                              args.only))
 
 
 if __name__ == "__main__":

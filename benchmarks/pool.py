@@ -17,20 +17,8 @@ shared-memory leases, which later maps reuse).
 import os
 import time
 
-from benchmarks._util import (
-    finish,
-    fmt_ns,
-    fmt_ratio,
-    format_table,
-    level,
-    machine,
-    median,
-    parser,
-    print_machine,
-    run_peer,
-    summary_row,
-    table,
-)
+from benchmarks._util import (ab_parser, ab_runs, fmt_ns, fmt_ratio, main_suite, median,
+                              summary_row, table)
 
 FRAME_SHAPE = (1080, 1920, 3)
 CASES = {
@@ -92,13 +80,8 @@ def suite(level="full", rounds=None, repeats=None, processes=None, start="fork",
         if smoke:
             n = min(n, 2000)
             desc = desc.replace("100k", f"{n}")
-        runs = {"mp": [], "gb": []}
-        for _ in range(rounds):
-            for kind in ("mp", "gb"):
-                runs[kind].append(run_peer("pool", "peer", kind=kind, case=case, n=n,
-                                           repeats=repeats, processes=processes,
-                                           start=start))
-        med = {k: median([t for r in v for t in r]) for k, v in runs.items()}
+        runs, med = ab_runs("pool", rounds, case=case, n=n, repeats=repeats,
+                            processes=processes, start=start)
         cold = {k: median([r[0] for r in v]) for k, v in runs.items()}
         speed = med["mp"] / med["gb"]
         results[case] = {"n": n, "runs_s": runs, "median_s": med, "cold_s": cold,
@@ -121,22 +104,13 @@ def suite(level="full", rounds=None, repeats=None, processes=None, start="fork",
 
 
 def main(argv=None):
-    ap = parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="peer runs per pool kind (alternating); default 3")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="timed maps per run (default 5, --quick 2)")
+    ap = ab_parser(__doc__.split("\n\n")[0], "maps")
     ap.add_argument("--processes", type=int, default=None,
                     help="pool size (default os.cpu_count())")
-    ap.add_argument("--start", default="fork", choices=["fork", "spawn", "forkserver"])
     ap.add_argument("--only", choices=sorted(CASES), help="one case")
     args = ap.parse_args(argv)
-    info = machine()
-    print_machine(info)
-    out = suite(level(args), args.rounds, args.repeats, args.processes, args.start, args.only)
-    for t in out["tables"]:
-        print("\n" + format_table(t), flush=True)
-    finish(args, "pool", out["results"], info)
+    main_suite(args, "pool", lambda lv: suite(lv, args.rounds, args.repeats, args.processes,
+                                              args.start, args.only))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks._util import (NOT_INSTALLED, finish, fmt_ratio, format_table, installed, level,
-                              machine, parser, print_machine, run_peer, summary_row, table)
+from benchmarks._util import (NOT_INSTALLED, fmt_ratio, installed, main_suite, parser, run_peer,
+                              summary_row, table)
 
 FRAME_SHAPE = (1080, 1920, 3)
 PEERS = ("mp", "ff", "gb")
@@ -416,13 +416,7 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=None, help="multiply item counts")
     ap.add_argument("--only", action="append", help="rows whose label or case contains this")
     args = ap.parse_args(argv)
-    info = machine()
-    print_machine(info)
-    out = suite(level(args), args.repeats, args.scale, args.only)
-    for t in out["tables"]:
-        print("\n" + format_table(t), flush=True)
-    info["loadavg_at_end"] = os.getloadavg()
-    finish(args, "rings", out["results"], info)
+    main_suite(args, "rings", lambda lv: suite(lv, args.repeats, args.scale, args.only))
     return 0
 
 

@@ -22,8 +22,8 @@ from typing import Dict, List
 import numpy as np
 import pydantic
 
-from benchmarks._util import (finish, fmt_ns, fmt_ratio, format_table, level, machine, median,
-                              parser, per_call_ns, print_machine, run_peer, summary_row, table)
+from benchmarks._util import (fmt_ns, fmt_ratio, main_suite, median, parser, per_call_ns, run_peer,
+                              summary_row, table)
 
 SIZES = {
     "64 x float32": ((64,), "float32", 64),
@@ -397,13 +397,7 @@ def suite(level="full"):
 
 def main(argv=None):
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    info = machine()
-    print_machine(info)
-    out = suite(level(args))
-    for t in out["tables"]:
-        print("\n" + format_table(t), flush=True)
-    finish(args, "streams", out["results"], info)
-    return out["results"]
+    return main_suite(args, "streams", suite)["results"]
 
 
 if __name__ == "__main__":

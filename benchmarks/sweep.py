@@ -20,8 +20,8 @@ import statistics
 import sys
 import time
 
-from benchmarks._util import (NOT_INSTALLED, finish, fmt_ratio, format_table, level, machine,
-                              parser, print_machine, run_peer, summary_row, table)
+from benchmarks._util import (NOT_INSTALLED, fmt_ratio, main_suite, parser, run_peer, summary_row,
+                              table)
 from benchmarks.rings import PEER_NAMES, fmt_rate, have
 
 PEERS = ("gb", "mp", "pipe", "ff", "zmq")
@@ -140,13 +140,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick 2)")
     ap.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)}")
     args = ap.parse_args(argv)
-    info = machine()
-    print_machine(info)
-    out = suite(level(args), rounds=args.rounds,
-                peers=args.peers.split(",") if args.peers else None)
-    for t in out["tables"]:
-        print("\n" + format_table(t), flush=True)
-    finish(args, "sweep", out["results"], info)
+    peers = args.peers.split(",") if args.peers else None
+    main_suite(args, "sweep", lambda lv: suite(lv, rounds=args.rounds, peers=peers))
     return 0
 
 

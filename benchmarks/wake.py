@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 
-from benchmarks._util import (ROOT, finish, fmt_ns, fmt_ratio, format_table, level, machine,
-                              median, parser, percentile, print_machine, run_peer, summary_row,
-                              table)
+from benchmarks._util import (ROOT, fmt_ns, fmt_ratio, main_suite, median, parser, percentile,
+                              run_peer, summary_row, table)
 
 I64 = ((1,), "int64")
 _DATA_WAITERS = 260  # gb_header.data.waiters (offset 256 + 4, static-asserted in C)
@@ -489,13 +488,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=None,
                     help="latency samples per run (default 3000, --quick 1000)")
     args = ap.parse_args(argv)
-    info = machine()
-    print_machine(info)
-    out = suite(level(args), args.samples, args.spin_sweep)
-    for t in out["tables"]:
-        print("\n" + format_table(t), flush=True)
-    finish(args, "wake", out["results"], info)
-    return out["results"]
+    return main_suite(args, "wake", lambda lv: suite(lv, args.samples, args.spin_sweep))["results"]
 
 
 if __name__ == "__main__":
