@@ -474,8 +474,8 @@ cdef class StreamWriter(Handle):
         self._encode = encode
         self._last_hb = gb_now_ns()
 
-    cdef inline void _beat(self):
-        cdef int64_t now = gb_now_ns()
+    cdef inline void _beat(self, int64_t now):
+        # now: the commit's own clock reading (one clock read per write)
         if now - self._last_hb >= self._hb_interval_ns:
             self._last_hb = now
             gb_set_heartbeat(&self.r, now)
@@ -494,6 +494,7 @@ cdef class StreamWriter(Handle):
         cdef cnp.ndarray a
         cdef bytes data
         cdef Py_ssize_t n
+        cdef int64_t now
         self._live()
         if self._reserving:
             raise RuntimeError("write() inside an open reserve() block")
@@ -505,7 +506,8 @@ cdef class StreamWriter(Handle):
                 _copy_in(self._nt, p, cnp.PyArray_DATA(a), self._nbytes)
             else:
                 pos = self._begin_view_copy(a)
-            gb_stream_commit(&self.r, _pid, pos, self._nbytes)
+            now = gb_now_ns()
+            gb_stream_commit_at(&self.r, _pid, pos, self._nbytes, now)
         else:
             data = self._encode(sample)
             n = len(data)
@@ -515,8 +517,9 @@ cdef class StreamWriter(Handle):
                     f"max_bytes={self.r.slot_size}")
             p = gb_stream_begin(&self.r, _pid, &pos)
             memcpy(p, PyBytes_AS_STRING(data), n)
-            gb_stream_commit(&self.r, _pid, pos, <uint64_t>n)
-        self._beat()
+            now = gb_now_ns()
+            gb_stream_commit_at(&self.r, _pid, pos, <uint64_t>n, now)
+        self._beat(now)
 
     cdef uint64_t _begin_view_copy(self, cnp.ndarray a) except? 0xFFFFFFFFFFFFFFFF:
         # non-contiguous input: let numpy do the strided copy into the slot
@@ -556,12 +559,14 @@ cdef class StreamWriter(Handle):
         return pos
 
     def _reserve_end(self, uint64_t pos, bint commit):
+        cdef int64_t now
         self._reserving = False
         if not self._bound:
             return
         if commit:
-            gb_stream_commit(&self.r, _pid, pos, self._nbytes)
-            self._beat()
+            now = gb_now_ns()
+            gb_stream_commit_at(&self.r, _pid, pos, self._nbytes, now)
+            self._beat(now)
         else:
             gb_stream_abort(&self.r, pos)
 

@@ -442,18 +442,27 @@ GB_INLINE uint8_t *gb_stream_begin(gb_ring *r, uint32_t pid, uint64_t *pos_out)
     return gb_payload(s);
 }
 
-/* Publish the sample begun at pos. */
-GB_INLINE void gb_stream_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len)
+/* Publish the sample begun at pos, stamped now_ns (a caller that reads the
+ * clock anyway, for its heartbeat, passes its reading: one clock read per
+ * write instead of two). */
+GB_INLINE void gb_stream_commit_at(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len,
+                                   int64_t now_ns)
 {
     gb_slot *s = gb_slot_at(r, pos);
     /* relaxed: published by the release store of the word below */
     atomic_store_explicit(&s->len, len, memory_order_relaxed);
-    atomic_store_explicit(&s->stamp_ns, gb_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&s->stamp_ns, now_ns, memory_order_relaxed);
     /* release: payload and len are visible to whoever sees FULL */
     atomic_store_explicit(&s->word, gb_word(pos, pid, GB_FULL), memory_order_release);
     /* release: a reader that sees tail > pos sees the slot's FULL word */
     atomic_store_explicit(&r->hdr->tail, pos + 1, memory_order_release);
     gb_wake(r, &r->hdr->data);
+}
+
+/* Publish the sample begun at pos, stamped with the current time. */
+GB_INLINE void gb_stream_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len)
+{
+    gb_stream_commit_at(r, pid, pos, len, gb_now_ns());
 }
 
 /* Abandon the sample begun at pos: tail never moved, so no reader can ask
@@ -598,9 +607,10 @@ GB_INLINE int gb_queue_put_begin(gb_ring *r, uint32_t pid, uint64_t start, uint6
 GB_INLINE void gb_queue_put_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len)
 {
     gb_slot *s = gb_slot_at(r, pos);
-    /* relaxed: published by the release store of the word */
+    /* relaxed: published by the release store of the word.  No stamp_ns:
+     * nothing reads it for queue items, and the clock read was ~30 ns of a
+     * ~500 ns small-item put (it stays 0) */
     atomic_store_explicit(&s->len, len, memory_order_relaxed);
-    atomic_store_explicit(&s->stamp_ns, gb_now_ns(), memory_order_relaxed);
     /* release: payload and len visible to the consumer that sees FULL */
     atomic_store_explicit(&s->word, gb_word(pos, pid, GB_FULL), memory_order_release);
     gb_wake(r, &r->hdr->data);
