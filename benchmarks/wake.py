@@ -29,6 +29,7 @@ from benchmarks._util import (ROOT, fmt_ns, fmt_ratio, main_suite, median, parse
 
 I64 = ((1,), "int64")
 _DATA_WAITERS = 260  # gb_header.data.waiters (offset 256 + 4, static-asserted in C)
+_ARMED = 0x80000000  # GB_ARMED, the high bit of waiters: a wake is owed
 
 
 def _name(tag):
@@ -36,7 +37,7 @@ def _name(tag):
 
 
 def _waiters(handle):
-    return struct.unpack_from("<I", handle._segment.mm, _DATA_WAITERS)[0]
+    return struct.unpack_from("<I", handle._segment.mm, _DATA_WAITERS)[0] & ~_ARMED
 
 
 def _summary(lat_ns):
