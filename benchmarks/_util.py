@@ -195,6 +195,10 @@ def _versions():
 def machine():
     """A description of the machine for the docs and --json."""
     import numpy
+    versions = _versions()
+    if installed("zmq"):
+        import zmq
+        versions["libzmq"] = zmq.zmq_version()  # pyzmq's wheels bundle their own
     info = {
         "cpu": _cpu_model(),
         "machine": platform.machine(),
@@ -203,7 +207,7 @@ def machine():
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "numpy": numpy.__version__,
-        "versions": _versions(),
+        "versions": versions,
         "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
