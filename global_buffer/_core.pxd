@@ -3,6 +3,11 @@
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uint8_t
 
 cdef extern from "csrc/gb_ring.h" nogil:
+    # the C types of the shared atomics, so that pointers to them reach the
+    # accessors below uncast (and the build is warning-free)
+    ctypedef uint64_t gb_au64 "_Atomic uint64_t"
+    ctypedef int64_t gb_ai64 "_Atomic int64_t"
+
     enum:
         GB_HEADER_SIZE
         GB_SLOT_HEADER
@@ -53,15 +58,15 @@ cdef extern from "csrc/gb_ring.h" nogil:
         uint64_t owner_start
         int64_t created_ns
         # atomics: reached only through the accessors below
-        uint64_t tail
-        uint64_t head
-        uint64_t wlock
-        int64_t pending
-        uint64_t writer_pid
-        uint64_t writer_start
-        int64_t unfinished
-        uint64_t wake_calls
-        uint64_t readers
+        gb_au64 tail
+        gb_au64 head
+        gb_au64 wlock
+        gb_ai64 pending
+        gb_au64 writer_pid
+        gb_au64 writer_start
+        gb_ai64 unfinished
+        gb_au64 wake_calls
+        gb_au64 readers
         gb_waitq data
         gb_waitq space
         gb_waitq join
@@ -134,9 +139,10 @@ cdef extern from "csrc/gb_ring.h" nogil:
     void gb_set_heartbeat(gb_ring *r, int64_t now)
     int64_t gb_get_heartbeat(const gb_ring *r)
     void gb_set_writer(gb_ring *r, uint64_t pid, uint64_t start)
-    uint64_t gb_load_u64(uint64_t *p)
-    int64_t gb_add_i64(int64_t *p, int64_t v)
-    uint64_t gb_add_u64(uint64_t *p, int64_t v)
+    uint64_t gb_load_u64(gb_au64 *p)
+    int64_t gb_load_i64(gb_ai64 *p)
+    int64_t gb_add_i64(gb_ai64 *p, int64_t v)
+    uint64_t gb_add_u64(gb_au64 *p, int64_t v)
     uint64_t gb_slot_word(const gb_ring *r, uint64_t pos)
     uint64_t gb_slot_owner_start(const gb_ring *r, uint64_t pos)
     uint64_t gb_slot_claim_start(const gb_ring *r, uint64_t at, uint64_t claim)
@@ -144,16 +150,16 @@ cdef extern from "csrc/gb_ring.h" nogil:
     void gb_slot_set_aux(gb_ring *r, uint64_t pos, uint64_t aux)
     uint64_t gb_slot_len(const gb_ring *r, uint64_t pos)
 
-    int gb_lock_try(uint64_t *lock, uint64_t pid)
-    uint64_t gb_lock_holder(uint64_t *lock)
-    int gb_lock_steal(uint64_t *lock, uint64_t dead, uint64_t pid)
-    void gb_lock_release(uint64_t *lock)
+    int gb_lock_try(gb_au64 *lock, uint64_t pid)
+    uint64_t gb_lock_holder(gb_au64 *lock)
+    int gb_lock_steal(gb_au64 *lock, uint64_t dead, uint64_t pid)
+    void gb_lock_release(gb_au64 *lock)
 
     ctypedef struct gb_blob:
         uint64_t magic
         uint64_t size
-        uint64_t state
-        uint64_t len
+        gb_au64 state
+        gb_au64 len
     uint64_t GB_BLOB_MAGIC
 
     int gb_peer_add(gb_ring *r, uint32_t pid, uint32_t role, uint64_t start)

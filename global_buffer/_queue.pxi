@@ -641,7 +641,7 @@ cdef class BroadcastHandle(StreamReader):
         self._alive = alive
 
     cdef int _lock(self) except -1:
-        cdef uint64_t *lock = <uint64_t *>&self.r.hdr.wlock
+        cdef gb_au64 *lock = &self.r.hdr.wlock
         cdef uint64_t holder
         cdef int64_t next_check = gb_now_ns() + _LIVENESS_NS
         cdef int spins = 0
@@ -678,7 +678,7 @@ cdef class BroadcastHandle(StreamReader):
             gb_stream_commit(&self.r, _pid, pos, self._nbytes)
         else:
             gb_stream_abort(&self.r, pos)
-        gb_lock_release(<uint64_t *>&self.r.hdr.wlock)
+        gb_lock_release(&self.r.hdr.wlock)
 
     def _debug_lock(self):
         """Testing only: take the producers' lock and begin a sample without
@@ -736,7 +736,7 @@ cdef class BroadcastHandle(StreamReader):
                 raise
             gb_stream_commit(&self.r, _pid, pos, total)
         finally:
-            gb_lock_release(<uint64_t *>&self.r.hdr.wlock)
+            gb_lock_release(&self.r.hdr.wlock)
         return True
 
 
@@ -746,7 +746,7 @@ cdef class BroadcastHandle(StreamReader):
 
 cdef gb_blob *_blob(Py_buffer *b) except NULL:
     cdef gb_blob *bl
-    if b.len < sizeof(gb_blob):
+    if <size_t>b.len < sizeof(gb_blob):
         raise BufferCorrupt("blob segment too small")
     bl = <gb_blob *>b.buf
     if bl.magic != GB_BLOB_MAGIC or bl.size > <uint64_t>b.len - sizeof(gb_blob):
@@ -762,7 +762,7 @@ def blob_init(mm, unsigned long long size):
             raise ValueError("blob mapping smaller than its size")
         (<gb_blob *>b.buf).size = size
         (<gb_blob *>b.buf).magic = GB_BLOB_MAGIC
-        gb_lock_try(<uint64_t *>&(<gb_blob *>b.buf).state, _pid)  # new: held by its producer
+        gb_lock_try(&(<gb_blob *>b.buf).state, _pid)  # new: held by its producer
     finally:
         PyBuffer_Release(&b)
 
@@ -772,7 +772,7 @@ def blob_acquire(mm, unsigned long long expect):
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        return bool(gb_lock_try(<uint64_t *>&_blob(&b).state, _pid))
+        return bool(gb_lock_try(&_blob(&b).state, _pid))
     finally:
         PyBuffer_Release(&b)
 
@@ -781,7 +781,7 @@ def blob_release(mm):
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        gb_lock_release(<uint64_t *>&_blob(&b).state)
+        gb_lock_release(&_blob(&b).state)
     finally:
         PyBuffer_Release(&b)
 
@@ -790,7 +790,7 @@ def blob_state(mm):
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        return gb_lock_holder(<uint64_t *>&_blob(&b).state)
+        return gb_lock_holder(&_blob(&b).state)
     finally:
         PyBuffer_Release(&b)
 
@@ -831,12 +831,12 @@ def blob_read(mm):
     for its producer."""
     cdef Py_buffer b
     cdef gb_blob *bl
-    cdef uint64_t *state
+    cdef gb_au64 *state
     cdef uint64_t holder
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
         bl = _blob(&b)
-        state = <uint64_t *>&bl.state
+        state = &bl.state
         # mark it ours while copying (a producer that sees our pid dead may
         # reclaim it), handing it over from its producer in one atomic step:
         # released first, the producer could reuse it while we copy
@@ -912,7 +912,7 @@ def peer_held(Handle h, unsigned int role):
         w = gb_peer_get(&h.r, i, &start)
         if w and ((w >> 32) & 3) == role:
             return True
-    return <int64_t>gb_load_u64(<uint64_t *>&h.r.hdr.pending) > 0
+    return gb_load_i64(&h.r.hdr.pending) > 0
 
 
 def pending_add(Handle h, long long n):

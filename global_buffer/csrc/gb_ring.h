@@ -708,6 +708,11 @@ GB_INLINE uint64_t gb_load_u64(_Atomic uint64_t *p)
     /* relaxed: statistics and liveness fields, no data depends on them */
     return atomic_load_explicit(p, memory_order_relaxed);
 }
+GB_INLINE int64_t gb_load_i64(_Atomic int64_t *p)
+{
+    /* relaxed: as gb_load_u64 */
+    return atomic_load_explicit(p, memory_order_relaxed);
+}
 GB_INLINE int64_t gb_add_i64(_Atomic int64_t *p, int64_t v)
 {
     /* acq_rel: counters such as unfinished tasks order with their items */
