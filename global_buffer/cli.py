@@ -28,7 +28,7 @@ PROG = "python -m global_buffer"
 
 _RING_MAGIC = 0x31304752425F4247  # "GB_RGR01": csrc/gb_ring.h GB_MAGIC
 _BLOB_MAGIC = 0x31304F4C425F4247  # "GB_BLO01": out-of-line item of a ring
-_BLOB_NAME = re.compile(r"^(?P<ring>.+)\.b(?P<pid>\d+)\.\d+$")
+_BLOB_NAME = re.compile(r"^(?P<ring>.+)\.b(?P<pid>\d+)\.[0-9a-f]+$")  # ring._Blobs._name
 
 
 class CliError(Exception):

@@ -94,10 +94,21 @@ def _unframe(raw):
 
 # -- out-of-line items ----------------------------------------------------------
 
-_BLOB_MIN = 1 << 20
-_BLOB_KEEP = 4       # blobs a producer makes before it waits for a free one ...
-_BLOB_WAIT = 5e-3    # ... for at most this long (s) ...
-_BLOB_POLL = 100e-6  # ... looking this often
+_BLOB_MIN = 64 << 10      # smallest blob (sizes are powers of two from here)
+_BLOB_BUDGET = 64 << 20   # bytes of blobs of one size a producer makes ...
+_BLOB_KEEP = (4, 64)      # ... but at least 4 and at most 64 of them, before it
+_BLOB_WAIT = 5e-3         # waits for a consumer to free one, for at most this
+_BLOB_POLL = 20e-6        # long (s), looking this often
+_BLOB_MAPS = 64           # blob mappings a consumer keeps open
+
+
+def _blob_keep(cap):
+    """Blobs of ``cap`` bytes a producer makes before it waits for a free
+    one: a budget in bytes, so that small items get many in flight (a
+    consumer a few items behind must not stall its producer) and huge ones
+    few (each is a page-faulted segment)."""
+    lo, hi = _BLOB_KEEP
+    return max(lo, min(hi, _BLOB_BUDGET // cap))
 
 
 class _Blobs:
@@ -117,6 +128,7 @@ class _Blobs:
         self.counter = itertools.count()
         self.pid = os.getpid()
         self.lock = threading.Lock()
+        self.next = 0                        # where the search for a free blob starts
 
     def _name(self):
         # not <pid>.<counter> alone: once the pid is reused, a later producer
@@ -129,10 +141,9 @@ class _Blobs:
         with self.lock:
             if self.pid != os.getpid():  # forked: the parent's blobs are not ours
                 self.mine, self.maps, self.pid = [], collections.OrderedDict(), os.getpid()
-            for seg, cap in self.mine:
-                if cap >= need and _core.blob_acquire(seg.mm, 0):
-                    break
-            else:
+                self.next = 0
+            seg = self._free_blob(need)
+            if seg is None:
                 seg = self._wait_for_free(need)
             if seg is None:
                 cap = max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
@@ -144,16 +155,30 @@ class _Blobs:
         _core.blob_write(seg.mm, parts)
         return seg.name.encode()
 
+    def _free_blob(self, need):
+        """A blob of ours big enough and free, taken; None if there is none.
+        The search goes round from where the last one was found: blobs are
+        freed roughly in the order they were filled."""
+        mine, n = self.mine, len(self.mine)
+        for k in range(n):
+            i = (self.next + k) % n
+            seg, cap = mine[i]
+            if cap >= need and _core.blob_acquire(seg.mm, 0):
+                self.next = i + 1
+                return seg
+        return None
+
     def _wait_for_free(self, need):
-        """With _BLOB_KEEP blobs big enough already, wait up to _BLOB_WAIT
+        """With _blob_keep() blobs big enough already, wait up to _BLOB_WAIT
         for a consumer to free one instead of making another (None: make
         one).  A new blob costs about that long anyway (a zero-filled
         segment, then a page fault per 4 KiB on both sides, and a consumer
         cache miss); without the wait a producer slightly ahead of its
         consumer made one blob per item in flight (measured: 50-70 blobs of
         8 MiB for 400 frames) and ran several times slower."""
-        fits = [seg for seg, cap in self.mine if cap >= need]
-        if len(fits) < _BLOB_KEEP:
+        cap = max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
+        fits = [seg for seg, c in self.mine if c >= need]
+        if len(fits) < _blob_keep(cap):
             return None
         deadline = _core.now_ns() + int(_BLOB_WAIT * 1e9)
         while _core.now_ns() < deadline:
@@ -181,7 +206,7 @@ class _Blobs:
         if seg is None:
             seg = Segment.attach(name)
             self.maps[name] = seg
-            while len(self.maps) > 8:
+            while len(self.maps) > _BLOB_MAPS:
                 self.maps.popitem(last=False)[1].close()
         else:
             self.maps.move_to_end(name)
@@ -194,7 +219,7 @@ class _Blobs:
         if seg is None:
             seg = Segment.attach(name)
             self.maps[name] = seg
-            while len(self.maps) > 8:
+            while len(self.maps) > _BLOB_MAPS:
                 self.maps.popitem(last=False)[1].close()
         return _core.blob_peek(seg.mm)
 
@@ -214,7 +239,7 @@ class _Blobs:
 
     def forget(self):
         """After fork: the parent's blobs and mappings are not ours."""
-        self.mine, self.maps = [], collections.OrderedDict()
+        self.mine, self.maps, self.next = [], collections.OrderedDict(), 0
         self.pid, self.lock = os.getpid(), threading.Lock()
 
 

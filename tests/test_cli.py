@@ -296,3 +296,20 @@ def test_bench_quick_prints_the_comparison_table():
     assert len(rows) == 3
     for row in rows:
         assert re.search(r"\d+\.\dx$", row), row
+
+
+def test_clean_leaves_a_live_ring_blob_alone(new_name):
+    """§7 clean removes only segments whose owner is dead: an out-of-line
+    item (a blob segment named after its ring and producer) of a live ring
+    is listed with its producer's pid and never a clean candidate."""
+    with gb.Ring(name=new_name("ring")) as q:
+        q.put(b"x" * 100_000)   # larger than a slot: goes out of line, held until get()
+        blobs = [n for n in list_names() if n.startswith(q.name + ".b")]
+        assert len(blobs) == 1
+        info = cli.segment_info(blobs[0])
+        assert info["kind"] == "blob"
+        assert info["owner_pid"] == os.getpid() and info["owner_alive"]
+        assert info["ring"] == q.name
+        code, out = call("clean", "--dry-run", f"{q.name}*")
+        assert code == 0 and blobs[0] not in out, out
+        assert q.get(timeout=10) == b"x" * 100_000
