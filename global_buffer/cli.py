@@ -3,7 +3,8 @@
 Subcommands:
 
 - ``demo``   a writer process streams frames to reader processes through a
-             stream, with a live rate line; ends by itself.
+             stream, then a producer process feeds consumer processes
+             through a Ring, with live rates and latency; ends by itself.
 - ``ls``     the live segments, one line each.
 - ``stat``   the header of one segment and its rate over a second.
 - ``unlink`` remove a segment.
@@ -13,10 +14,12 @@ Exit codes: 0 success, 1 a named segment is missing or unreadable (or the
 demo saw an error), 2 bad arguments, 130 interrupted by Ctrl-C.
 """
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import sys
@@ -386,8 +389,45 @@ def _non_negative(text):
     return v
 
 
+def _item_bytes(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    if v > 64 << 20:
+        raise argparse.ArgumentTypeError("items larger than 64 MiB are not for a demo")
+    return v
+
+
 def _orphaned(parent):
     return os.getppid() != parent
+
+
+def _wait_go(go, stop, parent, limit):
+    """Child: wait for the parent's go; False if it stops the demo (or is
+    gone) first."""
+    deadline = time.monotonic() + limit
+    while not go.wait(0.1):
+        if stop.is_set() or _orphaned(parent) or time.monotonic() > deadline:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Start children with SIGINT blocked.  They inherit the mask, through
+    spawn's exec too, so a Ctrl-C while they import is not a traceback in
+    each of them; this process gets it as soon as the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _demo_writer(name, shape, capacity, rate, stats, ready, go, stop, parent, limit):
@@ -402,7 +442,7 @@ def _demo_writer(name, shape, capacity, rate, stats, ready, go, stop, parent, li
         frame = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
         stamp = frame.reshape(-1)[:8].view(np.int64)  # send time, for latency
         ready.set()
-        if not go.wait(limit):
+        if not _wait_go(go, stop, parent, limit):
             return
         end = time.monotonic() + limit
         period = 1.0 / rate if rate else 0.0
@@ -412,7 +452,10 @@ def _demo_writer(name, shape, capacity, rate, stats, ready, go, stop, parent, li
             if period:
                 delay = next_t - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    if _orphaned(parent):
+                        break
+                    time.sleep(min(delay, 0.05))  # a slow --rate still sees a stop soon
+                    continue
                 next_t += period
             stamp[0] = now_ns()
             w.write(frame)
@@ -432,7 +475,13 @@ def _demo_reader(name, index, stats, ready, stop, parent, limit):
     from ._core import now_ns
 
     base = 1 + 4 * index
-    with gb.attach(name) as r:
+    try:
+        r = gb.attach(name)
+    except gb.BufferNotFound:
+        if stop.is_set():
+            return  # the demo was stopped (and the stream removed) before we got here
+        raise
+    with r:
         out = np.empty(r.shape, r.dtype)
         stamp = out.reshape(-1)[:8].view(np.int64)
         ready.set()
@@ -474,37 +523,98 @@ def _rate_line(elapsed, snap, prev, dt, nreaders, frame_bytes):
     return " | ".join(parts)
 
 
+def _show(out, tty, line):
+    """A live line: rewritten in place on a terminal (cut to its width, so
+    that it never wraps), one plain line each time otherwise."""
+    if tty:
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        print("\r" + line[:width] + "\x1b[K", end="", file=out, flush=True)
+    else:
+        print(line, file=out, flush=True)
+
+
+def _watch(out, tty, seconds, proc, line):
+    """Show ``line(elapsed, dt)`` every refresh for ``seconds``, or until
+    ``proc`` exits; return the seconds watched."""
+    t0 = time.monotonic()
+    end, tprev = t0 + seconds, t0
+    refresh = 0.25 if tty else 1.0
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        time.sleep(min(refresh, end - now))
+        now = time.monotonic()
+        _show(out, tty, line(now - t0, max(now - tprev, 1e-9)))
+        tprev = now
+        if not proc.is_alive():
+            break
+    if tty:
+        print(file=out)
+    return time.monotonic() - t0
+
+
+def _reap(procs):
+    """Join every child with a timeout; kill the ones still running."""
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
 def cmd_demo(args, out):
     import multiprocessing as mp
 
+    name = args.name or f"demo-{os.getpid()}"
+    ring_name = f"{name}-ring"
+    for n in (name, ring_name):
+        _check_name(n)
+        if _exists(n):
+            raise CliError(f"a segment named {n!r} already exists; pick another --name")
+    ctx = mp.get_context("spawn")
+    tty = out.isatty()
+    phase = args.seconds / 2
+    readers = f"{args.readers} reader process{'es' if args.readers != 1 else ''}"
+    print(f"global_buffer demo: a stream, then a Ring, {phase:g} s each, {readers}",
+          file=out, flush=True)
+    ring = _RingDemo(args, ctx, ring_name, phase)
+    try:
+        code = _demo_stream(args, ctx, name, phase, tty, out, ring)
+        if code == 130:
+            return code
+        return ring.run(tty, out) or code
+    finally:
+        ring.close()
+
+
+def _demo_stream(args, ctx, name, seconds, tty, out, ring):
+    """Phase 1: a writer process streams frames to ``--readers`` processes,
+    each of which reads every frame (or counts it as an overrun)."""
     from .segment import unlink
 
     shape, nreaders = args.shape, args.readers
     frame_bytes = 1
     for d in shape:
         frame_bytes *= d
-    name = args.name or f"demo-{os.getpid()}"
-    _check_name(name)
-    if _exists(name):
-        raise CliError(f"a segment named {name!r} already exists; pick another --name")
-    ctx = mp.get_context("spawn")
     stats = ctx.RawArray("q", 1 + 4 * nreaders)
     ready_w, go, stop_w, stop_r = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
-    limit = args.seconds + 60.0  # children give up by themselves if we vanish
+    limit = seconds + 60.0  # children give up by themselves if we vanish
     parent = os.getpid()
-    tty = out.isatty()
     procs = []
-    print(f"global_buffer demo: 1 writer -> {nreaders} reader process(es) through stream "
-          f"{name!r}: {'x'.join(map(str, shape))} uint8 frames ({frame_bytes / 1e6:.2f} MB), "
-          f"capacity {args.capacity}, "
-          f"{'full speed' if not args.rate else f'{args.rate:g} frames/s'}, "
-          f"{args.seconds:g} s", file=out, flush=True)
+    print(f"stream {name!r}: 1 writer -> {nreaders} reader{'s' if nreaders != 1 else ''}, "
+          f"each reader gets every frame; {'x'.join(map(str, shape))} uint8 frames "
+          f"({frame_bytes / 1e6:.2f} MB), capacity {args.capacity}, "
+          f"{'full speed' if not args.rate else f'{args.rate:g} frames/s'}",
+          file=out, flush=True)
     try:
         w = ctx.Process(target=_demo_writer, name="gb-demo-writer",
                         args=(name, shape, args.capacity, args.rate, stats, ready_w, go,
                               stop_w, parent, limit))
-        w.start()
+        with _sigint_held():
+            w.start()
         procs.append(w)
+        ring.start()  # the ring phase's processes start while this one's do
         if not _wait_event(ready_w, w, 60):
             raise CliError(f"the writer process failed to start (exit code {w.exitcode})")
         readies = []
@@ -512,42 +622,30 @@ def cmd_demo(args, out):
             ev = ctx.Event()
             p = ctx.Process(target=_demo_reader, name=f"gb-demo-reader-{i + 1}",
                             args=(name, i, stats, ev, stop_r, parent, limit))
-            p.start()
+            with _sigint_held():
+                p.start()
             procs.append(p)
             readies.append((ev, p))
         for ev, p in readies:
             if not _wait_event(ev, p, 60):
                 raise CliError(f"reader {p.name} failed to start (exit code {p.exitcode})")
+        ring.wait_ready()  # none of them is still starting while frames are timed
+
+        prev = [list(stats)]
+
+        def line(elapsed, dt):
+            snap = list(stats)
+            text = _rate_line(elapsed, snap, prev[0], dt, nreaders, frame_bytes)
+            prev[0] = snap
+            return text
 
         go.set()
-        t0 = time.monotonic()
-        end = t0 + args.seconds
-        prev, tprev = list(stats), t0
-        refresh = 0.25 if tty else 1.0
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            time.sleep(min(refresh, end - now))
-            if not w.is_alive():
-                break
-            now = time.monotonic()
-            snap = list(stats)
-            line = _rate_line(now - t0, snap, prev, max(now - tprev, 1e-9), nreaders,
-                              frame_bytes)
-            if tty:
-                print("\r" + line + "\x1b[K", end="", file=out, flush=True)
-            else:
-                print(line, file=out, flush=True)
-            prev, tprev = snap, now
-        elapsed = time.monotonic() - t0
+        elapsed = _watch(out, tty, seconds, w, line)
         stop_w.set()
         w.join(30)
         stop_r.set()
         for p in procs[1:]:
             p.join(30)
-        if tty:
-            print(file=out)
         return _demo_summary(stats, procs, nreaders, frame_bytes, elapsed, out)
     except KeyboardInterrupt:
         if tty:
@@ -557,11 +655,7 @@ def cmd_demo(args, out):
     finally:
         stop_w.set()
         stop_r.set()
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+        _reap(procs)
         if ready_w.is_set():
             unlink(name)  # the writer unlinks on exit; this covers a writer that died
 
@@ -579,7 +673,7 @@ def _wait_event(ev, proc, timeout):
 def _demo_summary(stats, procs, nreaders, frame_bytes, elapsed, out):
     snap = list(stats)
     written = snap[0]
-    print(f"done in {elapsed:.1f} s: writer published {written} frames "
+    print(f"stream done in {elapsed:.1f} s: writer published {written} frames "
           f"({written / elapsed:.0f} frames/s, {_mb(written * frame_bytes / elapsed)} MB/s)",
           file=out)
     ok = procs[0].exitcode == 0
@@ -605,6 +699,261 @@ def _demo_summary(stats, procs, nreaders, frame_bytes, elapsed, out):
     return 0 if ok else 1
 
 
+# -- the ring phase -------------------------------------------------------------
+
+_RING_MAXSIZE = 1024           # items waiting before the producer's put() blocks
+_RING_FIELDS = 7               # per consumer in the shared stats, see _demo_consumer
+_SQ_MOD = (1 << 61) - 1        # sums of squared sequence numbers are kept modulo this prime
+
+
+def _demo_producer(ring, nconsumers, item_bytes, rate, seconds, stats, ready, go, stop,
+                   parent, limit):
+    """Child: put ``(seq, send time, payload)`` for ``seconds``, then one
+    ``None`` per consumer, which tells it that nothing more is coming."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import global_buffer as gb
+    from ._core import now_ns
+
+    try:
+        payload = os.urandom(item_bytes)
+        put = ring.put
+        ready.set()
+        if not _wait_go(go, stop, parent, limit):
+            return
+        next_t = now_ns()
+        end = next_t + int(seconds * 1e9)
+        period = int(1e9 / rate) if rate else 0
+        n = 0
+        while True:
+            t = now_ns()  # the send time: the consumer's clock is the same (CLOCK_MONOTONIC)
+            if t >= end:
+                break
+            if period:
+                if t < next_t:
+                    if stop.is_set() or _orphaned(parent):
+                        break
+                    time.sleep(min(next_t - t, 50_000_000) / 1e9)
+                    continue
+                next_t += period
+            try:
+                put((n, t, payload), timeout=0.1)
+            except gb.Full:  # every consumer is behind (or gone)
+                if stop.is_set() or _orphaned(parent):
+                    break
+                continue
+            n += 1
+            stats[0] = n
+            if (period or n % 1024 == 0) and (stop.is_set() or _orphaned(parent)):
+                break
+        stats[1] = 1  # finished cleanly
+        give_up = time.monotonic() + 5.0
+        sent = 0
+        while sent < nconsumers and time.monotonic() < give_up and not _orphaned(parent):
+            try:
+                put(None, timeout=0.1)
+                sent += 1
+            except gb.Full:
+                continue
+    finally:
+        ring.close()
+
+
+def _demo_consumer(ring, index, stats, ready, stop, parent, limit):
+    """Child: get items until the producer's ``None``.  Publishes its count
+    and put -> get latency as it goes; the count, sum and sum of squares of
+    the sequence numbers it got (and how many came out of put order) at the
+    end, for the lost/duplicated check."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import global_buffer as gb
+    from ._core import now_ns
+
+    b = 2 + _RING_FIELDS * index
+    try:
+        get = ring.get
+        n = seq_sum = seq_sq = lat_sum = lat_max = disorder = 0
+        last = -1
+        ready.set()
+        end = time.monotonic() + limit
+        while True:
+            try:
+                item = get(timeout=0.1)
+            except gb.Empty:
+                if stop.is_set() or _orphaned(parent) or time.monotonic() > end:
+                    break
+                continue
+            if item is None:
+                break  # the producer has finished and everything before this is taken
+            seq, sent, _ = item
+            lat = now_ns() - sent
+            n += 1
+            seq_sum += seq
+            seq_sq = (seq_sq + seq * seq) % _SQ_MOD
+            if seq <= last:
+                disorder += 1
+            last = seq
+            lat_sum += lat
+            if lat > lat_max:
+                lat_max = stats[b + 4] = lat
+            stats[b] = n
+            stats[b + 3] = lat_sum
+        stats[b + 1] = seq_sum
+        stats[b + 2] = seq_sq
+        stats[b + 5] = disorder
+        stats[b + 6] = 1  # finished cleanly
+    finally:
+        ring.close()
+
+
+def _ring_line(elapsed, snap, prev, dt, nconsumers, queued):
+    """The totals first: on a terminal the line is cut to its width."""
+    got = lat = 0
+    parts = []
+    for i in range(nconsumers):
+        b = 2 + _RING_FIELDS * i
+        dn, dlat = snap[b] - prev[b], snap[b + 3] - prev[b + 3]
+        got += dn
+        lat += dlat
+        parts.append(f"c{i + 1} {dn / dt:7.0f} it/s lat {dlat / dn / 1e3 if dn else 0:5.0f} us")
+    total = (f"{elapsed:5.1f}s  put {(snap[0] - prev[0]) / dt:7.0f} it/s  got {got / dt:7.0f} "
+             f"it/s  lat {lat / got / 1e3 if got else 0:5.0f} us  queued {queued:4d}")
+    return " | ".join([total] + parts)
+
+
+class _RingDemo:
+    """Phase 2: a producer process puts small items into a queue ring that
+    ``--readers`` consumer processes share: each item goes to exactly one.
+
+    ``start()`` makes the ring and starts the processes while the stream's
+    start too (the two start-ups overlap); they wait until ``run()``.
+    ``close()`` always: it joins or kills them and removes the ring."""
+
+    def __init__(self, args, ctx, name, seconds):
+        self.args, self.ctx, self.name, self.seconds = args, ctx, name, seconds
+        self.nconsumers = args.readers
+        self.stats = ctx.RawArray("q", 2 + _RING_FIELDS * self.nconsumers)
+        self.go, self.stop_p, self.stop_c = ctx.Event(), ctx.Event(), ctx.Event()
+        self.ring = None
+        self.procs = []
+        self.readies = []
+
+    def start(self):
+        from .ring import Ring
+
+        ctx, args = self.ctx, self.args
+        limit = args.seconds + 60.0  # both phases; children give up by themselves if we vanish
+        parent = os.getpid()
+        self.ring = Ring(_RING_MAXSIZE, name=self.name)  # ours: removed by close(), or at exit
+        ready = ctx.Event()
+        p = ctx.Process(target=_demo_producer, name="gb-demo-producer",
+                        args=(self.ring, self.nconsumers, args.item_bytes, args.rate,
+                              self.seconds, self.stats, ready, self.go, self.stop_p, parent,
+                              limit))
+        with _sigint_held():
+            p.start()
+        self.procs.append(p)
+        self.readies.append((ready, p))
+        for i in range(self.nconsumers):
+            ready = ctx.Event()
+            c = ctx.Process(target=_demo_consumer, name=f"gb-demo-consumer-{i + 1}",
+                            args=(self.ring, i, self.stats, ready, self.stop_c, parent, limit))
+            with _sigint_held():
+                c.start()
+            self.procs.append(c)
+            self.readies.append((ready, c))
+
+    def wait_ready(self):
+        for ev, p in self.readies:
+            if not _wait_event(ev, p, 60):
+                raise CliError(f"{p.name} failed to start (exit code {p.exitcode})")
+
+    def run(self, tty, out):
+        args, n, stats, ring = self.args, self.nconsumers, self.stats, self.ring
+        print(f"ring {self.name!r}: 1 producer -> {n} consumer{'s' if n != 1 else ''}, "
+              f"each item goes to exactly one consumer; (seq, send time, "
+              f"{args.item_bytes}-byte payload) tuples, maxsize {_RING_MAXSIZE}, "
+              f"{'full speed' if not args.rate else f'{args.rate:g} items/s'}; "
+              f"latency is put -> get, time queued included", file=out, flush=True)
+        try:
+            self.wait_ready()
+            prev = [list(stats)]
+
+            def line(elapsed, dt):
+                snap = list(stats)
+                text = _ring_line(elapsed, snap, prev[0], dt, n, ring.qsize())
+                prev[0] = snap
+                return text
+
+            self.go.set()
+            producer = self.procs[0]
+            elapsed = _watch(out, tty, self.seconds, producer, line)
+            self.stop_p.set()
+            producer.join(30)
+            self.stop_c.set()  # a consumer no end marker reached gives up once the ring is empty
+            for c in self.procs[1:]:
+                c.join(30)
+            return _ring_summary(stats, self.procs, n, args.item_bytes, elapsed, out)
+        except KeyboardInterrupt:
+            if tty:
+                print(file=out)
+            print("interrupted: stopping the demo", file=out, flush=True)
+            return 130
+
+    def close(self):
+        self.stop_p.set()
+        self.stop_c.set()
+        _reap(self.procs)
+        if self.ring is not None:
+            self.ring.close()
+            self.ring.unlink()  # and any out-of-line items left in it
+
+
+def _ring_summary(stats, procs, nconsumers, item_bytes, elapsed, out):
+    snap = list(stats)
+    put = snap[0]
+    payload = f", {_mb(put * item_bytes / elapsed)} MB/s of payload" if item_bytes >= 1024 else ""
+    print(f"ring done in {elapsed:.1f} s: producer put {put} items "
+          f"({put / elapsed:.0f} items/s{payload})", file=out)
+    ok = procs[0].exitcode == 0 and snap[1] == 1
+    if not ok:
+        print(f"  producer exited with code {procs[0].exitcode}", file=out)
+    got = seq_sum = seq_sq = disorder = 0
+    for i in range(nconsumers):
+        b = 2 + _RING_FIELDS * i
+        count, s, sq, lat, lat_max, dis, finished = snap[b:b + _RING_FIELDS]
+        code = procs[1 + i].exitcode
+        share = 100 * count / put if put else 0.0
+        latency = (f"mean latency {lat / count / 1e3:.0f} us, max {lat_max / 1e3:.0f} us"
+                   if count else "no latency to show")
+        print(f"  consumer {i + 1}: {count} items ({count / elapsed:.0f} items/s, "
+              f"{share:.0f}% of them), {latency}", file=out)
+        if code != 0 or not finished:
+            print(f"  consumer {i + 1} exited with code {code}", file=out)
+            ok = False
+        got += count
+        seq_sum += s
+        seq_sq = (seq_sq + sq) % _SQ_MOD
+        disorder += dis
+    problems = []
+    if got < put:
+        problems.append(f"{put - got} lost")
+    elif got > put:
+        problems.append(f"{got - put} duplicated")
+    elif (seq_sum != put * (put - 1) // 2  # 0 + 1 + ... + (put - 1)
+          or seq_sq != (put - 1) * put * (2 * put - 1) // 6 % _SQ_MOD):
+        problems.append("as many got as put, but not the same sequence numbers")
+    if disorder:
+        problems.append(f"{disorder} got out of put order")
+    if not put:
+        problems.append("nothing was put")
+    if problems:
+        print(f"ring check: {put} put, {got} got: {', '.join(problems)}: FAILED", file=out)
+        return 1
+    print(f"ring check: {put} put, {got} got: none lost, none duplicated (count, sum and "
+          f"sum of squares of the sequence numbers agree), each consumer's in put order: OK",
+          file=out)
+    return 0 if ok else 1
+
+
 # ---------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------
@@ -618,21 +967,33 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    d = sub.add_parser("demo", help="stream frames from a writer process to reader processes",
-                       description="A writer process streams frames through a global_buffer "
-                                   "stream to reader processes, showing live rates; "
-                                   "ends by itself.")
-    d.add_argument("--seconds", type=_positive(float), default=3.0,
-                   help="how long to stream (default 3)")
+    d = sub.add_parser(
+        "demo", help="frames through a stream, then items through a Ring, between processes",
+        description="Two phases, with live rates and latency; ends by itself.  First a "
+                    "writer process streams frames to --readers processes through a "
+                    "global_buffer stream (every reader gets every frame, or counts it as "
+                    "an overrun).  Then a producer process puts small items into a gb.Ring "
+                    "that as many consumer processes share (each item goes to exactly one "
+                    "of them), and a last line checks that none was lost or duplicated.  "
+                    "--shape/--size sets the frames only; ring items are (sequence number, "
+                    "send time, payload) tuples with an --item-bytes payload.")
+    d.add_argument("--seconds", type=_positive(float), default=4.0,
+                   help="time measured, split evenly between the two phases (default 4; "
+                        "starting the processes comes on top)")
     d.add_argument("--readers", type=_positive(int), default=2,
-                   help="reader processes (default 2)")
+                   help="reader processes, and consumer processes of the ring (default 2)")
     d.add_argument("--shape", "--size", type=_parse_shape, default=(480, 640, 3),
-                   help="frame shape, uint8 (default 480x640x3)")
+                   help="frame shape of the stream, uint8 (default 480x640x3)")
+    d.add_argument("--item-bytes", type=_item_bytes, default=32, metavar="N",
+                   help="payload bytes of each ring item (default 32; items larger than a "
+                        "slot, about 4 KiB, travel out of line)")
     d.add_argument("--rate", type=_non_negative, default=0.0,
-                   help="frames per second to write (default 0: full speed)")
+                   help="frames, then items, per second to send (default 0: full speed)")
     d.add_argument("--capacity", type=_positive(int), default=8,
-                   help="frames the stream holds (default 8)")
-    d.add_argument("--name", default=None, help="segment name (default demo-<pid>)")
+                   help="frames the stream holds (default 8; the ring holds "
+                        f"{_RING_MAXSIZE} items)")
+    d.add_argument("--name", default=None,
+                   help="stream name; the ring is NAME-ring (default demo-<pid>)")
     d.set_defaults(func=cmd_demo)
 
     ls = sub.add_parser("ls", help="list live segments",

@@ -1,4 +1,4 @@
-"""The command line (SPEC §7): ``python -m global_buffer demo|ls|stat|unlink|clean``.
+"""The command line (SPEC §7): ``python -m global_buffer demo|ls|stat|unlink|clean|bench``.
 
 Output shape and exit codes are checked in-process where that is enough;
 the demo, ``--help`` and the unknown-name error run as real subprocesses.
@@ -83,6 +83,8 @@ def test_every_subcommand_has_help(sub, capsys):
     ["demo", "--readers", "0"],
     ["demo", "--shape", "2x2"],           # too small for the timestamp
     ["demo", "--shape", "axb"],
+    ["demo", "--item-bytes", "-1"],
+    ["demo", "--item-bytes", "lots"],
     ["stat"],                             # missing NAME
 ])
 def test_bad_arguments_exit_2(args, capsys):
@@ -94,7 +96,19 @@ def test_bad_arguments_exit_2(args, capsys):
 
 # -- demo --------------------------------------------------------------------
 
+_RING_OK = re.compile(r"^ring check: (\d+) put, \1 got: none lost, none duplicated .*: OK$", re.M)
+
+
+def demo_names(out):
+    """The stream and ring names the demo announced."""
+    stream = re.search(r"^stream '([^']+)'", out, re.M).group(1)
+    ring = re.search(r"^ring '([^']+)'", out, re.M).group(1)
+    return stream, ring
+
+
 def test_demo_finishes_by_itself():
+    """§7: both phases, live lines (plain ones: stdout is not a terminal),
+    the lost/duplicated check, exit code 0, nothing left in /dev/shm."""
     t0 = time.monotonic()
     p = run_cli("demo", "--seconds", "1", timeout=60)
     elapsed = time.monotonic() - t0
@@ -102,10 +116,21 @@ def test_demo_finishes_by_itself():
     assert elapsed < 20, f"demo took {elapsed:.1f} s"
     assert "Traceback" not in p.stderr, p.stderr
     out = p.stdout
+    assert "\r" not in out
+    # the stream phase
     assert "writer published" in out
     assert "reader 1:" in out and "reader 2:" in out
     assert "every frame was received intact or counted as an overrun" in out
     assert "fr/s" in out  # at least one live rate line
+    # the ring phase, after it
+    assert out.index("writer published") < out.index("producer put")
+    assert "consumer 1:" in out and "consumer 2:" in out
+    assert re.search(r"^\s+\d+\.\ds  put +\d+ it/s  got +\d+ it/s  lat +\d+ us", out, re.M), out
+    m = _RING_OK.search(out)
+    assert m and int(m.group(1)) > 0, out
+    assert out.rstrip().splitlines()[-1] == m.group(0)
+    names = list_names()
+    assert not set(demo_names(out)) & set(names)
 
 
 def test_demo_options_and_rate(shm_name):
@@ -114,10 +139,80 @@ def test_demo_options_and_rate(shm_name):
                      "--shape", "32x32", "--capacity", "64", "--name", shm_name)
     assert code == 0, out
     assert time.monotonic() - t0 < 20
+    # --seconds is split between the phases: 0.5 s each, paced near 200/s
     written = int(out.split("writer published ")[1].split()[0])
-    assert 20 <= written <= 400, out  # paced near 200 frames/s
+    assert 20 <= written <= 200, out
+    put = int(out.split("producer put ")[1].split()[0])
+    assert 20 <= put <= 200, out
     assert "reader 1:" in out and "reader 2:" not in out
-    assert shm_name not in list_names()
+    assert "consumer 1: " in out and "consumer 2:" not in out
+    assert f"consumer 1: {put} items" in out  # the only consumer got them all
+    assert _RING_OK.search(out), out
+    assert demo_names(out) == (shm_name, f"{shm_name}-ring")
+    assert shm_name not in list_names() and f"{shm_name}-ring" not in list_names()
+
+
+def test_demo_ring_items_larger_than_a_slot(shm_name):
+    """--item-bytes beyond a slot: the items travel out of line, and none
+    of their segments is left behind (the autouse leak check)."""
+    code, out = call("demo", "--seconds", "1", "--readers", "2", "--item-bytes", "100000",
+                     "--shape", "16x16", "--name", shm_name)
+    assert code == 0, out
+    assert "100000-byte payload" in out
+    assert "MB/s of payload" in out
+    assert _RING_OK.search(out), out
+    assert not [n for n in list_names() if n.startswith(shm_name)]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_demo_on_a_terminal_rewrites_its_live_line(shm_name, monkeypatch):
+    """On a terminal each phase has one live line, rewritten with \\r and
+    cut to the terminal's width (a wrapped line could not be rewritten)."""
+    monkeypatch.setenv("COLUMNS", "60")
+    out = _Terminal()
+    code = cli.main(["demo", "--seconds", "1.5", "--readers", "1", "--shape", "16x16",
+                     "--name", shm_name], out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    live = [ln for ln in text.split("\n") if ln.startswith("\r")]
+    assert len(live) == 2, text  # one line per phase, rewritten in place
+    for ln in live:
+        assert ln.count("\r") >= 2 and ln.endswith("\x1b[K"), ln
+        assert all(len(part.replace("\x1b[K", "")) <= 59 for part in ln.split("\r"))
+    assert _RING_OK.search(text), text
+
+
+def test_ring_check_reports_lost_duplicated_and_disorder():
+    """The check line says FAILED, with what went wrong, from the counts
+    and sums the consumers report (no processes needed)."""
+    from types import SimpleNamespace
+    fields = cli._RING_FIELDS
+    done = [SimpleNamespace(exitcode=0)] * 3
+
+    def check(put, *consumers):
+        stats = [put, 1]
+        for seqs, disorder in consumers:
+            stats += [len(seqs), sum(seqs), sum(s * s for s in seqs) % cli._SQ_MOD,
+                      1000 * len(seqs), 1000, disorder, 1]
+        assert len(stats) == 2 + fields * len(consumers)
+        out = io.StringIO()
+        code = cli._ring_summary(stats, done, len(consumers), 32, 1.0, out)
+        return code, out.getvalue().splitlines()[-1]
+
+    code, line = check(6, ([0, 2, 4], 0), ([1, 3, 5], 0))
+    assert code == 0 and line.endswith(": OK"), line
+    code, line = check(6, ([0, 2, 4], 0), ([1, 3], 0))
+    assert code == 1 and "1 lost" in line and line.endswith("FAILED"), line
+    code, line = check(6, ([0, 2, 4], 0), ([1, 3, 4, 5], 0))
+    assert code == 1 and "1 duplicated" in line, line
+    code, line = check(6, ([0, 2, 4], 0), ([1, 3, 3], 0))  # one lost, one duplicated
+    assert code == 1 and "not the same sequence numbers" in line, line
+    code, line = check(6, ([0, 2, 4], 0), ([3, 1, 5], 1))
+    assert code == 1 and "1 got out of put order" in line, line
 
 
 def test_demo_refuses_an_existing_name(shm_name):
@@ -128,6 +223,14 @@ def test_demo_refuses_an_existing_name(shm_name):
         assert shm_name in list_names()  # not removed by the failed demo
     finally:
         w.close()
+
+
+def test_demo_refuses_an_existing_ring_name(shm_name):
+    with gb.Ring(name=f"{shm_name}-ring") as q:
+        code, out = call("demo", "--seconds", "1", "--name", shm_name)
+        assert code == 1
+        assert q.name in list_names()
+        assert shm_name not in list_names()  # nothing was started
 
 
 # -- ls ----------------------------------------------------------------------
