@@ -90,8 +90,10 @@ def _zmq(case):
 
     def finish():
         # a forked Process ends in os._exit(): without this, messages still
-        # queued in zmq's I/O thread would be lost
-        end["sock"].close(linger=-1)
+        # queued in zmq's I/O thread would be lost.  Bounded: with linger=-1
+        # a producer whose consumer had already exited (it stops counting at
+        # the total) sometimes blocked in term() for good
+        end["sock"].close(linger=10_000)
         zmq.Context.instance().term()
     put.prepare = lambda: prepare(zmq.PUSH)
     get.prepare = lambda: prepare(zmq.PULL)
