@@ -109,7 +109,9 @@ def latency_cdf(wake, caption, outdir):
     ax.set_xlabel("one-way latency, producer's stamp -> reader awake (µs, log scale)")
     ax.set_ylabel("fraction of samples <= latency")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    missing = [n for n, ok in lat.get("installed", {}).items() if not ok]
+    ax.legend(loc="lower right",
+              title="not installed: " + ", ".join(missing) if missing else None)
     ax.set_title(f"Wake latency CDF: a blocked reader, one item every ~{lat['period_us']} µs"
                  f"\n{caption}", fontsize=10)
     paths = _save(fig, outdir, "latency_cdf")

@@ -69,7 +69,10 @@ def _has_reserve():
 def _zmq(case):
     """PUSH/PULL over ipc://.  zmq sockets do not survive fork, so each
     process opens its end in ``prepare()``, before the start barrier, and the
-    producer waits in ``finish()`` until its messages are sent."""
+    producer waits in ``finish()`` until its messages are sent.  A consumer
+    that outlives the run (``benchmarks.wake``'s reader) closes its end with
+    ``get.finish()``; ``case["timeout"]`` (seconds), if given, bounds each
+    ``get()`` (zmq.Again when it expires)."""
     if case["kind"] != "bytes":
         raise ValueError("the pyzmq peer carries bytes payloads only")
     import zmq
@@ -79,6 +82,8 @@ def _zmq(case):
 
     def prepare(kind):
         sock = zmq.Context.instance().socket(kind)
+        if kind == zmq.PULL and case.get("timeout") is not None:
+            sock.rcvtimeo = int(case["timeout"] * 1000)
         (sock.bind if kind == zmq.PULL else sock.connect)(addr)
         end["sock"] = sock
 
@@ -97,7 +102,7 @@ def _zmq(case):
         zmq.Context.instance().term()
     put.prepare = lambda: prepare(zmq.PUSH)
     get.prepare = lambda: prepare(zmq.PULL)
-    put.finish = finish
+    put.finish = get.finish = finish
     return path, put, get, None, None
 
 
@@ -130,8 +135,10 @@ def _make(peer, case, variant):
         def put(x):
             q.put(x, True, T_BIG)
 
+        timeout = case.get("timeout", T_BIG)
+
         def get():
-            return q.get(True, T_BIG)
+            return q.get(True, timeout)
 
         def put_many(xs):
             q.put_many(xs, True, T_BIG)

@@ -4,9 +4,14 @@
    (CLOCK_MONOTONIC, shared by all processes) into a sample about every 1 ms;
    the consumer, blocked in ``next()`` / ``get()`` / ``recv()``, subtracts it
    from its own clock on return.  gb with futex waits, gb with the poll
-   fallback, ``multiprocessing.Queue`` and ``multiprocessing.Pipe``.
+   fallback, ``multiprocessing.Queue``, ``multiprocessing.Pipe``,
+   faster-fifo (``faster_fifo.Queue``, blocking ``get``) and pyzmq
+   (PUSH/PULL over ``ipc://``, blocking ``recv``; the stamp as 8 bytes), the
+   last two made as ``benchmarks.rings`` makes them and reported as "not
+   installed" when they are not.
 2. Idle cost of a blocked reader: CPU % and wake-ups/s (voluntary +
-   involuntary context switches, psutil) of a process blocked for 2 s.
+   involuntary context switches of all its threads, psutil) of a process
+   blocked for 2 s.
 3. Writer cost per write with 0, 1 and 16 reader processes parked on the
    stream, and the no-waiter write against a build of the same core whose
    commit has no wake step at all (``gb_wake`` compiled out).
@@ -24,12 +29,18 @@ import time
 
 import numpy as np
 
-from benchmarks._util import (ROOT, fmt_ns, fmt_ratio, main_suite, median, parser, percentile,
-                              run_peer, summary_row, table)
+from benchmarks._util import (NOT_INSTALLED, ROOT, fmt_ns, fmt_ratio, main_suite, median, parser,
+                              percentile, run_peer, summary_row, table)
+from benchmarks.rings import OPTIONAL, T_BIG, _hook, _make, have
 
 I64 = ((1,), "int64")
 _DATA_WAITERS = 260  # gb_header.data.waiters (offset 256 + 4, static-asserted in C)
 _ARMED = 0x80000000  # GB_ARMED, the high bit of waiters: a wake is owed
+_STAMP = struct.Struct("<q")  # a stamp as pyzmq carries it: 8 bytes
+# the optional peers (keys of benchmarks.rings.OPTIONAL) as rings._make makes
+# them, for 8-byte payloads; latency() adds timeout=10 to bound its reader's
+# wait, as mp.Queue's get(timeout=10) does
+_OPT_CASE = {"kind": "bytes", "size": 8}
 
 
 def _name(tag):
@@ -83,6 +94,24 @@ def _pipe_producer(c, n, period_ns):
         c.send(clock())
 
 
+def _hooked_producer(put, encode, n, period_ns, conn):
+    """Producer of an optional peer (``put`` from rings._make): its end
+    opens here, after the fork (zmq sockets do not survive one), once the
+    reader's is open (a PUSH that connects before its PULL is bound
+    retries only after zmq's 100 ms reconnect interval)."""
+    conn.recv()
+    _hook(put, "prepare")
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        _pace(period_ns)
+        put(encode(clock()))
+    _hook(put, "finish")  # pyzmq: close with a bounded linger
+
+
+def _unstamp(b):
+    return _STAMP.unpack(b)[0]
+
+
 def latency(peer, n, warmup=50, period_us=1000, spin=None, samples=False):
     """One-way latency (ns) of ``peer``, summarised; this process is the
     reader.  ``samples=True`` also returns every sample (for a CDF)."""
@@ -126,6 +155,26 @@ def latency(peer, n, warmup=50, period_us=1000, spin=None, samples=False):
                 raise RuntimeError("pipe producer stalled")
             x = a.recv()
             lat.append(clock() - x)
+        overruns = 0
+    elif peer in OPTIONAL:  # "ff" (faster-fifo), "zmq" (pyzmq)
+        # faster-fifo's queue is shared memory made before the fork; pyzmq's
+        # is a path, each side opening its socket after the fork
+        q, put, get, _, _ = _make(peer, dict(_OPT_CASE, timeout=10), None)
+        encode, decode = (_STAMP.pack, _unstamp) if peer == "zmq" else (int, int)
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=_hooked_producer, daemon=True,
+                        args=(put, encode, total, period, there))
+        p.start()
+        try:
+            _hook(get, "prepare")
+            here.send("go")
+            for _ in range(total):
+                x = get()
+                lat.append(clock() - decode(x))  # clock() is called first
+        finally:
+            _hook(get, "finish")
+            if peer == "zmq" and os.path.exists(q):
+                os.unlink(q)  # the ipc:// socket file, if the PULL end left it
         overruns = 0
     else:
         raise ValueError(peer)
@@ -207,6 +256,25 @@ def _blocked(peer, name, obj, conn):
     elif peer == "mp.Pipe":
         conn.send("ready")
         obj.recv()
+    elif peer in OPTIONAL:  # obj: rings._make's get; zmq opens its socket here
+        _hook(obj, "prepare")
+        conn.send("ready")
+        obj()
+
+
+def _switches(proc):
+    """Voluntary and involuntary context switches of every thread of
+    ``proc`` (psutil's num_ctx_switches() counts the main thread's only on
+    Linux; a pyzmq reader has an I/O thread as well)."""
+    import psutil
+    vol = inv = 0
+    for t in proc.threads():
+        try:
+            s = psutil.Process(t.id).num_ctx_switches()
+        except psutil.NoSuchProcess:
+            continue
+        vol, inv = vol + s.voluntary, inv + s.involuntary
+    return vol, inv
 
 
 def idle(peer, seconds=2.0, settle=0.5):
@@ -221,6 +289,10 @@ def idle(peer, seconds=2.0, settle=0.5):
         w = gb.create(name, gb.ArraySpec(np.int64, (1,)), 4)
     elif peer == "mp.Queue":
         obj = ctx.Queue()
+    elif peer in OPTIONAL:
+        # faster-fifo's get() blocks for T_BIG (600 s), far past the run;
+        # pyzmq's recv() without a timeout
+        keep, _, obj, _, _ = _make(peer, _OPT_CASE, None)
     else:
         obj, keep = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_blocked, daemon=True, args=(peer, name, obj, there))
@@ -229,21 +301,23 @@ def idle(peer, seconds=2.0, settle=0.5):
         assert here.recv() == "ready"
         time.sleep(settle)  # past any spin, parked for good
         proc = psutil.Process(p.pid)
-        c0, s0, t0 = proc.cpu_times(), proc.num_ctx_switches(), time.perf_counter()
+        c0, s0, t0 = proc.cpu_times(), _switches(proc), time.perf_counter()
         time.sleep(seconds)
-        c1, s1, t1 = proc.cpu_times(), proc.num_ctx_switches(), time.perf_counter()
+        c1, s1, t1 = proc.cpu_times(), _switches(proc), time.perf_counter()
+        nthreads = proc.num_threads()
     finally:
         p.kill()
         p.join(10)
         if w is not None:
             w.unlink()
             w.close()
+        if peer == "zmq" and os.path.exists(keep):
+            os.unlink(keep)  # the ipc:// socket file the killed reader bound
     dt = t1 - t0
     cpu = (c1.user - c0.user) + (c1.system - c0.system)
     return {"cpu_pct": 100 * cpu / dt,
-            "wakeups_per_s": ((s1.voluntary - s0.voluntary) +
-                              (s1.involuntary - s0.involuntary)) / dt,
-            "voluntary_per_s": (s1.voluntary - s0.voluntary) / dt}
+            "wakeups_per_s": ((s1[0] - s0[0]) + (s1[1] - s0[1])) / dt,
+            "voluntary_per_s": (s1[0] - s0[0]) / dt, "threads": nthreads}
 
 
 # ---------------------------------------------------------------------------
@@ -367,9 +441,13 @@ def build_no_wait(dest):
 # driver
 # ---------------------------------------------------------------------------
 
-PEERS = ("gb (futex)", "gb (poll)", "mp.Queue", "mp.Pipe")
+PEERS = ("gb (futex)", "gb (poll)", "mp.Queue", "mp.Pipe", "faster-fifo", "pyzmq")
 _KEY = {"gb (futex)": "gb", "gb (poll)": "gb-poll", "mp.Queue": "mp.Queue",
-        "mp.Pipe": "mp.Pipe"}
+        "mp.Pipe": "mp.Pipe", "faster-fifo": "ff", "pyzmq": "zmq"}
+
+
+def _absent_row(peer, ncols):
+    return [peer] + [NOT_INSTALLED] * (ncols - 1)
 
 
 def suite(level="full", samples=None, spin_sweep=False):
@@ -377,24 +455,27 @@ def suite(level="full", samples=None, spin_sweep=False):
     quick = level != "full"
     smoke = level == "smoke"
     results, tables, summary = {}, [], []
+    # faster-fifo and pyzmq are optional: "not installed" rows when absent
+    installed = {p: have(_KEY[p]) for p in PEERS}
+    present = [p for p in PEERS if installed[p]]
 
     # 1. latency: rounds interleave peers; samples pooled per peer
     n = samples or (100 if smoke else 1000 if quick else 3000)
     rounds = 1 if quick else 2
-    lat = {p: [] for p in PEERS}
+    lat = {p: [] for p in present}
     for _ in range(rounds):
-        for p in PEERS:
+        for p in present:
             lat[p].append(run_peer("wake", "latency", peer=_KEY[p], n=n, samples=True))
     summ = {p: {k: median([r[k] for r in v]) for k in ("p50", "p99", "max")}
             for p, v in lat.items()}
     # the CDF pools every run's samples; the table keeps medians of runs
     cdf = {p: sorted(x for r in v for x in r.pop("samples_ns")) for p, v in lat.items()}
     results["latency"] = {"runs": lat, "median_of_runs": summ, "samples_per_run": n,
-                          "period_us": 1000, "samples_ns": cdf}
+                          "period_us": 1000, "samples_ns": cdf, "installed": installed}
     q = summ["mp.Queue"]
-    rows = [[p, fmt_ns(s["p50"]), fmt_ns(s["p99"]), fmt_ns(s["max"]),
-             fmt_ratio(s["p50"] / q["p50"]), fmt_ratio(s["p99"] / q["p99"])]
-            for p, s in summ.items()]
+    rows = [[p, fmt_ns(summ[p]["p50"]), fmt_ns(summ[p]["p99"]), fmt_ns(summ[p]["max"]),
+             fmt_ratio(summ[p]["p50"] / q["p50"]), fmt_ratio(summ[p]["p99"] / q["p99"])]
+            if installed[p] else _absent_row(p, 6) for p in PEERS]
     tables.append(table(
         f"One-way wake latency (producer every ~1 ms, {n} samples x {rounds} runs, "
         "median of runs)",
@@ -427,13 +508,15 @@ def suite(level="full", samples=None, spin_sweep=False):
 
     # 2. idle cost
     secs = 1.0 if quick else 2.0
-    idl = {p: run_peer("wake", "idle", peer=_KEY[p], seconds=secs) for p in PEERS}
+    idl = {p: run_peer("wake", "idle", peer=_KEY[p], seconds=secs) for p in present}
     results["idle"] = idl
-    rows = [[p, f"{v['cpu_pct']:.2f} %", f"{v['wakeups_per_s']:.1f}"] for p, v in idl.items()]
+    rows = [[p, f"{idl[p]['cpu_pct']:.2f} %", f"{idl[p]['wakeups_per_s']:.1f}"]
+            if installed[p] else _absent_row(p, 3) for p in PEERS]
     tables.append(table(
         f"Idle cost of a reader blocked without timeout (over {secs:g} s)",
         ["transport", "CPU", "wake-ups/s"], rows,
-        note="wake-ups/s: voluntary + involuntary context switches (psutil). "
+        note="wake-ups/s: voluntary + involuntary context switches of all the reader's "
+             f"threads (psutil). faster-fifo's get() has a timeout, {T_BIG:.0f} s here. "
              "target for gb: 0.00 % and 0 wake-ups/s"))
 
     # 3. writer cost with parked readers, and the no-wait build

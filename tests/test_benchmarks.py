@@ -21,7 +21,7 @@ _PKG_PARENT = str(Path(gb.__file__).resolve().parent.parent)
 BENCHMARKS = ["streams", "rings", "sweep", "wake", "pipe", "pool"]
 # peers installed by the dev extra (faster-fifo is in the bench extra only)
 SWEEP_PEERS = ["gb.Ring", "mp.Queue", "mp.Pipe", "pyzmq"]
-LATENCY_PEERS = ["gb (futex)", "gb (poll)", "mp.Queue", "mp.Pipe"]
+LATENCY_PEERS = ["gb (futex)", "gb (poll)", "mp.Queue", "mp.Pipe", "pyzmq"]
 
 
 def _env():
@@ -85,8 +85,15 @@ def test_smoke_run_writes_json_tables_and_plots(tmp_path):
 
     lat = data["benchmarks"]["wake"]["results"]["latency"]
     for peer in LATENCY_PEERS:
+        assert lat["installed"][peer], peer
         xs = lat["samples_ns"][peer]
         assert len(xs) >= 100 and xs == sorted(xs) and xs[0] > 0, peer
+    if lat["installed"]["faster-fifo"]:
+        xs = lat["samples_ns"]["faster-fifo"]
+        assert len(xs) >= 100 and xs[0] > 0
+    (lat_table,) = [t for t in data["benchmarks"]["wake"]["tables"]
+                    if t["title"].startswith("One-way wake latency")]
+    assert [r[0] for r in lat_table["rows"]] == list(lat["installed"])
 
     for stem in ("throughput", "latency_cdf"):
         assert (img / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,4 +124,25 @@ def test_missing_peer_is_a_not_installed_row(benchmarks_path, monkeypatch, tmp_p
     assert all(r[2] == "not installed" and r[-1] == "not installed" for r in rows)
     assert all(pt["items_per_s"] > 0 for pt in out["results"]["peers"]["gb.Ring"]["points"])
     paths = plots.throughput(out["results"], "test", str(tmp_path))
+    assert all(os.path.getsize(x) > 0 for x in paths)
+
+
+@pytest.mark.timeout(90)
+def test_missing_wake_peers_are_not_installed_rows(benchmarks_path, monkeypatch, tmp_path):
+    from benchmarks import plots, rings, wake
+    real = rings.installed
+    monkeypatch.setattr(rings, "installed",
+                        lambda mod: mod not in ("zmq", "faster_fifo") and real(mod))
+    out = wake.suite("smoke")
+    lat = out["results"]["latency"]
+    assert lat["installed"] == {p: p not in ("faster-fifo", "pyzmq") for p in wake.PEERS}
+    assert sorted(lat["samples_ns"]) == sorted(["gb (futex)", "gb (poll)", "mp.Queue",
+                                                "mp.Pipe"])
+    (rows,) = [t["rows"] for t in out["tables"]]
+    by_peer = {r[0]: r[1:] for r in rows}
+    assert list(by_peer) == list(wake.PEERS)
+    for peer, cells in by_peer.items():
+        absent = peer in ("faster-fifo", "pyzmq")
+        assert all((c == "not installed") == absent for c in cells), (peer, cells)
+    paths = plots.latency_cdf(out["results"], "test", str(tmp_path))
     assert all(os.path.getsize(x) > 0 for x in paths)
