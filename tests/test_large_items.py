@@ -84,24 +84,29 @@ def test_stream_across_processes(ctx, shm_name, children):
 
 @pytest.mark.parametrize("broadcast", [False, True], ids=["queue", "broadcast"])
 def test_array_ring_exact_bytes(new_name, broadcast):
-    """§3.1 rings on an ArraySpec: put() takes the same path."""
+    """§3.1 rings on an ArraySpec: a broadcast ring's put() streams like a
+    stream's write(); a queue ring's does not (its one consumer usually
+    takes the item soon, from the cache), and both deliver every byte."""
     with gb.Ring(capacity=8, schema=BIG, broadcast=broadcast, name=new_name()) as q, \
             gb.Ring.attach(q.name) as other:
-        assert q._streaming and other._streaming
+        assert q._streaming == other._streaming == broadcast
         for i in range(3):
             a = _frame(i)
             q.put(_unaligned(a) if i == 1 else a, timeout=TIMEOUT)
             assert np.array_equal(other.get(timeout=TIMEOUT), a), i
 
 
-def test_object_ring_out_of_band_buffers_exact_bytes(new_name):
-    """Pickled items with large out-of-band numpy buffers: the buffers are
-    copied into the slot with streaming stores, the pickle bytes are not."""
+@pytest.mark.parametrize("broadcast", [False, True], ids=["queue", "broadcast"])
+def test_object_ring_out_of_band_buffers_exact_bytes(new_name, broadcast):
+    """Pickled items with large out-of-band numpy buffers in a slot: a
+    broadcast ring copies the buffers with streaming stores (the pickle
+    bytes with memcpy), a queue ring with memcpy."""
     a, b = _frame(1, 3 * MIB + 5), _frame(2, 2 * MIB + 1)
-    with gb.Ring(capacity=4, max_bytes=6 * MIB, name=new_name()) as q:
-        assert q._streaming
+    with gb.Ring(capacity=4, max_bytes=6 * MIB, broadcast=broadcast, name=new_name()) as q, \
+            gb.Ring.attach(q.name) as other:
+        assert q._streaming == broadcast
         q.put({"a": a, "b": _unaligned(b), "tag": "x"}, timeout=TIMEOUT)
-        got = q.get(timeout=TIMEOUT)
+        got = other.get(timeout=TIMEOUT)
         assert got["tag"] == "x"
         assert np.array_equal(got["a"], a) and np.array_equal(got["b"], b)
 
