@@ -388,10 +388,9 @@ cdef class QueueHandle(Handle):
         # cdef: put() calls it per item (a def call through the Ring
         # subclass's attribute lookup costs ~100 ns)
         cdef _Parts parts
+        cdef _Serial ser
         cdef uint64_t pos
-        cdef uint8_t *dst
         cdef cnp.ndarray a
-        cdef int64_t deadline
         self._live()
         if self._ndim >= 0:
             self._check_array(obj)
@@ -405,8 +404,43 @@ cdef class QueueHandle(Handle):
             gb_slot_set_aux(&self.r, pos, AUX_INLINE)
             gb_queue_put_commit(&self.r, _pid, pos, self._nbytes)
             return True
-        parts = _serialize(self._ser, obj, self.r.kind, True)
+        ser = self._ser
+        if ser.pickle_like and not ser.busy and not ser.large:
+            return self._put_pickled(ser, obj, block, timeout)
+        parts = _serialize(ser, obj, self.r.kind, True)
         return self._put_parts_c(parts, block, timeout) != 0
+
+    cdef int _put_pickled(self, _Serial ser, obj, bint block, object timeout) except -1:
+        """The common case of _put_obj_c: a plain pickle that fits a slot
+        goes straight from the bytes object into the slot (no _Parts, no
+        buffer export; ~80 ns of a ~450 ns small-item put)."""
+        cdef bytes data
+        cdef Py_ssize_t n
+        cdef uint64_t pos
+        cdef _Parts p
+        ser.busy = True
+        try:
+            data = ser.dumps(obj, 5, buffer_callback=ser.keep)
+        except BaseException:
+            del ser.oob[:]
+            raise
+        finally:
+            ser.busy = False
+        n = PyBytes_GET_SIZE(data)
+        ser.large = n > _LARGE_PICKLE and ser.pickler is not None
+        if not ser.oob and <uint64_t>n <= self.r.slot_size:
+            if self._claim_now(True, block, timeout, &pos):
+                return False
+            memcpy(gb_payload(gb_slot_at(&self.r, pos)), PyBytes_AS_STRING(data), n)
+            gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+            gb_queue_put_commit(&self.r, _pid, pos, <uint64_t>n)
+            return True
+        # out-of-band buffers, or out of line: the general path
+        p = _Parts.__new__(_Parts)
+        p.data = data
+        _parts_of(p, ser.oob, n)
+        del ser.oob[:]
+        return self._put_parts_c(p, block, timeout) != 0
 
     def put(self, obj, bint block=True, timeout=None):
         """Put ``obj`` into the ring, as ``multiprocessing.Queue.put``.
@@ -485,11 +519,7 @@ cdef class QueueHandle(Handle):
         cdef Py_ssize_t k = 0
         self._live()
         for obj in items:
-            if self._ndim >= 0:
-                if not self._put_obj_c(obj, True, grace):
-                    return k
-            elif not self._put_parts_c(_serialize(self._ser, obj, self.r.kind, True), True,
-                                       grace):
+            if not self._put_obj_c(obj, True, grace):
                 return k
             k += 1
         return k
