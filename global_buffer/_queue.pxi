@@ -180,11 +180,13 @@ def unframe(ba, loads):
     return loads(data, buffers=bufs)
 
 
-cdef _Parts _parts_of(_Parts p, list oob, Py_ssize_t n):
-    """Finish ``p`` (whose data, n bytes, is set) with the out-of-band
-    buffers in ``oob``."""
+cdef _Parts _parts_of(object data, list oob, Py_ssize_t n):
+    """An item pickled to ``data`` (n bytes) with the out-of-band buffers
+    in ``oob``."""
+    cdef _Parts p = _Parts.__new__(_Parts)
     cdef Py_ssize_t nb = len(oob), i
     cdef uint64_t total
+    p.data = data
     if nb == 0:
         p.bufs = None
         p.total = n
@@ -204,26 +206,31 @@ cdef inline void _scratch_back(_Serial ser, _Parts parts):
         ser.scratch = <_Scratch>parts.data
 
 
+cdef inline void _note_size(_Serial ser, Py_ssize_t n):
+    """After a pickle of n bytes: is the next one to go through the scratch
+    buffer (see _Scratch)?"""
+    ser.large = n > _LARGE_PICKLE and ser.pickler is not None
+
+
 cdef _Parts _serialize(_Serial ser, object obj, uint32_t kind, bint transient):
     """Serialise ``obj``.  ``transient``: the caller copies the result into
     shared memory before it serialises anything else on this handle, so a
     large pickle may live in the handle's reusable scratch buffer."""
-    cdef _Parts p = _Parts.__new__(_Parts)
-    cdef Py_ssize_t nb, i, n
-    cdef uint64_t total
+    cdef Py_ssize_t n
     cdef Py_buffer b
     cdef list oob
     cdef _Scratch sc
+    cdef object data
     if ser.pickle_like:
         if ser.busy:
             # another thread of ours is inside a dumps (a __reduce__ can
             # release the GIL): its oob list and scratch are taken
             oob = []
-            p.data = ser.dumps(obj, 5, buffer_callback=oob.append)
-            return _parts_of(p, oob, len(p.data))
+            data = ser.dumps(obj, 5, buffer_callback=oob.append)
+            return _parts_of(data, oob, len(data))
+        # busy until ser.oob is consumed and emptied (finally)
         ser.busy = True
         try:
-            del ser.oob[:]
             if transient and ser.large:
                 # the scratch is this item's until _scratch_back: a thread
                 # that serialises meanwhile (the GIL can switch while this
@@ -234,23 +241,22 @@ cdef _Parts _serialize(_Serial ser, object obj, uint32_t kind, bint transient):
                 ser.scratch = None
                 sc.n = 0
                 ser.pickler(sc, 5, buffer_callback=ser.keep).dump(obj)
-                p.data, n = sc, sc.n
+                data, n = sc, sc.n
             else:
                 # called here, not through a Python closure: ~70 ns a put
-                p.data = ser.dumps(obj, 5, buffer_callback=ser.keep)
-                n = len(p.data)
-            ser.large = n > _LARGE_PICKLE and ser.pickler is not None
-            p = _parts_of(p, ser.oob, n)
-            del ser.oob[:]
-            return p
+                data = ser.dumps(obj, 5, buffer_callback=ser.keep)
+                n = len(data)
+            _note_size(ser, n)
+            return _parts_of(data, ser.oob, n)
         finally:
+            if ser.oob:
+                del ser.oob[:]
             ser.busy = False
-    p.data = ser.encode(obj)
-    p.bufs = None
-    PyObject_GetBuffer(p.data, &b, 0)
-    p.total = <uint64_t>b.len
+    data = ser.encode(obj)
+    PyObject_GetBuffer(data, &b, 0)
+    n = b.len
     PyBuffer_Release(&b)
-    return p
+    return _parts_of(data, [], n)
 
 
 cdef class QueueHandle(Handle):
@@ -417,30 +423,28 @@ cdef class QueueHandle(Handle):
         cdef bytes data
         cdef Py_ssize_t n
         cdef uint64_t pos
-        cdef _Parts p
+        cdef _Parts parts = None
+        # busy until ser.oob is consumed and emptied, as in _serialize
         ser.busy = True
         try:
             data = ser.dumps(obj, 5, buffer_callback=ser.keep)
-        except BaseException:
-            del ser.oob[:]
-            raise
+            n = PyBytes_GET_SIZE(data)
+            _note_size(ser, n)
+            if ser.oob or <uint64_t>n > self.r.slot_size:
+                # out-of-band buffers, or out of line: the general path
+                parts = _parts_of(data, ser.oob, n)
         finally:
+            if ser.oob:
+                del ser.oob[:]
             ser.busy = False
-        n = PyBytes_GET_SIZE(data)
-        ser.large = n > _LARGE_PICKLE and ser.pickler is not None
-        if not ser.oob and <uint64_t>n <= self.r.slot_size:
-            if self._claim_now(True, block, timeout, &pos):
-                return False
-            memcpy(gb_payload(gb_slot_at(&self.r, pos)), PyBytes_AS_STRING(data), n)
-            gb_slot_set_aux(&self.r, pos, AUX_INLINE)
-            gb_queue_put_commit(&self.r, _pid, pos, <uint64_t>n)
-            return True
-        # out-of-band buffers, or out of line: the general path
-        p = _Parts.__new__(_Parts)
-        p.data = data
-        _parts_of(p, ser.oob, n)
-        del ser.oob[:]
-        return self._put_parts_c(p, block, timeout) != 0
+        if parts is not None:
+            return self._put_parts_c(parts, block, timeout) != 0
+        if self._claim_now(True, block, timeout, &pos):
+            return False
+        memcpy(gb_payload(gb_slot_at(&self.r, pos)), PyBytes_AS_STRING(data), n)
+        gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+        gb_queue_put_commit(&self.r, _pid, pos, <uint64_t>n)
+        return True
 
     def put(self, obj, bint block=True, timeout=None):
         """Put ``obj`` into the ring, as ``multiprocessing.Queue.put``.
@@ -559,18 +563,14 @@ cdef class QueueHandle(Handle):
         if self._claim_now(False, block, timeout, &pos):
             raise Empty()
         aux = gb_slot_aux(&self.r, pos)
-        if aux != AUX_VOID:
-            return self._read_claimed(pos, aux)
-        # a void item (a producer's aborted put): skip it and go on waiting
-        gb_queue_get_commit(&self.r, pos)
-        deadline = _deadline(timeout) if block else gb_now_ns()
-        while True:
-            if self._claim(False, deadline, &pos):
-                raise Empty()
-            aux = gb_slot_aux(&self.r, pos)
-            if aux != AUX_VOID:
-                break
-            gb_queue_get_commit(&self.r, pos)
+        if aux == AUX_VOID:
+            # void items (producers' aborted puts): skip them, go on waiting
+            deadline = _deadline(timeout) if block else gb_now_ns()
+            while aux == AUX_VOID:
+                gb_queue_get_commit(&self.r, pos)
+                if self._claim(False, deadline, &pos):
+                    raise Empty()
+                aux = gb_slot_aux(&self.r, pos)
         return self._read_claimed(pos, aux)
 
     def _get_many(self, Py_ssize_t max_items, bint block=True, timeout=None):

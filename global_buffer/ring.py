@@ -103,6 +103,11 @@ _BLOB_POLL = 20e-6        # long (s), looking this often
 _BLOB_MAPS = 64           # blob mappings a consumer keeps open
 
 
+def _blob_cap(need):
+    """Size of the blob made for an item of ``need`` bytes."""
+    return max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
+
+
 def _blob_keep(cap):
     """Blobs of ``cap`` bytes a producer makes before it waits for a free
     one: a budget in bytes, so that small items get many in flight (a
@@ -147,7 +152,7 @@ class _Blobs:
             if seg is None:
                 seg = self._wait_for_free(need)
             if seg is None:
-                cap = max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
+                cap = _blob_cap(need)
                 name = self._name()
                 seg = Segment.create(name, _core.SLOT_HEADER + cap, self.mode)
                 _core.blob_init(seg.mm, cap)
@@ -177,9 +182,8 @@ class _Blobs:
         cache miss); without the wait a producer slightly ahead of its
         consumer made one blob per item in flight (measured: 50-70 blobs of
         8 MiB for 400 frames) and ran several times slower."""
-        cap = max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
         fits = [seg for seg, c in self.mine if c >= need]
-        if len(fits) < _blob_keep(cap):
+        if len(fits) < _blob_keep(_blob_cap(need)):
             return None
         deadline = _core.now_ns() + int(_BLOB_WAIT * 1e9)
         while _core.now_ns() < deadline:
