@@ -7,6 +7,7 @@ handles, so a ``write()`` or a ``next()`` crosses from Python into compiled
 code exactly once.
 """
 import os
+import pickle
 
 cimport cython
 cimport numpy as cnp
@@ -795,4 +796,5 @@ cdef class StreamReader(Handle):
         return gb_read_check(&self.r, pos, word) != 0
 
 
+include "_plain.pxi"
 include "_queue.pxi"

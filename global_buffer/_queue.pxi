@@ -15,6 +15,7 @@ cdef uint64_t _pstart = 0               # this process's start time (0: not read
 AUX_INLINE = 0  # the payload is the item
 AUX_BLOB = 1    # the payload names an out-of-line blob holding the item
 AUX_VOID = 2    # nothing: a put that failed after claiming (skipped by get)
+AUX_PLAIN = 3   # the payload is the item, a plain-data pickle (_plain.pxi)
 
 # An object payload whose first byte is 0 is a frame of pickle protocol 5
 # with out-of-band buffers; a plain pickle starts with PROTO (0x80).
@@ -263,6 +264,7 @@ cdef class QueueHandle(Handle):
     """Compiled half of a queue ring: each item goes to exactly one get()."""
 
     cdef int64_t _qmax
+    cdef Py_ssize_t _plain_cap  # largest plain-data encoding put inline
     cdef _Serial _ser
     cdef public bint _closed_put
     cdef public object _pending  # unbounded rings: items waiting for the feeder (ring.py)
@@ -280,6 +282,7 @@ cdef class QueueHandle(Handle):
         # than the producer's cheaper copy (1080p ArraySpec ring, quick
         # rings benchmark: 27x mp.Queue with streaming stores, 40-42x without)
         self._nt = False
+        self._plain_cap = min(<Py_ssize_t>self.r.slot_size, <Py_ssize_t>_PLAIN_BUF)
         self._ser = ser
         self._spill = spill
         self._unspill = unspill
@@ -397,6 +400,8 @@ cdef class QueueHandle(Handle):
         cdef _Serial ser
         cdef uint64_t pos
         cdef cnp.ndarray a
+        cdef uint8_t plain[_PLAIN_BUF]
+        cdef Py_ssize_t n
         self._live()
         if self._ndim >= 0:
             self._check_array(obj)
@@ -411,8 +416,17 @@ cdef class QueueHandle(Handle):
             gb_queue_put_commit(&self.r, _pid, pos, self._nbytes)
             return True
         ser = self._ser
-        if ser.pickle_like and not ser.busy and not ser.large:
-            return self._put_pickled(ser, obj, block, timeout)
+        if ser.pickle_like:
+            n = _plain_dump(obj, plain, self._plain_cap)
+            if n >= 0:
+                if self._claim_now(True, block, timeout, &pos):
+                    return False
+                memcpy(gb_payload(gb_slot_at(&self.r, pos)), plain, n)
+                gb_slot_set_aux(&self.r, pos, AUX_PLAIN)
+                gb_queue_put_commit(&self.r, _pid, pos, <uint64_t>n)
+                return True
+            if not ser.busy and not ser.large:
+                return self._put_pickled(ser, obj, block, timeout)
         parts = _serialize(ser, obj, self.r.kind, True)
         return self._put_parts_c(parts, block, timeout) != 0
 
@@ -591,8 +605,9 @@ cdef class QueueHandle(Handle):
 
     cdef object _read_claimed(self, uint64_t pos, uint64_t aux):
         """Copy out the item in the slot we claimed at ``pos``, free the
-        slot, then decode."""
+        slot, then decode (plain data: decode, then free the slot)."""
         cdef uint64_t n
+        cdef bint decoded = False
         cdef const uint8_t *p
         cdef cnp.ndarray out
         p = gb_payload(gb_slot_at(&self.r, pos))
@@ -605,6 +620,14 @@ cdef class QueueHandle(Handle):
                 out = PyArray_Empty(self._ndim, self._dims, self._descr, 0)
                 memcpy(cnp.PyArray_DATA(out), p, self._nbytes if n >= self._nbytes else n)
                 raw = out
+            elif aux == AUX_PLAIN:
+                # decoded straight from the slot; a payload the decoder does
+                # not take (corrupt) goes to pickle.loads, which says why
+                raw = _plain_load(p, n)
+                if raw is _NOT_PLAIN:
+                    raw = PyBytes_FromStringAndSize(<const char *>p, n)
+                else:
+                    decoded = True
             elif aux == AUX_INLINE and self._ser.pickle_like and n > 0 and p[0] == FRAME_TAG:
                 raw = PyByteArray_FromStringAndSize(<const char *>p, n)
                 aux = AUX_VOID  # marks "framed" below
@@ -613,8 +636,10 @@ cdef class QueueHandle(Handle):
         finally:
             gb_queue_get_commit(&self.r, pos)
         # decode outside the claim: the slot is already free for producers
-        if self._ndim >= 0:
+        if self._ndim >= 0 or decoded:
             return raw
+        if aux == AUX_PLAIN:
+            return pickle.loads(raw)
         if aux == AUX_VOID:
             return self._unframe(raw)
         if aux == AUX_BLOB:
@@ -699,7 +724,7 @@ cdef class QueueHandle(Handle):
                 if gb_read_begin(&self.r, pos, &w, &p, &n) != GB_OK:
                     continue
                 aux = gb_slot_aux(&self.r, pos)
-                if aux != AUX_INLINE and (aux != AUX_BLOB or peek is None):
+                if aux != AUX_INLINE and aux != AUX_PLAIN and (aux != AUX_BLOB or peek is None):
                     continue  # a void item, or a blob we cannot peek at
                 if self._ndim >= 0:
                     Py_INCREF(self._descr)
@@ -721,6 +746,8 @@ cdef class QueueHandle(Handle):
                     return decode_blob(blob)
                 if self._ndim >= 0:
                     return raw
+                if aux == AUX_PLAIN:
+                    return pickle.loads(raw)
                 if self._decode is not None:
                     return self._decode(bytes(raw))
                 # the tag from our copy: the slot may be reused by now
