@@ -37,11 +37,16 @@ BATCH = 64
 T_BIG = 600.0  # faster-fifo's put/get default to a 10 s timeout; we want "block"
 
 # what one measurement is: case parameters; the gb variant only matters for gb
+# Item counts per peer (n_<peer>, else n) keep each sample a few tenths of
+# a second or more: long enough to dwarf process start-up and scheduling
+# noise, short enough for a full run in minutes.
 CASES = {
-    "small-1:1": dict(kind="small", p=1, c=1, batch=0, n=400_000, n_mp=100_000),
-    "small-1:1-many": dict(kind="small", p=1, c=1, batch=BATCH, n=400_000, n_mp=100_000),
-    "small-4:4": dict(kind="small", p=4, c=4, batch=0, n=400_000, n_mp=100_000),
-    "small-4:4-many": dict(kind="small", p=4, c=4, batch=BATCH, n=400_000, n_mp=100_000),
+    "small-1:1": dict(kind="small", p=1, c=1, batch=0, n=2_000_000, n_ff=400_000, n_mp=100_000),
+    "small-1:1-many": dict(kind="small", p=1, c=1, batch=BATCH, n=2_000_000, n_ff=400_000,
+                           n_mp=100_000),
+    "small-4:4": dict(kind="small", p=4, c=4, batch=0, n=2_000_000, n_ff=400_000, n_mp=100_000),
+    "small-4:4-many": dict(kind="small", p=4, c=4, batch=BATCH, n=2_000_000, n_ff=400_000,
+                           n_mp=100_000),
     "frame": dict(kind="frame", p=1, c=1, batch=0, n=600, n_mp=120),
 }
 
@@ -332,7 +337,7 @@ def run(repeats, scale, only=None, verbose=True):
             shift = rnd % len(group)
             for u in group[shift:] + group[:shift]:  # rotate the order per round
                 spec = CASES[u[0]]
-                n = spec["n_mp"] if u[1] == "mp" else spec["n"]
+                n = spec.get(f"n_{u[1]}", spec["n"])
                 n = max(spec["p"], int(n * scale))
                 try:
                     res = run_peer("rings", "worker", timeout=180, peer=u[1], case_name=u[0],
