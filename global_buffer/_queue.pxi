@@ -181,6 +181,30 @@ def unframe(ba, loads):
     return loads(data, buffers=bufs)
 
 
+def decode_pickled(raw):
+    """An item of a pickle or cloudpickle ring from its bytes (``raw``: a
+    bytes-like copy): a frame (out-of-band buffers), a plain-data pickle
+    (_plain.pxi), or any other pickle."""
+    cdef Py_buffer b
+    cdef const uint8_t *p
+    PyObject_GetBuffer(raw, &b, 0)
+    try:
+        p = <const uint8_t *>b.buf
+        if b.len > 0 and p[0] == FRAME_TAG:
+            out = _NOT_PLAIN
+            framed = True
+        else:
+            out = _plain_load(p, b.len)
+            framed = False
+    finally:
+        PyBuffer_Release(&b)
+    if framed:
+        return unframe(raw, pickle.loads)
+    if out is _NOT_PLAIN:
+        return pickle.loads(raw)
+    return out
+
+
 cdef _Parts _parts_of(object data, list oob, Py_ssize_t n):
     """An item pickled to ``data`` (n bytes) with the out-of-band buffers
     in ``oob``."""
@@ -872,8 +896,14 @@ cdef class BroadcastHandle(StreamReader):
         cdef uint64_t pos, total
         cdef uint8_t *dst
         cdef cnp.ndarray a
+        cdef uint8_t plain[_PLAIN_BUF]
+        cdef Py_ssize_t n = -1
         self._live()
-        if self._ndim >= 0:
+        if self._ser.pickle_like:
+            n = _plain_dump(obj, plain, min(<Py_ssize_t>self.r.slot_size, <Py_ssize_t>_PLAIN_BUF))
+        if n >= 0:
+            total = <uint64_t>n
+        elif self._ndim >= 0:
             self._check_array(obj)
             a = <cnp.ndarray>obj
             if not cnp.PyArray_IS_C_CONTIGUOUS(a):
@@ -891,7 +921,9 @@ cdef class BroadcastHandle(StreamReader):
         try:
             dst = gb_stream_begin(&self.r, _pid, &pos)
             try:
-                if parts is None:
+                if n >= 0:
+                    memcpy(dst, plain, n)
+                elif parts is None:
                     _copy_in(self._nt, dst, cnp.PyArray_DATA(a), total)
                 else:
                     _write_parts(parts, dst, self._nt)

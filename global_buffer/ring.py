@@ -83,10 +83,8 @@ def _put_needs_model(obj):
                     "pass the ring's pydantic model (Ring.attach(name, model=M)) to put")
 
 
-def _decode_pickled(raw):
-    if raw[:1] == b"\0":
-        return _unframe(raw)
-    return pickle.loads(raw)
+# frames, plain-data pickles (see _plain.pxi) and other pickles
+_decode_pickled = _core.decode_pickled
 
 
 def _unframe(raw):

@@ -321,3 +321,32 @@ def test_custom_serializer_sees_every_item():
         assert ring.get(timeout=TIMEOUT) == (1, 2)
     finally:
         ring.close()
+
+
+def _broadcast_producer(ring, seed, n):
+    for obj in _corpus(seed, n) + NOT_PLAIN[:-3]:
+        ring.put(obj)
+
+
+def test_broadcast_ring_plain_items_across_processes(ctx, children):
+    """Broadcast rings write plain data the same way; every handle reads it
+    (SPEC §3.1 broadcast mode)."""
+    want = _corpus(9, 100) + NOT_PLAIN[:-3]  # the last three do not fit a slot
+    ring = gb.Ring(broadcast=True, capacity=len(want) + 1)
+    try:
+        other = gb.Ring.attach(ring.name)
+        p = children.start(ctx, _broadcast_producer, ring, 9, 100)
+        children.join(p)
+        assert p.exitcode == 0
+        for handle in (ring, other):
+            for i, obj in enumerate(want):
+                got = handle.get(timeout=TIMEOUT)
+                if obj is _loop:
+                    assert got[0] is got
+                elif obj is _deep:
+                    assert repr(got) == repr(obj)
+                else:
+                    assert same(got, obj) or (type(obj) is type(got) and got == obj), i
+        other.close()
+    finally:
+        ring.close()
