@@ -8,6 +8,7 @@ code exactly once.
 """
 import os
 import pickle
+import traceback
 
 cimport cython
 cimport numpy as cnp

@@ -12,14 +12,17 @@ cdef int64_t _BUSY_SLICE_NS = 20000000  # sleep slice while a peer holds a claim
 cdef uint64_t _pstart = 0               # this process's start time (0: not read yet)
 
 # aux values of a queue slot (object rings)
-AUX_INLINE = 0  # the payload is the item
-AUX_BLOB = 1    # the payload names an out-of-line blob holding the item
-AUX_VOID = 2    # nothing: a put that failed after claiming (skipped by get)
-AUX_PLAIN = 3   # the payload is the item, a plain-data pickle (_plain.pxi)
+# (C constants: a module-level name would cost a dict lookup per use)
+cdef enum:
+    AUX_INLINE = 0  # the payload is the item
+    AUX_BLOB = 1    # the payload names an out-of-line blob holding the item
+    AUX_VOID = 2    # nothing: a put that failed after claiming (skipped by get)
+    AUX_PLAIN = 3   # the payload is the item, a plain-data pickle (_plain.pxi)
 
 # An object payload whose first byte is 0 is a frame of pickle protocol 5
 # with out-of-band buffers; a plain pickle starts with PROTO (0x80).
-FRAME_TAG = 0
+cdef enum:
+    FRAME_TAG = 0
 
 
 def _reset_start():
@@ -115,6 +118,7 @@ cdef class _Parts:
     cdef object data          # bytes-like: the pickle / encoded item
     cdef list bufs            # memoryviews of out-of-band buffers
     cdef uint64_t total
+    cdef uint64_t aux         # the slot's aux when put inline (AUX_INLINE or AUX_PLAIN)
 
     @property
     def total(self):
@@ -291,7 +295,14 @@ cdef class QueueHandle(Handle):
     cdef Py_ssize_t _plain_cap  # largest plain-data encoding put inline
     cdef _Serial _ser
     cdef public bint _closed_put
-    cdef public object _pending  # unbounded rings: items waiting for the feeder (ring.py)
+    # unbounded rings (ring.py owns the thread): items serialised and
+    # waiting in this process, in order; the feeder thread while it runs
+    # (None otherwise); the lock that orders appends against the feeder's
+    # exit; the lock held by whoever moves _pending into slots
+    cdef public object _pending
+    cdef public object _feeder
+    cdef public object _feeder_lock
+    cdef public object _flush_lock
     cdef object _spill      # (ring, _Parts) -> bytes naming a blob
     cdef object _unspill    # bytes -> obj
     cdef object _alive      # (pid, start) -> bool
@@ -504,12 +515,69 @@ cdef class QueueHandle(Handle):
             if not self._put_obj_c(obj, block, timeout):
                 raise Full()
         elif self._pending:
-            self._defer(self._serialize(obj))
-            self._flush()  # help the feeder: move what fits now, in order
+            # earlier items wait in this process: move what fits, in order,
+            # and go straight in behind them if they all went
+            if self._flush_c() == 1 and self._put_obj_c(obj, False, None):
+                return
+            self._defer_c(self._serialize_c(obj))
+            self._flush_c()
         elif not self._put_obj_c(obj, True, _FULL_GRACE):
             # a full ring usually frees a slot within microseconds: we waited
             # that long (the feeder's GIL hand-offs would cap throughput)
-            self._defer(self._serialize(obj))
+            self._defer_c(self._serialize_c(obj))
+
+    cdef int _defer_c(self, item) except -1:
+        """Queue ``item`` (from _serialize_c) behind the items already
+        waiting in this process and make sure a feeder thread runs."""
+        lock = self._feeder_lock
+        lock.acquire()
+        try:
+            self._pending.append(item)
+            if self._feeder is None:
+                self._start_feeder()  # ring.py; it clears _feeder, under this lock, on exit
+        finally:
+            lock.release()
+        return 0
+
+    def _defer(self, item):
+        self._defer_c(item)
+
+    cdef int _flush_c(self) except -2:
+        """Move waiting items into free slots, in order, without waiting:
+        1 once none is left, 0 if the ring is full (or closed), -1 if
+        another thread is flushing.  An item leaves _pending only once
+        committed, so a put() that finds _pending empty cannot overtake it."""
+        cdef bint ok
+        lock = self._flush_lock
+        if not lock.acquire(False):
+            return -1
+        try:
+            pending = self._pending
+            while pending:
+                if not self._bound:
+                    return 0
+                item = pending[0]
+                try:
+                    if type(item) is _Parts:
+                        ok = self._put_parts_c(<_Parts>item, False, None) != 0
+                    else:
+                        ok = self._put_obj_c(item, False, None) != 0
+                except Exception:
+                    # drop the item that cannot be put, as the stdlib feeder does
+                    traceback.print_exc()
+                    ok = True
+                if not ok:
+                    return 0
+                pending.popleft()
+            return 1
+        finally:
+            lock.release()
+
+    def _flush(self):
+        """_flush_c for the feeder thread and put_many: True once nothing
+        waits, False if the ring is full, None if another thread flushes."""
+        cdef int r = self._flush_c()
+        return None if r < 0 else r == 1
 
     def _put_parts(self, _Parts parts, bint block=True, timeout=None):
         return self._put_parts_c(parts, block, timeout) != 0
@@ -546,7 +614,7 @@ cdef class QueueHandle(Handle):
                 gb_slot_set_aux(&self.r, pos, AUX_VOID)
                 gb_queue_put_commit(&self.r, _pid, pos, 0)
                 raise
-            gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+            gb_slot_set_aux(&self.r, pos, parts.aux)
             gb_queue_put_commit(&self.r, _pid, pos, parts.total)
         else:
             memcpy(dst, PyBytes_AS_STRING(ref), len(ref))
@@ -566,17 +634,25 @@ cdef class QueueHandle(Handle):
             k += 1
         return k
 
-    def _serialize(self, obj):
-        """Serialise ``obj`` now (for items deferred to the feeder)."""
+    cdef object _serialize_c(self, obj):
+        """Serialise ``obj`` now (for items deferred to the feeder): an
+        array copy, or _Parts."""
+        cdef uint8_t plain[_PLAIN_BUF]
+        cdef Py_ssize_t n
+        cdef _Parts parts
         if self._ndim >= 0:
             self._check_array(obj)
             return cnp.PyArray_NewCopy(<cnp.ndarray>obj, cnp.NPY_CORDER)
+        if self._ser.pickle_like:
+            n = _plain_dump(obj, plain, self._plain_cap)
+            if n >= 0:
+                parts = _parts_of(PyBytes_FromStringAndSize(<const char *>plain, n), [], n)
+                parts.aux = AUX_PLAIN
+                return parts
         return _serialize(self._ser, obj, self.r.kind, False)
 
-    def _put_serialized(self, item, bint block=True, timeout=None):
-        if isinstance(item, _Parts):
-            return self._put_parts_c(item, block, timeout) != 0
-        return self._put_obj(item, block, timeout)
+    def _serialize(self, obj):
+        return self._serialize_c(obj)
 
     def get(self, bint block=True, timeout=None):
         """Remove and return an item, as ``multiprocessing.Queue.get``.

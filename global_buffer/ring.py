@@ -784,41 +784,29 @@ class Ring:
 
     # -- unbounded puts: the feeder --------------------------------------------
 
-    def _defer(self, item):
-        with self._feeder_lock:
-            self._pending.append(item)
-            if self._feeder is None or not self._feeder.is_alive():
-                self._feeder = threading.Thread(target=self._feed, name="RingFeederThread",
-                                                daemon=True)
-                self._feeder.start()
-                if not self._join_cancelled:
-                    self._jointhread = Finalize(self._feeder, _join_feeder,
-                                                [weakref.ref(self._feeder)], exitpriority=-5)
+    # put() (compiled, QueueHandle) serialises an item that finds the ring
+    # full, appends it to _pending and, under _feeder_lock, calls this if no
+    # feeder runs; put(), put_many() and the feeder then move the items into
+    # slots in order (QueueHandle._flush).
 
-    def _flush(self):
-        """Move buffered items into free slots, in order, without waiting:
-        True once none is left, False if the ring is full, None if another
-        thread is flushing.  An item leaves ``_pending`` only once committed,
-        so a put() that finds ``_pending`` empty cannot overtake it."""
-        if not self._flush_lock.acquire(False):
-            return None
-        try:
-            pending = self._pending
-            while pending:
-                if self.closed:
-                    return False
-                try:
-                    if not self._put_serialized(pending[0], False):
-                        return False
-                except Exception:
-                    import traceback
-                    traceback.print_exc()  # drop the item that cannot be put, as the stdlib feeder does
-                pending.popleft()
-            return True
-        finally:
-            self._flush_lock.release()
+    def _start_feeder(self):
+        self._feeder = threading.Thread(target=self._feed, name="RingFeederThread", daemon=True)
+        self._feeder.start()
+        if not self._join_cancelled:
+            self._jointhread = Finalize(self._feeder, _join_feeder,
+                                        [weakref.ref(self._feeder)], exitpriority=-5)
 
     def _feed(self):
+        try:
+            self._feed_until_empty()
+        except BaseException:
+            # whatever ended us, the next deferred put must start a feeder
+            with self._feeder_lock:
+                if self._feeder is threading.current_thread():
+                    self._feeder = None
+            raise
+
+    def _feed_until_empty(self):
         pending = self._pending
         while True:
             with self._feeder_lock:

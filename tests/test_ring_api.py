@@ -166,6 +166,59 @@ def test_put_many_unbounded_never_blocks():
     assert got == list(range(500))
 
 
+def test_deferred_items_keep_order_across_kinds():
+    """§3.1: items that find the ring full wait in this process in order,
+    whatever path they take into a slot: plain data, a pickle, a frame with
+    an out-of-band array, an out-of-line item."""
+    r = gb.Ring(capacity=4)
+    items = []
+    for i in range(60):
+        kind = i % 4
+        items.append((i, "plain") if kind == 0 else
+                     {i, "pickled"} if kind == 1 else
+                     (i, np.full(10, i, np.int64)) if kind == 2 else
+                     (i, b"x" * 10_000))
+    for obj in items:
+        r.put(obj)                     # 56 of them deferred
+    got = [r.get(timeout=TIMEOUT) for _ in items]
+    for want, obj in zip(items, got):
+        if isinstance(want, tuple) and isinstance(want[1], np.ndarray):
+            assert obj[0] == want[0] and np.array_equal(obj[1], want[1])
+        else:
+            assert obj == want
+
+
+def test_feeder_restarts_after_its_thread_died():
+    """§3.1 "nothing lost": if the feeder thread dies (here: an injected
+    error while it waits for room), the next deferred put starts another,
+    and every item still arrives in order."""
+    r = gb.Ring(capacity=2)
+    boom = threading.Event()
+
+    def fail_once(put, timeout):
+        boom.set()
+        raise RuntimeError("injected")
+
+    r._wait_ready = fail_once           # the feeder waits through this
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: None
+    try:
+        for i in range(5):
+            r.put(i)                   # 3 deferred; the feeder dies waiting
+        assert boom.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while r._feeder is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r._feeder is None
+        del r._wait_ready
+        assert r.get(timeout=TIMEOUT) == 0
+        r.put(5)                       # deferred behind 2..4: starts a feeder
+        assert [r.get(timeout=TIMEOUT) for _ in range(5)] == [1, 2, 3, 4, 5]
+    finally:
+        threading.excepthook = old_hook
+        r.close()
+
+
 def test_put_many_get_many_bad_arguments_and_closed():
     """§3.1/§5: get_many needs an int >= 1; both raise ValueError once closed."""
     r = gb.Ring()
