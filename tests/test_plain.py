@@ -103,6 +103,7 @@ _loop.append(_loop)
 _deep = 0
 for _ in range(9):
     _deep = [_deep]
+_BIG = ("x" * 5000,)
 
 # items the encoder leaves to the pickler, and why
 NOT_PLAIN = [
@@ -115,7 +116,7 @@ NOT_PLAIN = [
     [_shared, _shared],         # a list twice: identity would be lost
     _loop,                      # a list holding itself
     _deep,                      # nested deeper than 8
-    ("x" * 5000,),              # larger than the encoder's buffer
+    _BIG,                       # larger than the encoder's buffer
     [[i] for i in range(70)],   # more lists than it tracks
     (1, 2, object),             # anything else inside
 ]
@@ -194,9 +195,23 @@ def test_decoder_rejects_or_agrees_with_pickle_on_damaged_bytes():
 # through rings
 # ---------------------------------------------------------------------------
 
-def _producer(ring, seed, n):
-    for obj in _corpus(seed, n) + NOT_PLAIN:
+def _items(seed, n, broadcast=False):
+    """A producer's items; broadcast items must fit a slot (4032 bytes)."""
+    return _corpus(seed, n) + [o for o in NOT_PLAIN if not (broadcast and o is _BIG)]
+
+
+def _producer(ring, seed, n, broadcast=False):
+    for obj in _items(seed, n, broadcast):
         ring.put(obj)
+
+
+def _assert_arrived(got, want, i):
+    if want is _loop:
+        assert got[0] is got
+    elif want is _deep:
+        assert repr(got) == repr(want)
+    else:
+        assert same(got, want) or (type(want) is type(got) and got == want), i
 
 
 def test_plain_items_across_processes(ctx, children):
@@ -205,17 +220,28 @@ def test_plain_items_across_processes(ctx, children):
     ring = gb.Ring()
     try:
         p = children.start(ctx, _producer, ring, 5, 200)
-        want = _corpus(5, 200) + NOT_PLAIN
-        for i, obj in enumerate(want):
-            got = ring.get(timeout=TIMEOUT)
-            if obj is _loop:
-                assert got[0] is got
-            elif obj is _deep:
-                assert repr(got) == repr(obj)
-            else:
-                assert same(got, obj) or (type(obj) is type(got) and got == obj), i
+        for i, want in enumerate(_items(5, 200)):
+            _assert_arrived(ring.get(timeout=TIMEOUT), want, i)
         children.join(p)
         assert p.exitcode == 0
+    finally:
+        ring.close()
+
+
+def test_broadcast_ring_plain_items_across_processes(ctx, children):
+    """Broadcast rings write plain data the same way; every handle reads it
+    (SPEC §3.1 broadcast mode)."""
+    items = _items(9, 100, broadcast=True)
+    ring = gb.Ring(broadcast=True, capacity=len(items) + 1)
+    try:
+        other = gb.Ring.attach(ring.name)
+        p = children.start(ctx, _producer, ring, 9, 100, True)
+        children.join(p)
+        assert p.exitcode == 0
+        for handle in (ring, other):
+            for i, want in enumerate(items):
+                _assert_arrived(handle.get(timeout=TIMEOUT), want, i)
+        other.close()
     finally:
         ring.close()
 
@@ -322,31 +348,3 @@ def test_custom_serializer_sees_every_item():
     finally:
         ring.close()
 
-
-def _broadcast_producer(ring, seed, n):
-    for obj in _corpus(seed, n) + NOT_PLAIN[:-3]:
-        ring.put(obj)
-
-
-def test_broadcast_ring_plain_items_across_processes(ctx, children):
-    """Broadcast rings write plain data the same way; every handle reads it
-    (SPEC §3.1 broadcast mode)."""
-    want = _corpus(9, 100) + NOT_PLAIN[:-3]  # the last three do not fit a slot
-    ring = gb.Ring(broadcast=True, capacity=len(want) + 1)
-    try:
-        other = gb.Ring.attach(ring.name)
-        p = children.start(ctx, _broadcast_producer, ring, 9, 100)
-        children.join(p)
-        assert p.exitcode == 0
-        for handle in (ring, other):
-            for i, obj in enumerate(want):
-                got = handle.get(timeout=TIMEOUT)
-                if obj is _loop:
-                    assert got[0] is got
-                elif obj is _deep:
-                    assert repr(got) == repr(obj)
-                else:
-                    assert same(got, obj) or (type(obj) is type(got) and got == obj), i
-        other.close()
-    finally:
-        ring.close()
