@@ -454,12 +454,7 @@ cdef class QueueHandle(Handle):
         if ser.pickle_like:
             n = _plain_dump(obj, plain, self._plain_cap)
             if n >= 0:
-                if self._claim_now(True, block, timeout, &pos):
-                    return False
-                memcpy(gb_payload(gb_slot_at(&self.r, pos)), plain, n)
-                gb_slot_set_aux(&self.r, pos, AUX_PLAIN)
-                gb_queue_put_commit(&self.r, _pid, pos, <uint64_t>n)
-                return True
+                return self._put_inline(plain, n, AUX_PLAIN, block, timeout)
             if not ser.busy and not ser.large:
                 return self._put_pickled(ser, obj, block, timeout)
         parts = _serialize(ser, obj, self.r.kind, True)
@@ -471,7 +466,6 @@ cdef class QueueHandle(Handle):
         buffer export; ~80 ns of a ~450 ns small-item put)."""
         cdef bytes data
         cdef Py_ssize_t n
-        cdef uint64_t pos
         cdef _Parts parts = None
         # busy until ser.oob is consumed and emptied, as in _serialize
         ser.busy = True
@@ -488,10 +482,17 @@ cdef class QueueHandle(Handle):
             ser.busy = False
         if parts is not None:
             return self._put_parts_c(parts, block, timeout) != 0
+        return self._put_inline(PyBytes_AS_STRING(data), n, AUX_INLINE, block, timeout)
+
+    cdef inline int _put_inline(self, const void *src, Py_ssize_t n, uint64_t aux, bint block,
+                                object timeout) except -1:
+        """Claim a slot, copy the ``n`` bytes at ``src`` (which fit) into it
+        and publish them with ``aux``; False if no slot came in time."""
+        cdef uint64_t pos
         if self._claim_now(True, block, timeout, &pos):
             return False
-        memcpy(gb_payload(gb_slot_at(&self.r, pos)), PyBytes_AS_STRING(data), n)
-        gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+        memcpy(gb_payload(gb_slot_at(&self.r, pos)), src, n)
+        gb_slot_set_aux(&self.r, pos, aux)
         gb_queue_put_commit(&self.r, _pid, pos, <uint64_t>n)
         return True
 

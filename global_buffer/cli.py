@@ -367,38 +367,29 @@ def _parse_shape(text):
     return shape
 
 
-def _positive(kind):
+def _number(kind, *, above_zero=False, most=None, too_big="", what="a number"):
+    """An argparse type: ``kind(text)``, >= 0 (> 0 with ``above_zero``) and
+    at most ``most`` (else ``too_big`` is the message)."""
     def parse(text):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if v < 0 or (above_zero and v == 0):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above_zero else '>='} 0, got {text!r}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(too_big)
         return v
     return parse
 
 
-def _non_negative(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
+def _positive(kind):
+    return _number(kind, above_zero=True)
 
 
-def _item_bytes(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    if v > 64 << 20:
-        raise argparse.ArgumentTypeError("items larger than 64 MiB are not for a demo")
-    return v
+_non_negative = _number(float)
+_item_bytes = _number(int, most=64 << 20, what="a whole number of bytes",
+                      too_big="items larger than 64 MiB are not for a demo")
 
 
 def _orphaned(parent):
