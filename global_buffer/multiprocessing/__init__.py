@@ -8,9 +8,16 @@ the shared-memory ring versions (``gb.Ring``, ``gb.JoinableRing``,
 context as the stdlib takes its module functions from its own, so the module
 and ``get_context()`` agree by construction.  Everything else is the
 stdlib's very object, so ``Process``, locks and ``set_start_method`` act on
-the stdlib's state.  The submodules ``connection``, ``managers`` and
-``pool`` carry the ring-backed names; any other (``shared_memory``,
-``dummy``, ...) is the stdlib's.
+the stdlib's state.  The submodules ``connection``, ``managers``,
+``pool`` and ``queues`` carry the ring-backed names (``queues.SimpleQueue``;
+its ``Queue`` / ``JoinableQueue`` classes stay the stdlib's, for subclasses
+that rely on their internals); any other (``shared_memory``, ``dummy``,
+...) is the stdlib's.
+
+The contexts work as ``mp_context`` of
+``concurrent.futures.ProcessPoolExecutor`` and ``context`` of
+``multiprocessing.pool.Pool``: those use ``SimpleQueue`` through its
+private attributes, which ours has, with the stdlib's semantics.
 """
 import multiprocessing as _mp
 import sys
@@ -31,9 +38,9 @@ __all__ += [n for n in dir(context._default_context)
 
 # stdlib submodules reachable as attributes (multiprocessing.util, ...)
 from multiprocessing import (  # noqa: E402
-    process, reduction, sharedctypes, synchronize, util, queues, heap,
+    process, reduction, sharedctypes, synchronize, util, heap,
 )
-from . import connection, managers  # noqa: E402
+from . import connection, managers, queues  # noqa: E402
 
 SUBDEBUG = _mp.SUBDEBUG
 SUBWARNING = _mp.SUBWARNING

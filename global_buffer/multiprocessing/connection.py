@@ -142,14 +142,15 @@ class _Owner:
     ``_OWNER`` entry in each peer table, released when the last connection
     of the pipe in this process is collected (or at exit)."""
 
-    def __init__(self, rings):
+    def __init__(self, rings, fds=()):
         self.rings = rings
+        self.fds = list(fds)  # a counted pipe's FIFO, held open (see _CountedConnection)
         entries = []
         for r in rings:
             if r._finalizer is not None:
                 r._finalizer.cancel()  # the pipe, not the ring, decides when names go
             entries.append(_core.peer_add(r, _OWNER))
-        self._finalizer = Finalize(self, _release_pipe, (rings, entries, os.getpid()),
+        self._finalizer = Finalize(self, _release_pipe, (rings, entries, os.getpid(), self.fds),
                                    exitpriority=-10)
 
     def release(self):
@@ -158,10 +159,19 @@ class _Owner:
         names = [r.name for r in self.rings]
         for r in self.rings:
             r.close()
+        _close_fds(self.fds)
         _unlink_pipe(names)
 
 
-def _release_pipe(rings, entries, pid):
+def _close_fds(fds):
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:
+            pass
+
+
+def _release_pipe(rings, entries, pid, fds=()):
     if os.getpid() != pid:
         return
     names = [r.name for r in rings]
@@ -179,15 +189,19 @@ def _release_pipe(rings, entries, pid):
     for r in rings:
         r.close()
     if not keep:
+        _close_fds(fds)
         _unlink_pipe(names)
     else:
         # whoever attaches the last pickled end removes the names; at our
-        # exit they go in any case (as a gb.Ring's do)
-        Finalize(None, _unlink_at_exit, (names, pid), exitpriority=-10)
+        # exit they go in any case (as a gb.Ring's do).  A counted pipe's
+        # FIFO stays open here until then, so that its bytes (one per
+        # queued message) outlive every other handle closing.
+        Finalize(None, _unlink_at_exit, (names, pid, fds), exitpriority=-10)
 
 
-def _unlink_at_exit(names, pid):
+def _unlink_at_exit(names, pid, fds=()):
     if os.getpid() == pid:
+        _close_fds(fds)
         _unlink_pipe(names)
 
 
@@ -655,12 +669,7 @@ class Connection:
         tx = self._tx
         if tx is not None and not tx.closed and not _core.peer_held(tx, _WRITER):
             # the last write end: wake a reader blocked in recv() or wait()
-            try:
-                tx._put_obj(_EOF, False)
-            except Exception:
-                pass
-            if _core.fd_armed(tx):
-                self._signal_fd()
+            self._put_eof(tx)
         for fd in (self._fifo_r, self._fifo_w) + (self._never or ()):
             if fd is not None:
                 try:
@@ -672,6 +681,14 @@ class Connection:
             if r is not None:
                 r.close()
         self._owner = None
+
+    def _put_eof(self, tx):
+        try:
+            tx._put_obj(_EOF, False)
+        except Exception:
+            pass
+        if _core.fd_armed(tx):
+            self._signal_fd()
 
     def __del__(self):
         try:
@@ -702,8 +719,161 @@ class Connection:
         return f"<gb.Connection {self._names[0]}|{self._names[1]} {state}>"
 
 
-def _rebuild(rx_name, tx_name, readable, writable, tokens=()):
-    return Connection(rx_name, tx_name, readable, writable, _tokens=tokens)
+def _rebuild(rx_name, tx_name, readable, writable, tokens=(), counted=False):
+    cls = _CountedConnection if counted else Connection
+    return cls(rx_name, tx_name, readable, writable, _tokens=tokens)
+
+
+def _byte_in(fd):
+    try:
+        os.write(fd, b"\1")
+    except BlockingIOError:
+        pass  # FIFO full (thousands of bytes): it is readable anyway
+
+
+def _byte_out(fd):
+    try:
+        os.read(fd, 1)
+    except BlockingIOError:
+        pass  # cannot happen while the count holds (see _CountedConnection)
+
+
+class _CountedConnection(Connection):
+    """One end of a one-way pipe in *counted* mode, whose ``fileno()`` is
+    exact: readable while a message is queued (or the stream has ended), so
+    that the stdlib's ``multiprocessing.connection.wait`` followed by a
+    blocking ``recv()`` never blocks -- what ``concurrent.futures`` and
+    ``multiprocessing.pool`` do with a ``SimpleQueue``'s ``_reader``.
+
+    A plain connection's descriptor is a hint (a byte per message once a
+    reader armed it, drained after each ``recv``): a sender's late byte can
+    land after the reader drained and found the ring empty, and the stdlib's
+    wait then reports a message that is not there.  Counted mode keeps a
+    count instead:
+
+    - every handle of the pipe holds the pipe's FIFO open (``O_RDWR |
+      O_NONBLOCK``) from attach to close, so the FIFO and its bytes live as
+      long as any handle does (the creating process keeps one more while an
+      end it pickled has not attached yet); a forked child keeps the
+      descriptor it inherited;
+    - a sender writes one byte *before* it puts a message, the end-of-stream
+      marker included, and reads it back if the put fails (unpicklable
+      object, readers gone, interrupted);
+    - a receiver reads exactly one byte *after* it takes a message; the
+      end-of-stream marker's byte stays, so an ended stream stays readable,
+      as an OS pipe does.
+
+    Hence bytes in the FIFO = queued messages + senders between their byte
+    and their put + receivers between their take and their read (+ 1 once
+    the stream ended) >= 0: the byte a receiver reads is always there
+    (non-blocking read), no wake-up is lost, and readiness without a message
+    lasts only while a sender is mid-put (microseconds).  A sender killed
+    between its byte and its put leaves one byte too many: the descriptor
+    then reports a message until the next one arrives or the stream ends.
+
+    The cost is one ``write`` and one ``read`` system call per message,
+    which is why only ``SimpleQueue``'s pipe is counted; ``gb.Pipe`` keeps
+    the plain, syscall-free path.
+    """
+
+    def __init__(self, rx_name, tx_name, readable, writable, owner=None, _tokens=None):
+        name = rx_name if readable else tx_name
+        try:
+            # before attaching: the last pickled end to attach may remove
+            # the pipe's names (FIFO included) as it does
+            fd = os.open(_fifo_path(name), os.O_RDWR | os.O_NONBLOCK)
+        except FileNotFoundError:
+            fd = None  # the pipe is gone: attaching its ring says so below
+        self._cfd = fd
+        try:
+            Connection.__init__(self, rx_name, tx_name, readable, writable, owner, _tokens)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+                self._cfd = None
+            raise
+        if fd is None:
+            self.close()
+            raise OSError(errno.ENOENT, f"the FIFO of pipe {name!r} is gone")
+
+    def _send(self, obj):
+        tx = self._tx
+        if not _peer_held(tx, _READER):
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        fd = self._cfd
+        _byte_in(fd)
+        try:
+            if not tx._put_obj(obj, False):
+                self._send_blocking(obj)
+        except BaseException:
+            _byte_out(fd)  # nothing was put: take the byte back
+            raise
+
+    def _recv(self):
+        item = Connection._recv(self)  # a message (end of stream raises)
+        try:
+            os.read(self._cfd, 1)
+        except (BlockingIOError, TypeError):
+            pass  # TypeError: closed by another thread meanwhile
+        return item
+
+    def _put_eof(self, tx):
+        _byte_in(self._cfd)  # stays, whether the marker fits or not: EOF is readable
+        try:
+            tx._put_obj(_EOF, False)
+        except Exception:
+            pass
+
+    def fileno(self):
+        """The pipe's FIFO: readable exactly while a message is waiting or
+        the stream has ended.  (A write-only end gets a descriptor that
+        never becomes readable, as an OS pipe's write end.)"""
+        self._check_closed()
+        if not self._readable:
+            return Connection.fileno(self)
+        return self._cfd
+
+    def close(self):
+        """Close this end (idempotent)."""
+        if self._closed:
+            return
+        Connection.close(self)
+        fd, self._cfd = self._cfd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __reduce__(self):
+        fn, args = Connection.__reduce__(self)
+        return fn, args + (True,)
+
+
+def _counted_pipe(capacity):
+    """``(reader, writer)``: a one-way pipe in counted mode (see
+    :class:`_CountedConnection`) whose ring holds ``capacity`` messages
+    (``send`` blocks beyond).  For ``SimpleQueue``."""
+    ring = Ring(capacity, capacity=capacity)
+    path = _fifo_path(ring.name)
+    fd = None
+    try:
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:  # a stale one of a dead process: reuse it
+            if not stat.S_ISFIFO(os.stat(path).st_mode):
+                raise OSError(f"{path} exists and is not a FIFO") from None
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        owner = _Owner([ring], [fd])
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        ring.close()
+        _unlink_pipe([ring.name])
+        raise
+    r = _CountedConnection(ring.name, None, True, False, owner)
+    w = _CountedConnection(None, ring.name, False, True, owner)
+    return r, w
 
 
 def Pipe(duplex=True):

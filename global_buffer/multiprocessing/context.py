@@ -26,9 +26,12 @@ class _RingFactories:
         return JoinableRing(maxsize)
 
     def SimpleQueue(self):
-        """A ``gb.Ring`` (it has SimpleQueue's get/put/empty/close)."""
-        from ..ring import Ring
-        return Ring()
+        """A ring-backed ``SimpleQueue`` with the stdlib's private
+        attributes (``_reader``, ``_writer``, ``_rlock``, ``_wlock``,
+        ``_poll``), so ``concurrent.futures.ProcessPoolExecutor`` and
+        ``multiprocessing.pool.Pool`` work on this context."""
+        from .queues import SimpleQueue
+        return SimpleQueue(ctx=self.get_context())
 
     def Pipe(self, duplex=True):
         """A ``gb.Pipe()``."""
