@@ -1,11 +1,11 @@
 """README's first command, run as a new user runs it (SPEC §8), and the
 ImportError an unbuilt source tree gives.
 
-``test_first_command`` copies the checkout's tracked files into a fresh
-directory, makes a fresh virtual environment there and runs the first
-```bash block of README.md verbatim, from that directory: ``python -m`` then
-imports the copy's ``global_buffer/``, which works only because the build
-leaves the compiled core there too (setup.py).  It needs a C compiler and the
+``test_first_command`` copies the checkout (the files git tracks or would
+add) into a fresh directory, makes a fresh virtual environment there and
+runs the first ```bash block of README.md verbatim, from that directory:
+``python -m`` then imports the copy's ``global_buffer/``, which works only
+because the build leaves the compiled core there too (setup.py).  It needs a C compiler and the
 package index pip is configured with; it takes a minute or two (``slow``).
 ``GB_FIRST_COMMAND_PYTHON=/path/to/python3.X`` runs it on another interpreter.
 """
@@ -41,10 +41,13 @@ def readme_first_command():
 
 
 def copy_checkout(dest):
-    """Copy the files git tracks (as they are in the work tree) into ``dest``;
-    without git, the whole tree minus build artifacts."""
+    """Copy the checkout's files, as they are in the work tree, into ``dest``:
+    those git tracks and new ones it does not ignore (so the copy holds the
+    code the rest of the suite imports, not a half of it); without git, the
+    whole tree minus build artifacts."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], cwd=ROOT, check=True,
                              capture_output=True, timeout=60).stdout
         files = [f for f in out.decode().split("\0") if f]
     except (OSError, subprocess.SubprocessError):
