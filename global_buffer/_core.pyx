@@ -8,6 +8,7 @@ code exactly once.
 """
 import os
 import pickle
+from io import BytesIO as _BytesIO
 import traceback
 
 cimport cython

@@ -55,6 +55,7 @@ from multiprocessing.pool import (
 )
 
 from . import _core
+from . import reduction as _reduction
 from .errors import BufferClosed, BufferCorrupt, BufferExists, Empty, Full, WorkerLost
 from .ring import Ring
 from .segment import Segment, list_names, os_name, process_alive, self_start_time
@@ -297,14 +298,14 @@ def encode(prefix, kind, pid, a, b, obj):
         del lent[:]
 
     try:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+        # ForkingPickler's registered reducers apply, as in a stdlib pool
+        data = _reduction.dumps(obj, protocol=5, buffer_callback=out_of_band)
     except Exception:
         data = None
     if data is None:
         give_back()
-        import cloudpickle
         try:
-            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+            data = _reduction.cloud_dumps(obj, protocol=5, buffer_callback=out_of_band)
         except BaseException:
             give_back()
             raise
