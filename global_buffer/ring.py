@@ -23,9 +23,9 @@ from multiprocessing.util import Finalize, register_after_fork
 
 import numpy as np
 
-from . import _core
+from . import _core, reduction
 from .codec import MessageCodec, is_model
-from .errors import BufferCorrupt, Empty, Full, SchemaMismatch
+from .errors import BufferClosed, BufferCorrupt, Empty, Full, GlobalBufferError, SchemaMismatch
 from .schema import ArraySpec, decode_meta, encode_meta, model_schema, schema_hash
 from .segment import (
     Segment,
@@ -61,11 +61,15 @@ def _make_serial(serializer, schema):
     if isinstance(schema, ArraySpec):
         return _core._Serial(None, None, None, oob), None, None, "raw"
     if serializer in _SERIALIZERS:
-        mod = pickle
+        # ForkingPickler's registered reducers apply, as through
+        # multiprocessing.Queue (global_buffer/reduction.py)
+        reduction.refresh()
         if serializer == "cloudpickle":
-            import cloudpickle as mod
-        # _Serial calls mod.dumps(obj, 5, buffer_callback=oob.append)
-        return (_core._Serial(mod.dumps, pickle.loads, None, oob, mod.Pickler), None,
+            dumps, pickler = reduction.cloud_dumps, reduction.CloudPickler
+        else:
+            dumps, pickler = reduction.dumps, reduction.Pickler
+        # _Serial calls dumps(obj, 5, buffer_callback=oob.append)
+        return (_core._Serial(dumps, pickle.loads, None, oob, pickler), None,
                 _decode_pickled, serializer)
     if (isinstance(serializer, tuple) and len(serializer) == 2
             and all(callable(f) for f in serializer)):
@@ -99,6 +103,7 @@ _BLOB_KEEP = (4, 64)      # ... but at least 4 and at most 64 of them, before it
 _BLOB_WAIT = 5e-3         # waits for a consumer to free one, for at most this
 _BLOB_POLL = 20e-6        # long (s), looking this often
 _BLOB_MAPS = 64           # blob mappings a consumer keeps open
+_LEASE_MIN = 1 << 20      # frames this large are read in place (BlobView)
 
 
 def _blob_cap(need):
@@ -217,17 +222,25 @@ class _Blobs:
             self.maps.move_to_end(name)
         if decode is not _decode_pickled:
             return decode(_core.blob_read(seg.mm))
-        # a plain pickle is loaded straight from shared memory: one copy
-        # (and, for a large item, one freshly faulted allocation) fewer.  A
-        # frame is copied out: its numpy arrays come back as views of it.
-        off, n = _core.blob_hold(seg.mm)
-        try:
-            with memoryview(seg.mm)[off:off + n] as view:
-                if view[:1] != b"\0":
-                    return pickle.loads(view)
+        # Read in place: a plain pickle is loaded straight from shared
+        # memory (one copy, and for a large item one freshly faulted
+        # allocation, fewer).  A large frame's out-of-band buffers (numpy
+        # arrays, CPU tensors) come back as views of the blob itself, which
+        # stays ours until the last of them is collected; a small frame is
+        # copied out, so that many small items held do not pin blobs.
+        lease = _core.blob_lease(seg.mm)
+        if lease is None:  # MAX_LEASES held already: copy out
+            return _unframe(_core.blob_read(seg.mm))
+        with memoryview(lease) as view:
+            if view[:1] != b"\0":
+                return pickle.loads(view)
+            if view.nbytes < _LEASE_MIN:
                 raw = bytearray(view)
-        finally:
-            _core.blob_release(seg.mm)
+            else:
+                raw = None
+        if raw is None:
+            return _unframe(lease)
+        del lease  # frees the blob before the item is rebuilt
         return _unframe(raw)
 
     def peek(self, ref):
@@ -375,6 +388,8 @@ class Ring:
         items are flushed).
     """
 
+    _used = True  # False while this handle has not put (see _first_put)
+
     def __new__(cls, *args, **kwargs):
         base = _core.BroadcastHandle if kwargs.get("broadcast") else _core.QueueHandle
         return base.__new__(_concrete(cls, bool(kwargs.get("broadcast"))))
@@ -475,6 +490,8 @@ class Ring:
                               if self._blobs else None,
                               process_alive, _unframe, decode)
         self._add_readers(1)
+        self._ident = self._owner  # which segment a closed handle may still ask about
+        _mark_unused(self)
 
     def _after_fork(self):
         # a child forked by multiprocessing inherits this handle, but not the
@@ -488,6 +505,7 @@ class Ring:
         self._jointhread = None
         if self._blobs is not None:
             self._blobs.forget()
+        _mark_unused(self)  # the child's handle is unused, as the stdlib's queue's
 
     def _unspill(self, ref, give_back):
         return _unspill(self._blobs, self._full_decode, ref, give_back)
@@ -644,6 +662,7 @@ class Ring:
         pos = self._reserve_begin(block, timeout)
         if pos is None:
             raise Full()
+        _mark_used(self)
         try:
             view = self._slot_views()[pos % self._nslots]
             if view is None:
@@ -671,6 +690,7 @@ class Ring:
         fit were put.
         """
         self._check_put()
+        _mark_used(self)
         if self._maxsize <= 0 and not self._bcast and not isinstance(self, JoinableRing):
             # put()'s unbounded path, looped in compiled code
             if not isinstance(items, (list, tuple)):
@@ -720,23 +740,65 @@ class Ring:
         """Approximate number of items waiting: a counter in the segment,
         so it works on every platform (plus items buffered by this process
         for an unbounded ring).  Broadcast rings: items this handle has not
-        read yet."""
+        read yet.  Works after ``close()`` too, as the stdlib's."""
+        if self.closed:
+            return self._closed_count()[0] + len(self._pending)
         if self.broadcast:
             t = self._tail
             return min(t - self._cursor, self.capacity) if t > self._cursor else 0
         return self._qsize() + len(self._pending)
 
     def empty(self):
-        """``qsize() == 0`` (approximate, as for ``multiprocessing.Queue``)."""
+        """``qsize() == 0`` (approximate, as for ``multiprocessing.Queue``).
+
+        After ``close()``, as ``multiprocessing.Queue``: a handle that put
+        items in this process raises ``OSError`` (the stdlib's feeder has
+        closed its pipe by then); one that never put still answers.
+        """
+        if self.closed and self._used:
+            raise OSError("handle is closed")
         return self.qsize() == 0
 
     def full(self):
         """True if a ``put`` would block now (never for unbounded or
-        broadcast rings)."""
+        broadcast rings).  Works after ``close()`` too, as the stdlib's."""
+        if self.closed:
+            return self._closed_count()[1]
         # an unbounded ring is never full: put() does not block (as the stdlib)
         if self.broadcast or self._maxsize <= 0:
             return False
         return self._qsize() >= self._maxsize
+
+    def _closed_count(self):
+        """(items waiting, full) for a closed handle.  Its own mapping went
+        with close(), but ``multiprocessing.Queue.qsize()`` / ``full()``
+        still answer after close() (a semaphore outlives the pipe), so the
+        segment is looked at through a mapping made for this call.  A ring
+        whose segment is gone (or replaced under its name) raises
+        BufferClosed."""
+        name = self._segment.name
+        try:
+            seg = Segment.attach(name, wait_init=0)
+        except (OSError, GlobalBufferError):
+            seg = None
+        if seg is not None:
+            h = _core.QueueHandle.__new__(_core.QueueHandle)
+            try:
+                h._bind(seg.mm, f"ring {name!r}")
+                try:
+                    if h._owner == self._ident:
+                        if self._bcast:
+                            t, cursor = h._tail, self._cursor
+                            return (min(t - cursor, h.capacity) if t > cursor else 0), False
+                        n, maxsize = h._qsize(), h._maxsize
+                        return n, 0 < maxsize <= n
+                finally:
+                    h._unbind()
+            except GlobalBufferError:
+                pass
+            finally:
+                seg.close()
+        raise BufferClosed(f"ring {name!r} is closed and its segment is gone")
 
     def close(self):
         """No more puts or gets through this handle; items this process
@@ -859,6 +921,57 @@ class Ring:
             if left <= 0:
                 raise Full()
             await loop.run_in_executor(None, self._wait_ready, True, left)
+
+
+# -- closed semantics: a handle's first put ----------------------------------------
+#
+# multiprocessing.Queue starts its feeder thread on its first put, and close()
+# of a queue with a feeder closes its pipe: empty() then raises OSError, while
+# empty() of a never-used closed queue still answers (CPython's
+# test_closed_queue_empty_exceptions, 3.13; the same queues.py code in every
+# supported version).  A handle that has not put yet is an instance of a
+# subclass of its class whose put() notes the use and switches the handle back
+# (``__class__``), so later puts take the compiled method directly; no
+# per-handle object refers back to the ring, so it stays free of cycles.
+
+_unused_cache = {}   # the class of a used handle -> the class of an unused one
+_used_of = {}        # and back
+
+
+def _unused_class(cls):
+    c = _unused_cache.get(cls)
+    if c is None:
+        c = type(cls.__name__, (cls,), {"__module__": cls.__module__,
+                                        "__qualname__": cls.__qualname__,
+                                        "put": _first_put, "_used": False})
+        _unused_cache[cls], _used_of[c] = c, cls
+    return c
+
+
+def _mark_unused(ring):
+    if type(ring) not in _used_of:
+        ring.__class__ = _unused_class(type(ring))
+
+
+def _mark_used(ring):
+    cls = _used_of.get(type(ring))
+    if cls is not None:
+        ring.__class__ = cls
+
+
+def _first_put(self, obj, block=True, timeout=None):
+    """``Ring.put`` of a handle that has not put yet (see above)."""
+    self._check_put()  # a put refused as closed does not use the queue
+    used = _used_of.get(type(self), type(self))
+    try:
+        out = used.put(self, obj, block, timeout)
+    except Full:
+        raise  # nothing was put: the stdlib's Full comes before its feeder starts
+    except BaseException:
+        _mark_used(self)  # the stdlib's feeder would have started
+        raise
+    _mark_used(self)
+    return out
 
 
 def _join_feeder(twr):
