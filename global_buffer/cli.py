@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import struct
 import sys
 import time
@@ -194,16 +195,80 @@ def _alive(flag):
 # ls / stat / unlink / clean
 # ---------------------------------------------------------------------------
 
+_SHM = "/dev/shm"
+
+
+def _segment_names():
+    """Names of the global_buffer segments: the regular files of /dev/shm
+    named ``gb.*``.  A pipe's wake-up FIFO (``gb.<ring>.fifo``,
+    multiprocessing/connection.py) lives there too but is not a segment."""
+    from .segment import PREFIX, list_names
+    names = []
+    for name in list_names():
+        try:
+            if stat.S_ISREG(os.lstat(os.path.join(_SHM, PREFIX + name)).st_mode):
+                names.append(name)
+        except FileNotFoundError:
+            continue  # removed since we listed it
+        except OSError:
+            names.append(name)  # cannot tell: list it (as unreadable, if it is)
+    return names
+
+
+def _helper_names():
+    """(name, kind) of the other ``gb.*`` files: pipes' wake-up FIFOs."""
+    from .segment import PREFIX, list_names
+    out = []
+    for name in list_names():
+        try:
+            mode = os.lstat(os.path.join(_SHM, PREFIX + name)).st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) and name.endswith(".fifo"):
+            out.append((name, "fifo"))
+    return out
+
+
+def _in_use(paths):
+    """Those of ``paths`` that a live process has open or mapped (Linux:
+    /proc/*/fd and /proc/*/maps; processes we may not inspect are skipped
+    -- they cannot open our 0600 files either, unless root)."""
+    paths = set(paths)
+    used = set()
+    if not paths or not os.path.isdir("/proc"):
+        return used
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target in paths:
+                    used.add(target)
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    path = line.rstrip("\n").partition("/")[2]
+                    if path and "/" + path in paths:
+                        used.add("/" + path)
+        except OSError:
+            continue  # gone, or not ours to inspect
+    return used
+
+
 def cmd_ls(args, out):
     from .errors import BufferNotFound
-    from .segment import list_names
     rows = []
-    for name in list_names():
+    for name in _segment_names():
         try:
             rows.append(segment_info(name))
         except BufferNotFound:
             continue  # removed since we listed it
         except Exception as e:  # noqa: BLE001 - one bad segment must not hide the rest
+            if _BLOB_NAME.match(name):
+                continue  # an out-of-line item still being written: not broken
             rows.append({"name": name, "kind": "?",
                          "error": (str(e).splitlines() or [type(e).__name__])[0]})
     if args.json:
@@ -303,10 +368,13 @@ def cmd_unlink(args, out):
 
 
 def _clean_candidates(patterns):
-    """(name, reason) of each segment whose owner is gone."""
+    """(name, reason) of each segment whose owner is gone, then of each
+    helper file left by gone processes: out-of-line items and pipes'
+    FIFOs whose ring is gone (or goes now) and that no live process has
+    open or mapped."""
     from .errors import BufferNotFound
-    from .segment import list_names
-    names = list_names()
+    from .segment import PREFIX
+    names = _segment_names()
     present = set(names)
     found = []
     for name in names:
@@ -330,7 +398,19 @@ def _clean_candidates(patterns):
                 found.append((name, f"blob of pid {info['owner_pid']}, which is gone"))
         elif info["owner_pid"] and not info["owner_alive"]:
             found.append((name, f"owner pid {info['owner_pid']} is gone"))
-    return found
+    going = {n for n, _ in found}
+    for name, kind in _helper_names():
+        if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        ring = name[:-len(".fifo")]
+        if ring not in present or ring in going:
+            found.append((name, f"wake-up FIFO of pipe ring {ring}, which is gone"))
+    # a blob a live consumer still maps holds an item it may yet read; a
+    # FIFO a live process holds open is a pipe end still in use
+    paths = {os.path.join(_SHM, PREFIX + n): n for n, why in found
+             if why.startswith(("blob", "wake-up"))}
+    busy = {paths[p] for p in _in_use(paths)}
+    return [(n, why) for n, why in found if n not in busy]
 
 
 def cmd_clean(args, out):

@@ -3,7 +3,42 @@ classes against our factories (used by test_cpython_queue.py and
 test_cpython_pipe.py)."""
 import gc
 import multiprocessing
+import os
 from unittest import mock
+
+import global_buffer as gb
+from global_buffer import segment
+from global_buffer.ring import _remove_ring
+
+
+def _release_survivors(before):
+    """Close and remove the rings this test made in this process that are
+    still alive once it is over.  A failing test's traceback (kept by the
+    test report) holds its rings, whose finalizers would then run only at
+    exit: the failure would also leak their segments.  Rings already
+    collected are not touched, so a ring that really leaks (its segment
+    outliving its handles) is still caught by the leak check."""
+    gc.collect()
+    new = set(segment.list_names()) - before
+    if not new:
+        return
+    for obj in gc.get_objects():
+        if not isinstance(obj, gb.Ring):
+            continue
+        try:
+            name = obj.name
+        except Exception:
+            continue
+        if name not in new:
+            continue
+        try:
+            obj.close()
+        except Exception:
+            pass
+        if getattr(obj, "_is_owner", False):
+            _remove_ring(name, os.getpid())  # with its out-of-line items
+            if name + ".fifo" in new:  # a pipe's wake-up FIFO
+                gb.unlink(name + ".fifo")
 
 
 def make_mixin(tm, name, factories, patched):
@@ -35,8 +70,9 @@ def make_mixin(tm, name, factories, patched):
                 patcher = mock.patch.object(multiprocessing, attr, factories[attr])
                 patcher.start()
                 self.addCleanup(patcher.stop)
-            # rings a test dropped are removed before the leak check runs
-            self.addCleanup(gc.collect)
+            # rings a test dropped, or a failure still holds, are removed
+            # before the leak check runs
+            self.addCleanup(_release_survivors, set(segment.list_names()))
 
     for attr, value in factories.items():
         setattr(Mixin, attr, value if not callable(value) or isinstance(value, type(gc))

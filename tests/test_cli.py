@@ -416,3 +416,154 @@ def test_clean_leaves_a_live_ring_blob_alone(new_name):
         code, out = call("clean", "--dry-run", f"{q.name}*")
         assert code == 0 and blobs[0] not in out, out
         assert q.get(timeout=10) == b"x" * 100_000
+
+
+# -- ls / clean and helper files (pipe FIFOs, out-of-line items) --------------
+
+def _holder(path):
+    """A live process other than this one holding ``path`` open."""
+    code = ("import os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_NONBLOCK); "
+            "print('open', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=_env())
+    assert p.stdout.readline().strip() == "open"
+    return p
+
+
+def test_ls_lists_segments_not_pipe_fifos():
+    """§7 ``ls``: one line per segment.  A pipe's wake-up FIFO
+    (``/dev/shm/gb.<ring>.fifo``, made by ``fileno()``) is not a segment: it
+    is neither listed nor reported unreadable; the pipe's rings are."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm")
+    a, b = gb.Pipe()
+    try:
+        b.fileno()
+        fifo = b._rx.name + ".fifo"
+        assert fifo in list_names()
+        code, out = call("ls")
+        assert code == 0
+        assert fifo not in out, out
+        assert b._rx.name in out
+        code, out = call("ls", "--json")
+        assert code == 0
+        names = [r["name"] for r in json.loads(out)]
+        assert b._rx.name in names and not any(n.endswith(".fifo") for n in names)
+    finally:
+        a.close(), b.close()
+
+
+def test_clean_removes_a_dead_pipes_fifo_but_not_one_in_use(new_name):
+    """§7 ``clean``: a pipe FIFO whose ring is gone is a leftover -- unless
+    a live process still holds it open (a pipe end in use): then it stays."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm")
+    ring = new_name("gone")  # no such segment: the pipe's ring is gone
+    name = ring + ".fifo"
+    path = f"/dev/shm/gb.{name}"
+    os.mkfifo(path, 0o600)
+    holder = _holder(path)
+    try:
+        code, out = call("clean", "--dry-run", f"{ring}*")
+        assert code == 0 and name not in out, out
+        code, out = call("clean", f"{ring}*")
+        assert name not in out and os.path.exists(path), out
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
+    code, out = call("clean", "--dry-run", f"{ring}*")
+    assert f"would remove {name}" in out, out
+    assert os.path.exists(path)
+    code, out = call("clean", f"{ring}*")
+    assert f"removed {name}" in out and not os.path.exists(path), out
+
+
+def test_clean_leaves_a_live_rings_fifo_alone(new_name):
+    """A FIFO whose ring is present with a live owner is never a clean
+    candidate, held open or not."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm")
+    with gb.Ring(name=new_name("ring")) as q:
+        path = f"/dev/shm/gb.{q.name}.fifo"
+        os.mkfifo(path, 0o600)
+        try:
+            code, out = call("clean", "--dry-run", f"{q.name}*")
+            assert code == 0 and ".fifo" not in out, out
+        finally:
+            os.unlink(path)
+
+
+# -- the suite's own leak check (tests/conftest.py) ----------------------------
+
+def _free_pid():
+    """A pid no process has now (and that this run never started)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 7
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+def _foreign_ring(name, pid, start):
+    """A ring segment whose header names another user's process as owner."""
+    from global_buffer import _core
+    from global_buffer.ring import _ring_hash
+    from global_buffer.schema import encode_meta
+    from global_buffer.segment import Segment
+    meta = {"kind": "ring", "payload": "object", "serializer": "pickle", "mode": 0o600}
+    raw = encode_meta(meta)
+    size = _core.segment_nbytes(_core.KIND_OBJECT, _core.FLAG_QUEUE, 4, 256, len(raw))
+    seg = Segment.create(name, size)
+    _core.init_segment(seg.mm, _core.KIND_OBJECT, _core.FLAG_QUEUE, 4, 256, 0,
+                       _ring_hash(meta), raw, pid, start)
+    seg.close()
+
+
+def _orphan_in_child(method):
+    import multiprocessing as mp
+    p = mp.get_context(method).Process(target=_make_ring_and_vanish)
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def _make_ring_and_vanish():
+    r = gb.Ring()
+    r.put(b"y" * 100_000)  # and an out-of-line item
+    os._exit(0)  # no finalizers: the ring and its blob stay behind
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
+def test_leak_check_claims_only_this_tests_segments():
+    """The leak check never claims (reports or removes) a segment it cannot
+    prove this test made: a dead-owner ring of another user's process that
+    appears meanwhile, its blob and its FIFO stay.  What a child this
+    test started left behind is claimed, whatever its name."""
+    from conftest import LeakCheck
+    pid = _free_pid()
+    foreign = f"r{pid:x}-{uuid.uuid4().hex[:10]}"
+    made = [foreign, f"{foreign}.b{pid}.0a1b2c3d0", f"{foreign}.fifo"]
+    check = LeakCheck()
+    try:
+        _foreign_ring(foreign, pid, 123456)
+        gb.segment.Segment.create(made[1], 4096).close()
+        os.mkfifo(f"/dev/shm/gb.{made[2]}", 0o600)
+        assert not gb.segment.process_alive(pid)
+        assert check.leaked() == []
+        assert set(made) <= set(list_names())  # nothing removed either
+    finally:
+        for n in made:
+            gb.unlink(n)
+
+    for method in ("fork", "spawn"):
+        check = LeakCheck()
+        before = set(list_names())
+        _orphan_in_child(method)
+        left = sorted(set(list_names()) - before)
+        assert left and any(".b" in n for n in left), left
+        try:
+            assert check.leaked() == left, method
+        finally:
+            for n in left:
+                gb.unlink(n)
