@@ -20,6 +20,7 @@ Tests that cannot apply to a ring are excluded by name below (set to
 """
 import gc
 import multiprocessing
+import multiprocessing.queues
 import unittest
 from unittest import mock
 
@@ -127,3 +128,33 @@ def test_the_factories_are_rings():
         names = unittest.TestLoader().getTestCaseNames(cls)
         assert "test_put" in names and "test_task_done" in names
         assert not set(names) & set(EXCLUDED["_TestQueue"])
+
+
+def test_closed_queue_answers_as_the_stdlib_does():
+    """§3.1 "using a closed ring raises what multiprocessing.Queue raises",
+    on every supported Python (CPython tests this only from 3.13, in
+    test_closed_queue_empty_exceptions; queues.py behaves the same in
+    3.9-3.13): after close(), put/get raise ValueError; empty() raises
+    OSError once the queue was put to in this process and answers
+    otherwise; qsize() and full() answer."""
+    def closed(make, put):
+        q = make()
+        if put:
+            q.put("foo")
+        q.close()
+        q.join_thread()
+        out = []
+        for call in (q.empty, q.qsize, q.full, lambda: q.put(1), lambda: q.get(False)):
+            try:
+                out.append(call())
+            except Exception as e:  # noqa: BLE001 - the exception is the answer
+                out.append((isinstance(e, OSError), isinstance(e, ValueError),
+                            "is closed" in str(e)))
+        return out
+
+    for put in (False, True):
+        for ours, theirs in ((gb.Ring, multiprocessing.queues.Queue),
+                             (gb.JoinableRing, multiprocessing.queues.JoinableQueue)):
+            ctx = multiprocessing.get_context()
+            assert closed(ours, put) == closed(lambda: theirs(ctx=ctx), put), (ours, put)
+    gc.collect()
