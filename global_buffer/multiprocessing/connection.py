@@ -33,6 +33,7 @@ import weakref
 from multiprocessing import BufferTooShort
 from multiprocessing import connection as _std
 from multiprocessing import util as _util
+from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 from multiprocessing.util import Finalize
 
 from .. import _core
@@ -177,6 +178,7 @@ def _release_pipe(rings, entries, pid, fds=()):
     names = [r.name for r in rings]
     keep = False
     if not _util.is_exiting():
+        _sweep_spawned()  # ends pickled for children that died before attaching
         for r, (idx, who) in zip(rings, entries):
             if r.closed:
                 continue
@@ -724,6 +726,36 @@ def _rebuild(rx_name, tx_name, readable, writable, tokens=(), counted=False):
     return cls(rx_name, tx_name, readable, writable, _tokens=tokens)
 
 
+class _Sink:
+    """A file that drops what it is given (for _dry_pickle)."""
+
+    __slots__ = ()
+
+    def write(self, data):
+        return len(data)
+
+
+_SINK = _Sink()
+_SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
+
+
+def _drop(buf):
+    return None  # out of band: the buffer is not looked at, nor copied
+
+
+def _dry_pickle(obj):
+    """Pickle ``obj`` into nothing, to raise (or crash) here if it cannot
+    be pickled, before a counted send writes anything.  Cheap: buffers
+    (numpy arrays, large bytes) are passed over, not copied."""
+    if obj.__class__ not in _SCALARS:
+        # ForkingPickler's reducers (its __init__ takes no buffer_callback)
+        p = pickle.Pickler(_SINK, 5, buffer_callback=_drop)
+        table = _ForkingPickler._copyreg_dispatch_table.copy()
+        table.update(_ForkingPickler._extra_reducers)
+        p.dispatch_table = table
+        p.dump(obj)
+
+
 def _byte_in(fd):
     try:
         os.write(fd, b"\1")
@@ -756,9 +788,12 @@ class _CountedConnection(Connection):
       long as any handle does (the creating process keeps one more while an
       end it pickled has not attached yet); a forked child keeps the
       descriptor it inherited;
-    - a sender writes one byte *before* it puts a message, the end-of-stream
-      marker included, and reads it back if the put fails (unpicklable
-      object, readers gone, interrupted);
+    - a sender first pickles the message into nothing (:func:`_dry_pickle`:
+      an object that cannot be pickled, or whose pickling kills the process,
+      fails there, with nothing written -- as the stdlib pickles before it
+      writes); then it writes one byte and *then* puts the message, the
+      end-of-stream marker included, and reads the byte back if the put
+      fails (readers gone, interrupted, ...);
     - a receiver reads exactly one byte *after* it takes a message; the
       end-of-stream marker's byte stays, so an ended stream stays readable,
       as an OS pipe does.
@@ -797,6 +832,12 @@ class _CountedConnection(Connection):
             raise OSError(errno.ENOENT, f"the FIFO of pipe {name!r} is gone")
 
     def _send(self, obj):
+        _dry_pickle(obj)
+        self._send_counted(obj)
+
+    def _send_counted(self, obj):
+        """Byte, then put (the caller has checked the end and dry-pickled
+        ``obj``)."""
         tx = self._tx
         if not _peer_held(tx, _READER):
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))

@@ -44,7 +44,7 @@ import types
 from multiprocessing import context as _context
 from multiprocessing import queues as _std
 
-from .connection import _counted_pipe
+from .connection import _counted_pipe, _dry_pickle
 
 __all__ = list(getattr(_std, "__all__", ["Queue", "SimpleQueue", "JoinableQueue"]))
 globals().update((n, getattr(_std, n)) for n in __all__ if n != "SimpleQueue")
@@ -108,10 +108,19 @@ class SimpleQueue:
 
     def put(self, obj):
         """Put a picklable object; blocks while the queue is full."""
+        # pickle first (into nothing), before the lock as the stdlib does:
+        # an object that fails to pickle, or kills the process doing it
+        # (CPython's test_crash_during_result_pickle_on_worker), fails here,
+        # with the lock free and nothing written
+        _dry_pickle(obj)
+        w = self._writer
+        if w._closed or not w._writable:
+            w._check_closed()
+            w._check_writable()
         if self._wlock is None:
-            self._writer.send(obj)
+            w._send_counted(obj)
         else:
             with self._wlock:
-                self._writer.send(obj)
+                w._send_counted(obj)
 
     __class_getitem__ = classmethod(types.GenericAlias)
