@@ -11,7 +11,7 @@ The docs site's API reference renders the docstrings of the public members
 of ``StreamWriter`` and ``StreamReader`` from this stub (``gb.GlobalBuffer``
 and ``gb.Reader`` inherit them): keep them in step with ``_core.pyx``.
 """
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -196,6 +196,22 @@ class StreamReader(Handle):
 # blob_* and peer_* functions and the AUX_* / ROLE_* constants here, then
 # delete the __getattr__ below, which until then types every name not
 # stubbed yet as Any (a partial stub, PEP 484).
+
+# out-of-line items read in place, and the reducers' pickler (stubbed)
+MAX_LEASES: int
+class BlobView:
+    """An out-of-line item taken in place; the blob is freed when it goes."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+def blob_lease(mm: Any) -> Optional[BlobView]: ...
+def leases() -> int:
+    """How many items this process holds in place (live BlobViews)."""
+class PicklerDumps:
+    """``dumps(obj, protocol=5, buffer_callback=None)`` through one reusable pickler."""
+    def __init__(self, cls: type, refresh: Callable[[], None],
+                 tables: Tuple[Dict[Any, Any], ...]) -> None: ...
+    def __call__(self, obj: Any, protocol: int = 5,
+                 buffer_callback: Optional[Callable[[Any], Any]] = None) -> bytes: ...
 
 # peer table and fd signalling (pipes; stubbed)
 ROLE_WRITER: int

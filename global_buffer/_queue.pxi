@@ -1184,7 +1184,13 @@ def blob_hold(mm):
 # many large items alive pins neither unbounded blobs (and their producer's
 # descriptors) nor mappings.
 cdef Py_ssize_t _leases = 0
-cdef Py_ssize_t MAX_LEASES = 128
+cdef Py_ssize_t _max_leases = 128
+MAX_LEASES = _max_leases
+
+
+def leases():
+    """How many items this process holds in place (live BlobViews)."""
+    return _leases
 
 
 cdef class BlobView:
@@ -1227,7 +1233,7 @@ def blob_lease(mm):
     cdef gb_blob *bl
     cdef gb_au64 *state
     cdef uint64_t holder
-    if _leases >= MAX_LEASES:
+    if _leases >= _max_leases:
         return None
     v = BlobView.__new__(BlobView)
     PyObject_GetBuffer(mm, &v.mb, PyBUF_WRITABLE)
