@@ -743,17 +743,34 @@ def _drop(buf):
     return None  # out of band: the buffer is not looked at, nor copied
 
 
+_dry = threading.local()
+
+
+def _dry_pickler():
+    """This thread's pickler into nothing, with ForkingPickler's reducers
+    (its __init__ takes no buffer_callback), remade when reducers are
+    registered."""
+    extra = _ForkingPickler._extra_reducers
+    p = getattr(_dry, "pickler", None)
+    if p is None or _dry.n != len(extra):
+        p = pickle.Pickler(_SINK, 5, buffer_callback=_drop)
+        table = _ForkingPickler._copyreg_dispatch_table.copy()
+        table.update(extra)
+        p.dispatch_table = table
+        _dry.pickler, _dry.n = p, len(extra)
+    return p
+
+
 def _dry_pickle(obj):
     """Pickle ``obj`` into nothing, to raise (or crash) here if it cannot
     be pickled, before a counted send writes anything.  Cheap: buffers
     (numpy arrays, large bytes) are passed over, not copied."""
     if obj.__class__ not in _SCALARS:
-        # ForkingPickler's reducers (its __init__ takes no buffer_callback)
-        p = pickle.Pickler(_SINK, 5, buffer_callback=_drop)
-        table = _ForkingPickler._copyreg_dispatch_table.copy()
-        table.update(_ForkingPickler._extra_reducers)
-        p.dispatch_table = table
-        p.dump(obj)
+        p = _dry_pickler()
+        try:
+            p.dump(obj)
+        finally:
+            p.clear_memo()
 
 
 def _byte_in(fd):
