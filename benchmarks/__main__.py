@@ -6,8 +6,8 @@
     python -m benchmarks --json results.json   # every figure and sample as JSON
     python -m benchmarks --plots DIR           # where the plots go (default docs/img)
 
-Runs the stream, ring, payload-sweep, wake-latency, Pipe and Pool
-benchmarks (``benchmarks.<name>.suite``) one after the other, prints the
+Runs the stream, ring, payload-sweep, wake-latency, Pipe, Pool and
+stdlib-client benchmarks (``benchmarks.<name>.suite``) one after the other, prints the
 machine, the method, each benchmark's tables and a summary of gb against the
 stdlib as markdown, and plots throughput against payload size and the wake
 latency CDF (PNG and SVG; needs matplotlib, from the ``bench`` extra).
@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 
-from benchmarks import _util, pipe, plots, pool, rings, streams, sweep, wake
+from benchmarks import _util, clients, pipe, plots, pool, rings, streams, sweep, wake
 from benchmarks._util import LEVELS, fmt_ns, fmt_ratio, format_table, machine_lines, table
 
 BENCHMARKS = {
@@ -30,6 +30,9 @@ BENCHMARKS = {
     "wake": (wake, "waiting and waking: latency, idle cost, writer cost"),
     "pipe": (pipe, "gb.Pipe against multiprocessing.Pipe"),
     "pool": (pool, "gb.Pool against multiprocessing.Pool"),
+    # stdlib consumers of a context (ProcessPoolExecutor, pool.Pool, ...):
+    # one case per entry of benchmarks.clients.CASES
+    "clients": (clients, "stdlib clients (ProcessPoolExecutor, pool.Pool) on our context"),
 }
 DEFAULT_PLOTS = os.path.join(_util.ROOT, "docs", "img")
 

@@ -93,13 +93,13 @@ def _pool_frames(pool, n):
 
 CLIENTS = {"executor": _executor, "pool": _pool}
 CASES = {
-    # case: (client, inputs, description, one timed batch)
-    "executor-small": ("executor", 2000, "ProcessPoolExecutor: 2000 submit(x + 1), result()",
+    # case: (client, inputs, description ({n}: inputs), one timed batch)
+    "executor-small": ("executor", 2000, "ProcessPoolExecutor: {n} submit(x + 1), result()",
                        _executor_small),
-    "executor-frames": ("executor", 20, "ProcessPoolExecutor: map -> 1080p frame x 20",
+    "executor-frames": ("executor", 20, "ProcessPoolExecutor: map -> 1080p frame x {n}",
                         _executor_frames),
-    "pool-small": ("pool", 2000, "pool.Pool: 2000 apply_async(x + 1), get()", _pool_small),
-    "pool-frames": ("pool", 20, "pool.Pool: map -> 1080p frame x 20", _pool_frames),
+    "pool-small": ("pool", 2000, "pool.Pool: {n} apply_async(x + 1), get()", _pool_small),
+    "pool-frames": ("pool", 20, "pool.Pool: map -> 1080p frame x {n}", _pool_frames),
 }
 # ours must be at least this many times faster (issue 15)
 TARGETS = {"executor-small": 2, "executor-frames": 5, "pool-small": 2, "pool-frames": 2}
@@ -138,6 +138,7 @@ def suite(level="full", rounds=None, repeats=None, processes=None, start="fork",
             continue
         if smoke:
             n = min(n, 200 if n > 100 else 4)
+        desc = desc.format(n=n)
         runs, med = ab_runs("clients", rounds, case=case, n=n, repeats=repeats,
                             processes=processes, start=start)
         speed = med["mp"] / med["gb"]
