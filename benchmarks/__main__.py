@@ -20,7 +20,8 @@ import sys
 import time
 import traceback
 
-from benchmarks import _util, clients, pipe, plots, pool, rings, streams, sweep, wake
+from benchmarks import (_util, clients, dataloader, pipe, plots, pool, rings, streams, sweep,
+                        wake)
 from benchmarks._util import LEVELS, fmt_ns, fmt_ratio, format_table, machine_lines, table
 
 BENCHMARKS = {
@@ -33,6 +34,7 @@ BENCHMARKS = {
     # stdlib consumers of a context (ProcessPoolExecutor, pool.Pool, ...):
     # one case per entry of benchmarks.clients.CASES
     "clients": (clients, "stdlib clients (ProcessPoolExecutor, pool.Pool) on our context"),
+    "dataloader": (dataloader, "PyTorch DataLoader on our context (needs torch)"),
 }
 DEFAULT_PLOTS = os.path.join(_util.ROOT, "docs", "img")
 
