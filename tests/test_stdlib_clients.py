@@ -377,7 +377,7 @@ def test_end_of_stream_is_readable():
 
 
 def _slow_mid_put():
-    """In a sender: sleep up to 200 us between the byte and the put, to
+    """In a sender: sleep up to 200 us between the put and the byte, to
     widen the window the counted pipe must handle (a preempted sender)."""
     import random
 
@@ -385,8 +385,8 @@ def _slow_mid_put():
     byte_in = connection._byte_in
 
     def slow(fd):
-        byte_in(fd)
         time.sleep(random.random() * 2e-4)
+        byte_in(fd)
     connection._byte_in = slow
 
 
@@ -463,9 +463,9 @@ def test_no_stale_readiness(children):
     """Rounds in lockstep: every sender puts one message, the reader takes
     them (stdlib wait, then recv), and once every sender is back at the
     barrier -- every put and every byte written -- the reader must not be
-    ready.  (A plain gb.Pipe, whose byte follows the put, fails this about
-    every other round with the same slow senders: the late byte lands after
-    the reader drained, and a recv() after wait() would block for good.)"""
+    ready.  (A plain gb.Pipe fails this about every other round with the
+    same slow senders: its reader drains every byte after a recv, a late
+    byte lands after that, and a recv() after wait() would block for good.)"""
     ctx = _gbctx("fork")
     q = ctx.SimpleQueue()
     senders, rounds = 4, 150
@@ -480,7 +480,7 @@ def test_no_stale_readiness(children):
             got = set()
             for _ in range(senders):
                 assert mp.connection.wait([q._reader], TIMEOUT) == [q._reader]
-                got.add(q._reader.recv())  # the sender is at most mid-put: returns
+                got.add(q._reader.recv())  # its byte follows its put: returns
             assert got == {(b, r) for b in range(senders)}
         for p in procs:
             assert children.join(p) == 0
@@ -489,7 +489,7 @@ def test_no_stale_readiness(children):
         q.close()
 
 
-def test_failed_put_takes_its_byte_back(sq):
+def test_failed_put_leaves_no_readiness(sq):
     """A put that raises (unpicklable object) leaves no readiness behind."""
     with pytest.raises(Exception):
         sq.put(lambda: 0)

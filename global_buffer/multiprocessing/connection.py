@@ -726,53 +726,6 @@ def _rebuild(rx_name, tx_name, readable, writable, tokens=(), counted=False):
     return cls(rx_name, tx_name, readable, writable, _tokens=tokens)
 
 
-class _Sink:
-    """A file that drops what it is given (for _dry_pickle)."""
-
-    __slots__ = ()
-
-    def write(self, data):
-        return len(data)
-
-
-_SINK = _Sink()
-_SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
-
-
-def _drop(buf):
-    return None  # out of band: the buffer is not looked at, nor copied
-
-
-_dry = threading.local()
-
-
-def _dry_pickler():
-    """This thread's pickler into nothing, with ForkingPickler's reducers
-    (its __init__ takes no buffer_callback), remade when reducers are
-    registered."""
-    extra = _ForkingPickler._extra_reducers
-    p = getattr(_dry, "pickler", None)
-    if p is None or _dry.n != len(extra):
-        p = pickle.Pickler(_SINK, 5, buffer_callback=_drop)
-        table = _ForkingPickler._copyreg_dispatch_table.copy()
-        table.update(extra)
-        p.dispatch_table = table
-        _dry.pickler, _dry.n = p, len(extra)
-    return p
-
-
-def _dry_pickle(obj):
-    """Pickle ``obj`` into nothing, to raise (or crash) here if it cannot
-    be pickled, before a counted send writes anything.  Cheap: buffers
-    (numpy arrays, large bytes) are passed over, not copied."""
-    if obj.__class__ not in _SCALARS:
-        p = _dry_pickler()
-        try:
-            p.dump(obj)
-        finally:
-            p.clear_memo()
-
-
 def _os_byte_in(fd):
     try:
         os.write(fd, b"\1")
@@ -782,9 +735,9 @@ def _os_byte_in(fd):
 
 def _os_byte_out(fd):
     try:
-        os.read(fd, 1)
+        return len(os.read(fd, 1))
     except BlockingIOError:
-        pass  # cannot happen while the count holds (see _CountedConnection)
+        return 0
 
 
 def _gil_byte_io():
@@ -809,7 +762,7 @@ def _gil_byte_io():
         c_write(fd, one, 1)
 
     def byte_out(fd):
-        c_read(fd, sink, 1)
+        return c_read(fd, sink, 1)
     return byte_in, byte_out
 
 
@@ -817,6 +770,29 @@ try:
     _byte_in, _byte_out = _gil_byte_io()
 except Exception:  # no ctypes, or no libc symbols to find: the os calls
     _byte_in, _byte_out = _os_byte_in, _os_byte_out
+
+# How long a receiver waits for the byte of a message it took (its sender is
+# between its put and its byte: a few bytecodes) before it concludes that
+# the sender died there, which leaves the count right without that byte.
+_BYTE_WAIT = 5.0
+
+
+def _take_byte(fd):
+    """Read the byte that goes with a message just taken (see
+    _CountedConnection)."""
+    for _ in range(32):  # usually it lands within microseconds
+        if _byte_out(fd) == 1:
+            return
+    import select
+    deadline = time.monotonic() + _BYTE_WAIT
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if p.poll(left * 1000) and _byte_out(fd) == 1:
+            return
 
 
 class _CountedConnection(Connection):
@@ -837,23 +813,24 @@ class _CountedConnection(Connection):
       long as any handle does (the creating process keeps one more while an
       end it pickled has not attached yet); a forked child keeps the
       descriptor it inherited;
-    - a sender first pickles the message into nothing (:func:`_dry_pickle`:
-      an object that cannot be pickled, or whose pickling kills the process,
-      fails there, with nothing written -- as the stdlib pickles before it
-      writes); then it writes one byte and *then* puts the message, the
-      end-of-stream marker included, and reads the byte back if the put
-      fails (readers gone, interrupted, ...);
-    - a receiver reads exactly one byte *after* it takes a message; the
-      end-of-stream marker's byte stays, so an ended stream stays readable,
-      as an OS pipe does.
+    - a sender puts a message, then writes one byte, the end-of-stream
+      marker included;
+    - a receiver takes a message, then reads exactly one byte, waiting for
+      it if no byte is there yet (a sender is between its put and its byte:
+      a few bytecodes), for at most ``_BYTE_WAIT`` seconds (its sender died
+      there: the count is right without that byte); the end-of-stream
+      marker's byte stays, so an ended stream stays readable, as an OS pipe
+      does.
 
-    Hence bytes in the FIFO = queued messages + senders between their byte
-    and their put + receivers between their take and their read (+ 1 once
-    the stream ended) >= 0: the byte a receiver reads is always there
-    (non-blocking read), no wake-up is lost, and readiness without a message
-    lasts only while a sender is mid-put (microseconds).  A sender killed
-    between its byte and its put leaves one byte too many: the descriptor
-    then reports a message until the next one arrives or the stream ends.
+    Hence bytes in the FIFO = queued messages - senders between their put
+    and their byte + receivers between their take and their read (+ 1 once
+    the stream ended).  A readable FIFO means a message is there (or a
+    receiver is about to take the byte of one it took), so ``recv()`` after
+    the stdlib's ``wait()`` never blocks for good, and the readiness lags a
+    put only by the sender's one ``write``: no wake-up is lost, none comes
+    early.  A put that fails or is killed midway (an unpicklable object, a
+    worker dying while it pickles its result) commits nothing and writes no
+    byte.
 
     The cost is one ``write`` and one ``read`` system call per message,
     which is why only ``SimpleQueue``'s pipe is counted; ``gb.Pipe`` keeps
@@ -881,23 +858,12 @@ class _CountedConnection(Connection):
             raise OSError(errno.ENOENT, f"the FIFO of pipe {name!r} is gone")
 
     def _send(self, obj):
-        _dry_pickle(obj)
-        self._send_counted(obj)
-
-    def _send_counted(self, obj):
-        """Byte, then put (the caller has checked the end and dry-pickled
-        ``obj``)."""
         tx = self._tx
         if not _peer_held(tx, _READER):
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-        fd = self._cfd
-        _byte_in(fd)
-        try:
-            if not tx._put_obj(obj, False):
-                self._send_blocking(obj)
-        except BaseException:
-            _byte_out(fd)  # nothing was put: take the byte back
-            raise
+        if not tx._put_obj(obj, False):
+            self._send_blocking(obj)
+        _byte_in(self._cfd)
 
     def _recv(self):
         # No yield-spin before blocking, unlike a plain end: a counted pipe's
@@ -916,16 +882,16 @@ class _CountedConnection(Connection):
             item = self._recv_slow()
         fd = self._cfd
         if fd is not None:  # None: closed by another thread meanwhile
-            _byte_out(fd)
+            _take_byte(fd)
         return item
 
     def _put_eof(self, tx):
-        if self._cfd is not None:
-            _byte_in(self._cfd)  # stays, whether the marker fits or not: EOF is readable
         try:
             tx._put_obj(_EOF, False)
         except Exception:
             pass
+        if self._cfd is not None:
+            _byte_in(self._cfd)  # stays, whether the marker fit or not: EOF is readable
 
     def fileno(self):
         """The pipe's FIFO: readable exactly while a message is waiting or

@@ -44,7 +44,7 @@ import types
 from multiprocessing import context as _context
 from multiprocessing import queues as _std
 
-from .connection import _counted_pipe, _dry_pickle
+from .connection import _counted_pipe
 
 __all__ = list(getattr(_std, "__all__", ["Queue", "SimpleQueue", "JoinableQueue"]))
 globals().update((n, getattr(_std, n)) for n in __all__ if n != "SimpleQueue")
@@ -108,19 +108,12 @@ class SimpleQueue:
 
     def put(self, obj):
         """Put a picklable object; blocks while the queue is full."""
-        # pickle first (into nothing), before the lock as the stdlib does:
-        # an object that fails to pickle, or kills the process doing it
-        # (CPython's test_crash_during_result_pickle_on_worker), fails here,
-        # with the lock free and nothing written
-        _dry_pickle(obj)
-        w = self._writer
-        if w._closed or not w._writable:
-            w._check_closed()
-            w._check_writable()
+        # serialised under _wlock, straight into shared memory (the stdlib
+        # pickles before taking it, then writes the bytes under it)
         if self._wlock is None:
-            w._send_counted(obj)
+            self._writer.send(obj)
         else:
             with self._wlock:
-                w._send_counted(obj)
+                self._writer.send(obj)
 
     __class_getitem__ = classmethod(types.GenericAlias)
