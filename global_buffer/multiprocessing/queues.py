@@ -11,12 +11,13 @@ closes a worker's copies of ``_writer`` / ``_reader`` and takes ``_rlock``
 to stop workers while it drains the queue on ``terminate()``.
 
 - ``_reader, _writer``: the two ends of a one-way ``gb.Pipe`` in counted
-  mode, whose ``fileno()`` is readable exactly while a message is waiting
+  mode, whose ``fileno()`` becomes readable only once a message is there
   (see ``connection._CountedConnection``), so the stdlib's ``wait`` never
-  reports a message that is not there;
+  reports a message that is not;
 - ``_rlock`` / ``_wlock``: ``ctx.Lock()`` (``_wlock`` is ``None`` on
   Windows, as in the stdlib); ``get`` holds ``_rlock`` while it receives and
-  ``put`` holds ``_wlock`` while it sends;
+  ``put`` holds ``_wlock`` while it sends (and serialises: straight into
+  shared memory, where the stdlib pickles before it takes the lock);
 - ``_poll``: ``_reader.poll``.
 
 ``get``/``put`` are ``_reader.recv()`` / ``_writer.send()``, so messages
