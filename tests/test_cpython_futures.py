@@ -74,16 +74,12 @@ if not _MODULES:
 
 
 def _mixins():
-    for mod in _MODULES:
-        util = getattr(mod, "ProcessPoolForkMixin", None) and mod
-        if util is None:
-            try:
-                util = importlib.import_module(mod.__name__.rsplit(".", 1)[0] + ".util")
-            except ImportError:
-                continue
-        return {"fork": util.ProcessPoolForkMixin, "spawn": util.ProcessPoolSpawnMixin,
-                "forkserver": util.ProcessPoolForkserverMixin}
-    raise RuntimeError("no ProcessPool*Mixin in CPython's test_concurrent_futures")
+    pkg = _MODULES[0]
+    # up to 3.11 the module itself; from 3.12 the package's util module
+    util = (importlib.import_module(pkg.__name__ + ".util") if hasattr(pkg, "__path__")
+            else pkg)
+    return {"fork": util.ProcessPoolForkMixin, "spawn": util.ProcessPoolSpawnMixin,
+            "forkserver": util.ProcessPoolForkserverMixin}
 
 
 MIXINS = _mixins()
