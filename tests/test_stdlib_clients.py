@@ -23,6 +23,8 @@ import concurrent.futures
 import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.pool
+import multiprocessing.queues
+import multiprocessing.synchronize
 import os
 import pickle
 import signal

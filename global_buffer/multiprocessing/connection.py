@@ -33,7 +33,6 @@ import weakref
 from multiprocessing import BufferTooShort
 from multiprocessing import connection as _std
 from multiprocessing import util as _util
-from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 from multiprocessing.util import Finalize
 
 from .. import _core
