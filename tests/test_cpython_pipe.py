@@ -19,11 +19,9 @@ below checks that they still do.
 Tests are excluded by name only where they test CPython internals; each is
 listed in ``EXCLUDED`` with its reason, and in docs/migration.md.
 """
-import gc
 import importlib
 import multiprocessing
 import unittest
-from unittest import mock
 
 import pytest
 

@@ -22,7 +22,6 @@ import gc
 import multiprocessing
 import multiprocessing.queues
 import unittest
-from unittest import mock
 
 import pytest
 
