@@ -479,6 +479,38 @@ def test_clean_removes_a_dead_pipes_fifo_but_not_one_in_use(new_name):
     assert f"removed {name}" in out and not os.path.exists(path), out
 
 
+def test_clean_leaves_a_blob_a_live_process_maps(new_name):
+    """An out-of-line item of a dead producer whose ring is gone is a
+    leftover for ``clean`` -- unless a live process still maps it (a
+    consumer that may yet read it)."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    from global_buffer import _core
+    from global_buffer.segment import Segment
+    pid = _free_pid()
+    name = f"{new_name('gone')}.b{pid}.0a1b2c3d0"
+    seg = Segment.create(name, _core.SLOT_HEADER + 4096)
+    _core.blob_init(seg.mm, 4096)
+    seg.close()
+    path = f"/dev/shm/gb.{name}"
+    code = ("import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "m = mmap.mmap(fd, 0, prot=mmap.PROT_READ); os.close(fd); "
+            "print('open', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert cli.segment_info(name)["kind"] == "blob"
+        code_, out = call("clean", name)
+        assert code_ == 0 and name not in out and os.path.exists(path), out
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
+    code_, out = call("clean", name)
+    assert f"removed {name}" in out and not os.path.exists(path), out
+
+
 def test_clean_leaves_a_live_rings_fifo_alone(new_name):
     """A FIFO whose ring is present with a live owner is never a clean
     candidate, held open or not."""
