@@ -47,13 +47,12 @@ def _ours():
 # exec'd child are not noted: their leftovers are not claimed (a missed
 # report, never a segment removed that is not ours).
 
-_PIDS_FD, _PIDS_PATH = tempfile.mkstemp(prefix="gb-test-pids-")
-os.close(_PIDS_FD)
-_ROOT_PID = os.getpid()
+_PIDS_PATH = None  # set in the pytest process (pytest_configure); None elsewhere
+_ROOT_PID = None
 
 
 def _note_pid(pid):
-    if not pid:
+    if not pid or _PIDS_PATH is None:
         return
     try:
         fd = os.open(_PIDS_PATH, os.O_WRONLY | os.O_APPEND)
@@ -65,31 +64,30 @@ def _note_pid(pid):
         os.close(fd)
 
 
-os.register_at_fork(after_in_child=lambda: _note_pid(os.getpid()))
-
-_process_start = multiprocessing.process.BaseProcess.start
-
-
-def _start_and_note(self):
-    _process_start(self)
+def _start_and_note(self, _start=multiprocessing.process.BaseProcess.start):
+    _start(self)
     _note_pid(self.pid)
 
 
-multiprocessing.process.BaseProcess.start = _start_and_note
-
-_popen_init = subprocess.Popen.__init__
-
-
-def _popen_and_note(self, *args, **kwargs):
-    _popen_init(self, *args, **kwargs)
+def _popen_and_note(self, *args, _init=subprocess.Popen.__init__, **kwargs):
+    _init(self, *args, **kwargs)
     _note_pid(self.pid)
 
 
-subprocess.Popen.__init__ = _popen_and_note
+def pytest_configure(config):
+    # here, not at import: spawned children that import this module (for
+    # START_METHODS) must neither make a record nor note anything
+    global _PIDS_PATH, _ROOT_PID
+    fd, _PIDS_PATH = tempfile.mkstemp(prefix="gb-test-pids-")
+    os.close(fd)
+    _ROOT_PID = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _note_pid(os.getpid()))
+    multiprocessing.process.BaseProcess.start = _start_and_note
+    subprocess.Popen.__init__ = _popen_and_note
 
 
 def pytest_unconfigure(config):
-    if os.getpid() == _ROOT_PID:
+    if _PIDS_PATH is not None and os.getpid() == _ROOT_PID:
         try:
             os.unlink(_PIDS_PATH)
         except OSError:
@@ -108,14 +106,20 @@ class LeakCheck:
 
     def __init__(self):
         self.before = _ours()
-        self.offset = os.path.getsize(_PIDS_PATH)
+        try:
+            self.offset = os.path.getsize(_PIDS_PATH)
+        except (OSError, TypeError):
+            self.offset = 0  # no record: only this process's names are claimed
 
     def started(self):
         """{pid: {start times}} of the processes noted since the snapshot
         (start 0: it was gone before its start time could be read)."""
-        with open(_PIDS_PATH, "rb") as f:
-            f.seek(self.offset)
-            lines = f.read().decode().split("\n")
+        try:
+            with open(_PIDS_PATH, "rb") as f:
+                f.seek(self.offset)
+                lines = f.read().decode().split("\n")
+        except (OSError, TypeError):
+            return {}
         out = {}
         for line in lines:
             try:
