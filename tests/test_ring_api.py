@@ -985,7 +985,10 @@ def test_large_items_cleaned_up(ctx, children):
         x = r.get(timeout=TIMEOUT)
         assert x["i"] == i and x["a"].shape == (300_000,) and (x["a"] == i).all()
     assert children.join(p, TIMEOUT) == 0
-    assert 1 <= len(ring_files(name)) - 1 <= 4, ring_files(name)
+    # in flight at once: 2 in the ring, 1 being filled, 1 held in place by
+    # the consumer's last item (a large frame is read in place: BlobView),
+    # and one more a loaded machine's 5 ms wait for a free one may add
+    assert 1 <= len(ring_files(name)) - 1 <= 6, ring_files(name)
     del r, x
     assert ring_files(name) == []
 
