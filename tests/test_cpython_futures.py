@@ -12,10 +12,12 @@ executor's result queue is our ``SimpleQueue`` and its manager thread
 waits on our pipe's descriptor, as tests/test_cpython_queue.py does for
 the Queue tests.
 
-Some interpreters ship without that test module (python.org builds with a
-trimmed ``test`` package); then set ``GB_CPYTHON_FUTURES_TESTS`` to a copy
-of it (the module file, or the package directory) from the nearest CPython
-version, or the file is skipped.
+Some interpreters ship without that test module (builds with a trimmed
+``test`` package, as the 3.11 and 3.12 on this project's machines); then the
+copy of another CPython installed beside it is used, the nearest older
+version first (on these machines 3.11 runs 3.10's), or the one
+``GB_CPYTHON_FUTURES_TESTS`` names (the module file, or the package
+directory); with none, the file is skipped.
 
 Tests are excluded by name only for CPython internals or by-design
 differences, each with its reason (``EXCLUDED``, also in
@@ -40,6 +42,27 @@ from global_buffer.multiprocessing.queues import SimpleQueue
 from conftest import START_METHODS
 
 
+def _nearest_copy():
+    """The test module (or package) of another CPython installed beside this
+    one (pyenv and similar layouts: ``<versions>/<X.Y.Z>/lib/pythonX.Y/test``),
+    the nearest older version first, then newer ones; None if none."""
+    import glob
+    import re
+    here = sys.version_info[:2]
+    found = []
+    versions_dir = os.path.dirname(os.path.realpath(sys.base_prefix))
+    for path in glob.glob(os.path.join(versions_dir, "*", "lib", "python3.*", "test",
+                                       "test_concurrent_futures*")):
+        m = re.search(r"python3\.(\d+)", path)
+        if not m or path.endswith(".pyc"):
+            continue
+        minor = int(m.group(1))
+        if minor < 9:  # older bodies test what 3.9+ changed
+            continue
+        found.append((minor > here[1], abs(minor - here[1]), path))
+    return sorted(found)[0][2] if found else None
+
+
 def _load():
     """CPython's test_concurrent_futures modules: the interpreter's own, or
     the copy named by GB_CPYTHON_FUTURES_TESTS; [] if neither."""
@@ -48,7 +71,7 @@ def _load():
         pkg = importlib.import_module("test.test_concurrent_futures")
         base = "test.test_concurrent_futures"
     except ImportError:
-        path = os.environ.get("GB_CPYTHON_FUTURES_TESTS")
+        path = os.environ.get("GB_CPYTHON_FUTURES_TESTS") or _nearest_copy()
         if not path or not os.path.exists(path):
             return []
         path = os.path.abspath(path)

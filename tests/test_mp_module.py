@@ -65,13 +65,14 @@ def _check_factories(ns):
         assert isinstance(q, gb.Ring) and not isinstance(q, gb.JoinableRing)
         assert q.maxsize == 3
         assert isinstance(jq, gb.JoinableRing)
-        assert isinstance(sq, gb.Ring)
+        assert isinstance(sq, gbmp.queues.SimpleQueue)  # the stdlib's shape, on a gb pipe
+        assert isinstance(sq._reader, gb.Connection) and isinstance(sq._writer, gb.Connection)
         for attr in ("get", "put", "empty", "close"):  # SimpleQueue's API
             assert callable(getattr(sq, attr))
         assert all(isinstance(c, gb.Connection) for c in (a, b, r, w))
         assert (r.readable, r.writable, w.readable, w.writable) == (True, False, False, True)
         sq.put("x")
-        assert sq.get(timeout=10) == "x" and sq.empty()
+        assert sq._reader.poll(10) and sq.get() == "x" and sq.empty()
         a.send(1)
         assert b.poll(10) and b.recv() == 1
     finally:
@@ -178,8 +179,12 @@ def test_submodules():
     assert gbmp.managers.BaseProxy is mp.managers.BaseProxy
     assert gbmp.pool.Pool is gb.Pool
     assert gbmp.pool.ThreadPool is mp.pool.ThreadPool
-    for sub in ("util", "synchronize", "queues", "reduction", "shared_memory", "dummy", "spawn"):
+    for sub in ("util", "synchronize", "reduction", "shared_memory", "dummy", "spawn"):
         assert getattr(gbmp, sub) is importlib.import_module(f"multiprocessing.{sub}"), sub
+    # queues: ours (a ring-backed SimpleQueue), the stdlib's Queue classes
+    assert gbmp.queues.Queue is mp.queues.Queue
+    assert gbmp.queues.JoinableQueue is mp.queues.JoinableQueue
+    assert gbmp.queues.SimpleQueue is not mp.queues.SimpleQueue
     with pytest.raises(AttributeError):
         gbmp.no_such_thing
 
