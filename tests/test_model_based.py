@@ -45,6 +45,7 @@ import numpy as np
 import pydantic
 import pytest
 
+import hypothesis.configuration
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -58,6 +59,11 @@ from hypothesis.stateful import (
 )
 
 import global_buffer as gb
+
+# Hypothesis keeps caches (unicode tables, constants) in ./.hypothesis even
+# without an example database: keep them out of the checkout
+hypothesis.configuration.set_hypothesis_home_dir(
+    os.path.join(tempfile.gettempdir(), f"gb-hypothesis-{getattr(os, 'getuid', int)()}"))
 
 FORK = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
 needs_fork = pytest.mark.skipif(FORK is None, reason="needs the fork start method")
@@ -572,9 +578,9 @@ class RingInChild(RingModel):
 
 
 TestRingModel = RingModel.TestCase
-TestRingModel.settings = _settings(12, 25)
+TestRingModel.settings = _settings(30, 30)
 TestRingInChild = needs_fork(RingInChild.TestCase)
-TestRingInChild.settings = _settings(6, 20)
+TestRingInChild.settings = _settings(12, 25)
 
 
 @pytest.mark.slow
@@ -771,9 +777,9 @@ class StreamInChild(StreamModel):
 
 
 TestStreamModel = StreamModel.TestCase
-TestStreamModel.settings = _settings(15, 30)
+TestStreamModel.settings = _settings(25, 30)
 TestStreamInChild = needs_fork(StreamInChild.TestCase)
-TestStreamInChild.settings = _settings(8, 25)
+TestStreamInChild.settings = _settings(12, 25)
 
 
 @pytest.mark.slow
