@@ -120,7 +120,7 @@ ITEMS = st.one_of(
     _small_arrays,
     _big_array(),
     st.tuples(st.integers(), _small_arrays),
-    st.binary(min_size=SLOT, max_size=3 * SLOT),          # plain bytes out of line
+    st.binary(min_size=SLOT, max_size=3 * SLOT),   # bytes beyond a small slot (out of line)
     st.none(),
 )
 
