@@ -229,10 +229,14 @@ def pool_lifecycle(method):
 def _scenario(name, method, timeout=150):
     """Run scenario ``name`` under ``method`` in a fresh interpreter and
     require a clean exit within ``timeout`` seconds."""
-    code = (f"import sys; sys.path.insert(0, {HERE!r})\n"
+    # a hang prints every thread's stack before the kill, to say where
+    code = (f"import sys, faulthandler; sys.path.insert(0, {HERE!r})\n"
+            f"faulthandler.dump_traceback_later({max(timeout - 15, 5)}, exit=False)\n"
             f"import test_stdlib_clients as t\n"
             f"t.{name}({method!r})\n"
             f"print('scenario done', flush=True)\n")
+    from conftest import LeakCheck
+    made = LeakCheck()
     p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -240,6 +244,8 @@ def _scenario(name, method, timeout=150):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, _ = p.communicate()
+        for seg in made.leaked():  # what the killed scenario left: the hang is the failure
+            __import__("global_buffer").unlink(seg)
         pytest.fail(f"{name}({method!r}) hung (killed after {timeout} s):\n{out[-3000:]}")
     finally:
         try:
@@ -252,7 +258,16 @@ def _scenario(name, method, timeout=150):
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("name", ["executor_basic", "executor_shutdown",
                                   "executor_killed_worker", "pool_basic", "pool_lifecycle"])
-def test_client(name, method):
+def test_client(name, method, request):
+    if (name, method) == ("executor_shutdown", "forkserver"):
+        # Known, not yet understood: about 1 run in 8 hangs in ex3.submit()
+        # starting a worker, the main thread in forkserver.read_signed()
+        # waiting for the forkserver to report the new pid (faulthandler
+        # stack, 2026-12-05).  Kept running, reported as xfail when it hangs,
+        # so a fix shows as XPASS; CHANGELOG "Known issues".
+        request.applymarker(pytest.mark.xfail(
+            reason="intermittent hang starting a forkserver worker after "
+                   "shutdown(wait=False) of two executors", strict=False))
     _scenario(name, method)
 
 
