@@ -85,7 +85,7 @@ from .errors import (
     StaleView,
     WorkerLost,
 )
-from .pool import Pool
+from .multiprocessing.pool import Pool
 from .ring import JoinableRing, Ring
 from .multiprocessing.connection import Connection, Pipe
 from .multiprocessing.context import get_context

@@ -647,7 +647,11 @@ def test_context_manager(pools, kind):
 def test_is_a_multiprocessing_pool(pools):
     p = pools()
     assert isinstance(p, mpp.Pool)
-    assert gb.Pool is gb.pool.Pool
+    # the Pool lives with the multiprocessing face (issue 12 item 5)
+    import global_buffer.multiprocessing.pool as gbpool
+    assert gb.Pool is gbpool.Pool and gb.WorkerLost is gbpool.WorkerLost
+    assert gbpool.ThreadPool is mpp.ThreadPool
+    assert not hasattr(gb, "pool")
     assert "Pool" in gb.__all__ and "WorkerLost" in gb.__all__
     assert issubclass(gb.WorkerLost, gb.GlobalBufferError)
     assert "state=RUN" in repr(p)

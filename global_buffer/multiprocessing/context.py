@@ -40,7 +40,7 @@ class _RingFactories:
 
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
         """A ``gb.Pool`` using this context's start method."""
-        from ..pool import Pool
+        from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context())
 
@@ -98,7 +98,7 @@ class DefaultContext(_RingFactories, _std.BaseContext):
         return _std._default_context.get_all_start_methods()
 
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
-        from ..pool import Pool
+        from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context())
 
