@@ -74,6 +74,7 @@ except ImportError as _error:  # pragma: no cover - depends on how the package w
     raise ImportError(_no_core_message(_error)) from _error
 
 from .errors import (
+    BridgeError,
     BufferClosed,
     BufferCorrupt,
     BufferExists,
@@ -91,12 +92,15 @@ from .multiprocessing.connection import Connection, Pipe
 from .multiprocessing.context import get_context
 from .multiprocessing.managers import GBManager, Manager
 from .schema import ArraySpec
+from .bridge import Bridge
 from .stream import CallbackHandle, Consumer, GlobalBuffer, Reader, attach, create, unlink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArraySpec",
+    "Bridge",
+    "BridgeError",
     "BufferClosed",
     "BufferCorrupt",
     "BufferExists",

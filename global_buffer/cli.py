@@ -1105,6 +1105,9 @@ def build_parser():
                                     "benchmarks/ has the full suite).")
     be.add_argument("--quick", action="store_true", help="one short run per row")
     be.set_defaults(func=cmd_bench)
+
+    from .bridge_cli import add_parser as add_bridge  # across hosts (SPEC §9)
+    add_bridge(sub)
     return p
 
 

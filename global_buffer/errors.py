@@ -18,6 +18,7 @@ __all__ = [
     "BufferCorrupt",
     "StaleView",
     "WorkerLost",
+    "BridgeError",
 ]
 
 
@@ -72,3 +73,9 @@ class WorkerLost(GlobalBufferError, multiprocessing.ProcessError):
 
     def __reduce__(self):
         return (type(self), (self.pid, self.exitcode, str(self)))
+
+
+class BridgeError(GlobalBufferError):
+    """The bridge between hosts (SPEC §9) refused something: a name not
+    exported or imported, a peer speaking another wire or layout version,
+    malformed or truncated data from the wire.  Nothing was written."""
