@@ -409,6 +409,7 @@ class Bridge:
         self._session = None
         self._lock = threading.RLock()
         self._exports = {}   # name -> _Export
+        self._ended = {}     # name -> _Stats of its last finished export
         self._done = set()   # sids exported and finished (writer gone)
         self._skip = {}      # name -> monotonic time before which not to retry
         self._mirrors = {}   # name -> _Mirror
@@ -488,7 +489,8 @@ class Bridge:
         """Counters: link bytes and items in/out, rejected inputs, and per
         name its role, kind, sid, items, bytes, lost and state."""
         with self._lock:
-            names = {n: e.stats.as_dict() for n, e in self._exports.items()}
+            names = {n: st.as_dict() for n, st in self._ended.items()}
+            names.update({n: e.stats.as_dict() for n, e in self._exports.items()})
             names.update({n: m.stats.as_dict() for n, m in self._mirrors.items()})
             try:
                 peers = [str(z) for z in self._session.info.peers_zid()]
@@ -580,9 +582,11 @@ class Bridge:
     def _end_export(self, name, e):
         log.info("bridge: writer of %r gone; telling peers", name)
         self._ctl(name, {"v": WIRE_VERSION, "op": "gone", "sid": e.sid})
+        e.stats.state = "gone"
         with self._lock:
             self._exports.pop(name, None)
             self._done.add(e.sid)
+            self._ended[name] = e.stats
         e.close()
 
     def _scan(self):
