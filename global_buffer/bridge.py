@@ -512,13 +512,14 @@ class Bridge:
         self._session.put(f"{PREFIX}/{name}/ctl", data)
         self._count_out(len(data))
 
-    def _reject(self, name, err, key=None):
-        """Log a bad input (rate-limited per name and reason) and count it."""
+    def _reject(self, name, err, key=None, every=5.0):
+        """Log a bad input (at most once per ``every`` seconds per name and
+        reason) and count it."""
         with self._lock:
             self._rejected += 1
         k = (name, key or str(err))
         now = time.monotonic()
-        if now - self._warned.get(k, -1e9) >= 5.0:
+        if now - self._warned.get(k, -1e9) >= every:
             self._warned[k] = now
             log.error("bridge: %s: %s", type(err).__name__, err)
 
@@ -633,7 +634,7 @@ class Bridge:
             if not _matches(name, self.imports):
                 self._reject(name, BridgeError(f"{name!r} is not imported here (--import "
                                                f"{' '.join(self.imports)}); ignored"),
-                             key="unimported")
+                             key="unimported", every=3600.0)
                 return
             payload = sample.payload.to_bytes()
             with self._lock:

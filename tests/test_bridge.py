@@ -321,3 +321,221 @@ def _readline(p, timeout):
             if c == b"\n":
                 return buf.decode(errors="replace")
     raise AssertionError(f"no line within {timeout} s; got {buf!r}")
+
+
+FLOW_WRITER = PRELUDE + textwrap.dedent('''
+    name, stop = sys.argv[1], sys.argv[2]
+    w = gb.create(name, gb.ArraySpec("int64", 4), 16)
+    i = 0
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        w.write(np.full(4, i, np.int64))
+        i += 1
+        time.sleep(0.005)
+    w.unlink()
+    w.close()
+''')
+
+FLOW_READER = PRELUDE + textwrap.dedent('''
+    name, stop = sys.argv[1], sys.argv[2]
+    r = wait_attach(name)
+    vals, bad = [], 0
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        try:
+            x = r.next(timeout=0.2)
+        except gb.Empty:
+            continue
+        if not (x == x[0]).all():
+            bad += 1
+        vals.append(int(x[0]))
+        if len(vals) % 50 == 0:
+            print("AT", vals[-1], flush=True)
+    print(json.dumps({"n": len(vals), "first": vals[:1], "last": vals[-1:], "bad": bad,
+                      "increasing": all(a < b for a, b in zip(vals, vals[1:]))}))
+''')
+
+LOCAL_CLASH_WRITER = PRELUDE + textwrap.dedent('''
+    w = gb.create("clash", gb.ArraySpec("int32", 3), 8)
+    w.write(np.array([7, 7, 7], np.int32))
+    stop = sys.argv[1]
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        w.heartbeat()
+        time.sleep(0.05)
+    w.unlink()
+    w.close()
+''')
+
+FAR_CLASH_WRITER = PRELUDE + textwrap.dedent('''
+    w = gb.create("clash", gb.ArraySpec("int64", 4), 8)
+    stop = sys.argv[1]
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        w.write(np.full(4, 1, np.int64))
+        time.sleep(0.01)
+    w.unlink()
+    w.close()
+''')
+
+CHECK_CLASH = PRELUDE + textwrap.dedent('''
+    r = gb.attach("clash", start="oldest")
+    assert r.dtype == np.int32 and r.shape == (3,), (r.dtype, r.shape)
+    assert r.next(timeout=1).tolist() == [7, 7, 7]
+    try:
+        r.next(timeout=1.5)
+        print("far samples were written into the local stream")
+        sys.exit(1)
+    except gb.Empty:
+        pass
+    print("OK")
+''')
+
+
+def _raw_zenoh(port):
+    """A plain Zenoh peer on loopback, as a misbehaving host would be."""
+    import zenoh
+    from global_buffer.bridge import zenoh_config
+    return zenoh.open(zenoh_config(connect=[f"tcp/127.0.0.1:{port}"]))
+
+
+def _wait_shm(host, name, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if f"gb.{name}" in host.shm():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"gb.{name} never appeared on host {host.name}")
+
+
+def test_bad_input_logged_nothing_written_others_flow(tmp_path):
+    """§9 bad input: an unexported name never leaves its host; a schema
+    clash with a local segment is a SchemaMismatch in the log and nothing
+    is written; garbage, truncated and wrong-version messages on the
+    bridge's key space are BridgeErrors in the log, nothing is written,
+    and the other names keep flowing."""
+    import struct
+    lk = Link(tmp_path, exports=["flow", "clash", "pub-*"])
+    stop_file = str(tmp_path / "stop")
+    session = None
+    try:
+        lw = lk.b.python(LOCAL_CLASH_WRITER, stop_file)
+        _wait_shm(lk.b, "clash")
+        fw = lk.a.python(FLOW_WRITER, "flow", stop_file)
+        cw = lk.a.python(FAR_CLASH_WRITER, stop_file)
+        sw = lk.a.python(FLOW_WRITER, "secret", stop_file)
+        _wait_shm(lk.b, "flow")
+        reader = lk.b.python(FLOW_READER, "flow", stop_file)
+        _readline(reader, 30)  # flowing
+
+        session = _raw_zenoh(lk.port_b)
+        # the stream's sid, as b's bridge reports it (peers route nothing
+        # between each other, so this peer hears only what it is sent)
+        sid = read_stats(lk.stats_b, 10, lambda s: "flow" in s["names"])["names"]["flow"]["sid"]
+        from global_buffer._core import LAYOUT_VERSION as LAYOUT
+        from global_buffer.bridge import DATA_HEADER, DATA_MAGIC, _sid_tag
+        tag = _sid_tag(sid)
+        bad = [
+            ("gb/junk/ctl", b"\xff\x00 not json", None),
+            ("gb/junk/ctl", json.dumps({"v": 99, "op": "announce", "sid": "x"}).encode(), None),
+            ("gb/junk/ctl", json.dumps({"v": 1, "op": "announce", "sid": "y", "kind": "array",
+                                        "capacity": 4, "slot_size": 8, "hash": 1,
+                                        "meta": '{"kind": "array"}',
+                                        "layout": LAYOUT}).encode(),
+             None),
+            ("gb/junk/ctl", json.dumps({"v": 1, "op": "announce", "sid": "z", "kind": "array",
+                                        "capacity": 4, "slot_size": 8, "hash": 1,
+                                        "meta": "{}", "layout": -5}).encode(), None),
+            ("gb/flow/data", b"\x00" * 32, None),                        # no header
+            ("gb/flow/data", b"\x00" * 32, b"GBd1"),                     # truncated header
+            ("gb/flow/data", b"\x00" * 32, b"XXXX" + tag + bytes(8)),    # bad magic
+            ("gb/flow/data", b"\x01" * 7, DATA_HEADER.pack(DATA_MAGIC, tag, 10**9)),  # short
+            ("gb/flow/nonsense", b"hello", None),
+            ("gb/secret/ctl", b"{}", None),
+        ]
+        for _ in range(3):
+            for key, payload, att in bad:
+                if att is None:
+                    session.put(key, payload)
+                else:
+                    session.put(key, payload, attachment=att)
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert lk.b.run(CHECK_CLASH, timeout=30).strip().endswith("OK")
+        names = lk.b.shm()
+        assert "gb.secret" not in names and "gb.junk" not in names, names
+    finally:
+        open(stop_file, "w").close()
+        if session is not None:
+            session.close()
+    res = last_json(communicate(reader, 30))
+    assert res["bad"] == 0 and res["increasing"] and res["n"] > 50, res
+    rc, log_b = stop(lk.bb)
+    lk.close()
+    assert rc == 0, log_b
+    assert "SchemaMismatch" in log_b and "'clash'" in log_b, log_b
+    for what in ("malformed control message", "wire version 99", "does not match its kind or hash",
+                 "layout version -5", "0-byte header", "4-byte header", "bad magic",
+                 "7 bytes, a sample is 32", "unexpected key 'gb/flow/nonsense'"):
+        assert what in log_b, f"{what!r} not in the bridge log:\n{log_b}"
+    assert "Traceback" not in log_b, log_b
+
+
+def test_bridge_killed_and_restarted(link):
+    """§9: SIGKILL the exporting bridge mid-stream and restart it: the far
+    readers' stream resumes (same mirror, same reader).  SIGKILL the
+    importing bridge and restart it: a new mirror replaces the stale one
+    and a new reader gets the stream."""
+    stop_file = str(link.tmp / "stop")
+    try:
+        link.a.python(FLOW_WRITER, "flow", stop_file)
+        reader = link.b.python(FLOW_READER, "flow", stop_file)
+        at = int(_readline(reader, 30).split()[1])
+        kill(link.ba)
+        time.sleep(1.0)
+        link.start_a()
+        # the same reader sees samples well past the kill
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = _readline(reader, 30)
+            if line.startswith("AT") and int(line.split()[1]) > at + 200:
+                break
+        else:
+            raise AssertionError("the stream did not resume after the bridge restarted")
+        kill(link.bb)
+        link.start_b()
+        out = link.b.run(PRELUDE + textwrap.dedent('''
+            deadline = time.monotonic() + 30
+            while True:
+                r = wait_attach("flow")
+                try:
+                    a = r.next(timeout=2)[0]
+                    b = r.next(timeout=2)[0]
+                    break
+                except gb.Empty:   # the stale mirror, before the bridge replaced it
+                    r.close()
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            assert b > a
+            print("OK", a, b)
+        '''), timeout=60)
+        assert out.startswith("OK"), out
+    finally:
+        open(stop_file, "w").close()
+    res = last_json(communicate(reader, 30))
+    assert res["bad"] == 0 and res["increasing"], res
+
+
+def test_sigterm_stops_cleanly_and_removes_mirrors(link):
+    """§9: SIGTERM stops a bridge cleanly (exit 0, its mirrors removed)."""
+    stop_file = str(link.tmp / "stop")
+    try:
+        link.a.python(FLOW_WRITER, "flow", stop_file)
+        _wait_shm(link.b, "flow")
+        rc, out = stop(link.bb)
+        assert rc == 0 and "bridge stopped" in out, out
+        assert "gb.flow" not in link.b.shm()
+        rc, out = stop(link.ba)
+        assert rc == 0 and "bridge stopped" in out, out
+    finally:
+        open(stop_file, "w").close()
