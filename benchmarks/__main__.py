@@ -20,8 +20,7 @@ import sys
 import time
 import traceback
 
-from benchmarks import (_util, clients, dataloader, pipe, plots, pool, rings, streams, sweep,
-                        wake)
+from benchmarks import _util, clients, dataloader, pipe, plots, pool, rings, streams, sweep, wake
 from benchmarks._util import LEVELS, fmt_ns, fmt_ratio, format_table, machine_lines, table
 
 BENCHMARKS = {

@@ -29,8 +29,7 @@ rounds alternate the peers.  Figures are medians of every timed batch;
 import os
 import time
 
-from benchmarks._util import (ab_parser, ab_runs, fmt_ns, fmt_ratio, main_suite, summary_row,
-                              table)
+from benchmarks._util import ab_parser, ab_runs, fmt_ns, fmt_ratio, main_suite, summary_row, table
 
 FRAME_SHAPE = (1080, 1920, 3)
 

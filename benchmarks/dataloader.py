@@ -23,8 +23,17 @@ are medians of every timed epoch.
 import os
 import time
 
-from benchmarks._util import (ab_parser, fmt_ns, fmt_ratio, installed, main_suite, median,
-                              run_peer, summary_row, table)
+from benchmarks._util import (
+    ab_parser,
+    fmt_ns,
+    fmt_ratio,
+    installed,
+    main_suite,
+    median,
+    run_peer,
+    summary_row,
+    table,
+)
 
 CASES = {
     # case: (item shape, dtype, items per epoch, description)
@@ -93,7 +102,7 @@ def suite(level="full", rounds=None, epochs=None, start="fork", only=None):
     kinds = ("mp", "gb") if smoke else KINDS  # smoke: one case, two peers
     only = only or ("224" if smoke else None)
     results, rows, summary = {}, [], []
-    for case, (shape, dtype, n, desc) in CASES.items():
+    for case, (_shape, _dtype, n, desc) in CASES.items():
         if only and case != only:
             continue
         if smoke:

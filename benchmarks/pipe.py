@@ -66,7 +66,8 @@ def peer(kind, case, n, repeats, start):
     if case == "pingpong":
         p = ctx.Process(target=_echo, args=(b, total))
     else:
-        p = ctx.Process(target=_frames, args=(b, total, "bytes" if case == "frames-bytes" else "obj"))
+        what = "bytes" if case == "frames-bytes" else "obj"
+        p = ctx.Process(target=_frames, args=(b, total, what))
     p.start()
     b.close()
     times = []

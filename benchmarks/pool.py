@@ -17,8 +17,16 @@ shared-memory leases, which later maps reuse).
 import os
 import time
 
-from benchmarks._util import (ab_parser, ab_runs, fmt_ns, fmt_ratio, main_suite, median,
-                              summary_row, table)
+from benchmarks._util import (
+    ab_parser,
+    ab_runs,
+    fmt_ns,
+    fmt_ratio,
+    main_suite,
+    median,
+    summary_row,
+    table,
+)
 
 FRAME_SHAPE = (1080, 1920, 3)
 CASES = {

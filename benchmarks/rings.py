@@ -24,8 +24,16 @@ import sys
 import tempfile
 import time
 
-from benchmarks._util import (NOT_INSTALLED, fmt_ratio, installed, main_suite, parser, run_peer,
-                              summary_row, table)
+from benchmarks._util import (
+    NOT_INSTALLED,
+    fmt_ratio,
+    installed,
+    main_suite,
+    parser,
+    run_peer,
+    summary_row,
+    table,
+)
 
 FRAME_SHAPE = (1080, 1920, 3)
 PEERS = ("mp", "ff", "gb")
@@ -360,7 +368,7 @@ def run(repeats, scale, only=None, verbose=True):
         ff_s = samples.get((case, "ff", None), [])
         gb_s = samples[(case, "gb", variant)]
 
-        def paired(base):
+        def paired(base, gb_s=gb_s):
             return _median([g / b if g and b else None for g, b in zip(gb_s, base)])
         vs_mp, vs_ff = paired(mp_s), paired(ff_s)
         results.append({

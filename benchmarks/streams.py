@@ -22,8 +22,17 @@ from typing import Dict, List
 import numpy as np
 import pydantic
 
-from benchmarks._util import (fmt_ns, fmt_ratio, main_suite, median, parser, per_call_ns, run_peer,
-                              summary_row, table)
+from benchmarks._util import (
+    fmt_ns,
+    fmt_ratio,
+    main_suite,
+    median,
+    parser,
+    per_call_ns,
+    run_peer,
+    summary_row,
+    table,
+)
 
 SIZES = {
     "64 x float32": ((64,), "float32", 64),

@@ -20,8 +20,15 @@ import statistics
 import sys
 import time
 
-from benchmarks._util import (NOT_INSTALLED, fmt_ratio, main_suite, parser, run_peer, summary_row,
-                              table)
+from benchmarks._util import (
+    NOT_INSTALLED,
+    fmt_ratio,
+    main_suite,
+    parser,
+    run_peer,
+    summary_row,
+    table,
+)
 from benchmarks.rings import PEER_NAMES, fmt_rate, have
 
 PEERS = ("gb", "mp", "pipe", "ff", "zmq")

@@ -29,8 +29,19 @@ import time
 
 import numpy as np
 
-from benchmarks._util import (NOT_INSTALLED, ROOT, fmt_ns, fmt_ratio, main_suite, median, parser,
-                              percentile, run_peer, summary_row, table)
+from benchmarks._util import (
+    NOT_INSTALLED,
+    ROOT,
+    fmt_ns,
+    fmt_ratio,
+    main_suite,
+    median,
+    parser,
+    percentile,
+    run_peer,
+    summary_row,
+    table,
+)
 from benchmarks.rings import OPTIONAL, T_BIG, _hook, _make, have
 
 I64 = ((1,), "int64")

@@ -67,6 +67,7 @@ def _schema_text(meta):
     if "dtype" in meta and "shape" in meta:
         try:
             import numpy as np
+
             from .schema import ArraySpec
             spec = ArraySpec.from_json(meta)
             dims = "x".join(str(d) for d in spec.shape) or "scalar"
@@ -175,7 +176,8 @@ def _info_or_error(name):
     except PermissionError as e:
         raise CliError(str(e)) from None
     except GlobalBufferError as e:
-        raise CliError(str(e).splitlines()[0] if str(e) else f"{name!r}: {type(e).__name__}") from None
+        first = str(e).splitlines()[0] if str(e) else f"{name!r}: {type(e).__name__}"
+        raise CliError(first) from None
 
 
 def _size(n):
@@ -399,7 +401,7 @@ def _clean_candidates(patterns):
         elif info["owner_pid"] and not info["owner_alive"]:
             found.append((name, f"owner pid {info['owner_pid']} is gone"))
     going = {n for n, _ in found}
-    for name, kind in _helper_names():
+    for name, _kind in _helper_names():
         if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         ring = name[:-len(".fifo")]
@@ -434,7 +436,8 @@ def _parse_shape(text):
     try:
         shape = tuple(int(p) for p in text.lower().replace(",", "x").split("x") if p)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 480x640x3, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"shape must look like 480x640x3, got {text!r}") from None
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"shape must have positive dimensions, got {text!r}")
     n = 1
@@ -454,9 +457,10 @@ def _number(kind, *, above_zero=False, most=None, too_big="", what="a number"):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if v < 0 or (above_zero and v == 0):
-            raise argparse.ArgumentTypeError(f"must be {'>' if above_zero else '>='} 0, got {text!r}")
+            sign = ">" if above_zero else ">="
+            raise argparse.ArgumentTypeError(f"must be {sign} 0, got {text!r}")
         if most is not None and v > most:
             raise argparse.ArgumentTypeError(too_big)
         return v
@@ -507,6 +511,7 @@ def _demo_writer(name, shape, capacity, rate, stats, ready, go, stop, parent, li
     import numpy as np
 
     import global_buffer as gb
+
     from ._core import now_ns
 
     with gb.create(name, gb.ArraySpec("uint8", shape), capacity) as w:
@@ -543,6 +548,7 @@ def _demo_reader(name, index, stats, ready, stop, parent, limit):
     import numpy as np
 
     import global_buffer as gb
+
     from ._core import now_ns
 
     base = 1 + 4 * index
@@ -783,6 +789,7 @@ def _demo_producer(ring, nconsumers, item_bytes, rate, seconds, stats, ready, go
     ``None`` per consumer, which tells it that nothing more is coming."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import global_buffer as gb
+
     from ._core import now_ns
 
     try:
@@ -836,6 +843,7 @@ def _demo_consumer(ring, index, stats, ready, stop, parent, limit):
     end, for the lost/duplicated check."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import global_buffer as gb
+
     from ._core import now_ns
 
     b = 2 + _RING_FIELDS * index

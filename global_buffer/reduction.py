@@ -36,7 +36,8 @@ from multiprocessing.reduction import ForkingPickler
 
 from . import _core
 
-__all__ = ["Pickler", "dumps", "CloudPickler", "cloud_dumps"]
+# CloudPickler: made on first use by __getattr__ below
+__all__ = ["Pickler", "dumps", "CloudPickler", "cloud_dumps"]  # noqa: F822
 
 _extra = ForkingPickler._extra_reducers
 _ours = {}      # type -> our reducer replacing the registered one

@@ -13,6 +13,7 @@ import pytest
 import global_buffer as gb
 from global_buffer import segment as _segment
 
+
 def pytest_collection_modifyitems(config, items):
     """Long stress runs (``@pytest.mark.slow``) are opt-in: a plain
     ``pytest`` deselects them; any ``-m`` expression (CI uses

@@ -155,5 +155,5 @@ def test_closed_queue_answers_as_the_stdlib_does():
         for ours, theirs in ((gb.Ring, multiprocessing.queues.Queue),
                              (gb.JoinableRing, multiprocessing.queues.JoinableQueue)):
             ctx = multiprocessing.get_context()
-            assert closed(ours, put) == closed(lambda: theirs(ctx=ctx), put), (ours, put)
+            assert closed(ours, put) == closed(lambda t=theirs, c=ctx: t(ctx=c), put), (ours, put)
     gc.collect()

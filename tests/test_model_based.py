@@ -42,13 +42,11 @@ import threading
 import time
 import uuid
 
+import hypothesis.configuration
 import numpy as np
 import pydantic
 import pytest
-
-import hypothesis.configuration
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from hypothesis.stateful import (
     RuleBasedStateMachine,

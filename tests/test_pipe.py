@@ -610,7 +610,7 @@ def test_broken_pipe_when_the_reader_child_goes(pkind, children):
         w.send("one")
         writers[how] = w
     deadline = time.monotonic() + TIMEOUT
-    for how, w in writers.items():
+    for _how, w in writers.items():
         with pytest.raises(BrokenPipeError):
             while time.monotonic() < deadline:
                 w.send_bytes(b"z" * 1000)

@@ -84,7 +84,8 @@ def test_readme_example_runs(code, tmp_path):
     finally:
         for new in names.values():
             gb.unlink(new)
-    report = f"exit {p.returncode}\n--- code\n{code}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+    report = (f"exit {p.returncode}\n--- code\n{code}\n"
+              f"--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}")
     assert p.returncode == 0, report
     assert "Traceback" not in p.stderr, report
     assert "resource_tracker" not in p.stderr, report

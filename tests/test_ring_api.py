@@ -239,7 +239,7 @@ def test_joinable_put_many_counts_tasks():
         r = gb.JoinableRing(maxsize)
         r.put_many(range(5))
         assert not r.join(timeout=SHORT)
-        for x in r.get_many(5, timeout=TIMEOUT):
+        for _x in r.get_many(5, timeout=TIMEOUT):
             r.task_done()
         assert r.join(timeout=TIMEOUT)
         with pytest.raises(ValueError):

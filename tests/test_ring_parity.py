@@ -386,8 +386,8 @@ def test_closed_queue_raises_value_error(impl):
         q.put(1)
         q.close()
         q.close()
-        for call in (lambda: q.put("x"), lambda: q.get(), lambda: q.get(timeout=1),
-                     lambda: q.put_nowait("x"), q.get_nowait):
+        for call in (lambda q=q: q.put("x"), lambda q=q: q.get(), lambda q=q: q.get(timeout=1),
+                     lambda q=q: q.put_nowait("x"), q.get_nowait):
             with pytest.raises(ValueError, match="is closed"):
                 call()
         q.join_thread()
@@ -785,7 +785,7 @@ def test_parent_exits_before_child_reads(pimpl, tmp_path):
 
 
 def _child_worker(q):
-    for item in iter(lambda: q.get(timeout=TIMEOUT), None):
+    for _item in iter(lambda: q.get(timeout=TIMEOUT), None):
         time.sleep(0.001)
         q.task_done()
     q.task_done()

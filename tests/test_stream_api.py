@@ -650,7 +650,7 @@ def test_on_data_next_delivers_every_sample_in_order(stream):
         for i in range(30):
             w.write(full(i))
             if i % 3 == 2:   # stay within capacity 4
-                assert _wait_until(lambda: len(got) >= i + 1)
+                assert _wait_until(lambda i=i: len(got) >= i + 1)
         assert _wait_until(lambda: len(got) >= 30)
     finally:
         h.stop()
@@ -1140,7 +1140,7 @@ def test_closed_reader_raises_buffer_closed(stream):
     r.close()
     r.close()
     assert r.closed
-    for what, call in _reader_calls(r).items():
+    for _what, call in _reader_calls(r).items():
         with pytest.raises(gb.BufferClosed):
             call()
         with pytest.raises(ValueError):

@@ -345,7 +345,7 @@ def test_writes_without_waiters_make_no_wake_syscall(shm_name, children):
             w.write(a)
         assert w._wake_calls == 0
         with gb.attach(shm_name) as r:
-            for i in range(20000):
+            for _ in range(20000):
                 w.write(a)
             assert r.latest()[0] == a[0]
             assert w._wake_calls == 0
@@ -361,7 +361,7 @@ def test_writes_without_waiters_make_no_wake_syscall(shm_name, children):
             assert children.join(p) == 0
             assert _waiters(r) == 0
             before = w._wake_calls
-            for i in range(20000):
+            for _ in range(20000):
                 w.write(a)
             assert w._wake_calls == before
 

@@ -20,7 +20,6 @@ The contexts work as ``mp_context`` of
 private attributes, which ours has, with the stdlib's semantics.
 """
 import multiprocessing as _mp
-import sys
 
 from . import context
 
@@ -37,10 +36,16 @@ __all__ += [n for n in dir(context._default_context)
             if not n.startswith("_") and n not in __all__]
 
 # stdlib submodules reachable as attributes (multiprocessing.util, ...)
-from multiprocessing import (  # noqa: E402
-    process, reduction, sharedctypes, synchronize, util, heap,
+from multiprocessing import (  # noqa: E402, F401
+    heap,
+    process,
+    reduction,
+    sharedctypes,
+    synchronize,
+    util,
 )
-from . import connection, managers, queues  # noqa: E402
+
+from . import connection, managers, queues  # noqa: E402, F401
 
 SUBDEBUG = _mp.SUBDEBUG
 SUBWARNING = _mp.SUBWARNING

@@ -30,15 +30,13 @@ import stat
 import threading
 import time
 import weakref
-from multiprocessing import BufferTooShort
-from multiprocessing import connection as _std
-from multiprocessing import util as _util
+from multiprocessing import BufferTooShort, connection as _std, util as _util
 from multiprocessing.util import Finalize
 
 from .. import _core
 from ..errors import BufferClosed, Empty
 from ..ring import Ring, _remove_ring
-from ..segment import process_alive
+from ..segment import process_alive, process_start_time
 
 __all__ = list(_std.__all__) + ["Connection"]  # Client, Listener, Pipe, wait
 globals().update((n, getattr(_std, n)) for n in _std.__all__ if n not in ("Pipe", "wait"))
@@ -213,22 +211,41 @@ _spawned = []
 _spawned_lock = threading.Lock()
 
 
+def _child_gone(popen):
+    """Whether the child a Popen launched has ended, without touching the
+    Popen: its ``poll()`` is not ours to call from another thread.  (A
+    forkserver Popen's poll() reads the exit code from the pipe that first
+    carries the new pid: called while the launching thread waits for that
+    pid, it took the pid's bytes as an exit code and the launch hung for
+    good -- ProcessPoolExecutor starting a worker while another executor's
+    result pipe was being collected.)  A Popen still launching has no pid
+    yet: not gone."""
+    if popen.returncode is not None:
+        return True  # its owner reaped it
+    pid = getattr(popen, "pid", None)
+    if not pid:
+        return False
+    start = _child_starts.get(id(popen))
+    if start is None:  # first sight: remember who it is (pid reuse)
+        start = _child_starts[id(popen)] = process_start_time(pid) or 0
+    return not process_alive(pid, start)
+
+
+_child_starts = {}  # id(popen) -> its child's start time, while in _spawned
+
+
 def _sweep_spawned():
     with _spawned_lock:
         if not _spawned:
             return
         done = []
         for rec in _spawned:
-            popen, tokens = rec
-            try:
-                finished = popen.poll() is not None
-            except Exception:
-                finished = False  # still launching
-            if finished:
+            if _child_gone(rec[0]):
                 done.append(rec)
         for rec in done:
             _spawned.remove(rec)
-    for popen, tokens in done:
+            _child_starts.pop(id(rec[0]), None)
+    for _popen, tokens in done:
         rings = []
         try:
             for name, idx, who in tokens:

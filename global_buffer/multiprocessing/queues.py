@@ -42,8 +42,7 @@ the factories ``multiprocessing.Queue()`` / ``JoinableQueue()`` of
 """
 import sys
 import types
-from multiprocessing import context as _context
-from multiprocessing import queues as _std
+from multiprocessing import context as _context, queues as _std
 
 from .connection import _counted_pipe
 
