@@ -482,17 +482,26 @@ def test_a_forked_child_dropping_a_result_does_not_free_it(pools, children):
         _HELD.clear()
 
 
-def test_large_pickled_items_travel_in_leases_not_ring_blobs(pools):
+def test_large_items_travel_in_the_rings_blobs(pools):
+    """One out-of-line mechanism (issue 12 item 2): large arguments and
+    results go through the rings' own blobs (``<ring>.b<pid>.<n>``), reused
+    by their sender; the pool makes no segments of its own besides its two
+    rings and the board."""
     from global_buffer import segment
     p = pools()
+    prefix = p._inqueue.name[:-1]
     items = [bytes(range(256)) * 4000, list(range(100_000)), {"k": "v" * 300_000},
              [np.arange(10)] * 3000]
     out = p.map_async(identity, items, 1).get(TIMEOUT)
     assert out[:3] == items[:3] and all((a == np.arange(10)).all() for a in out[3])
     assert p.apply_async(len, (items[1],)).get(TIMEOUT) == 100_000
+    frame = p.apply_async(big_array, (7,)).get(TIMEOUT)
+    assert float(frame.min()) == float(frame.max()) == 7.0
     rings = (p._inqueue.name, p._outqueue.name)
-    blobs = [n for n in segment.list_names() if n.startswith(tuple(r + ".b" for r in rings))]
-    assert blobs == []
+    names = [n for n in segment.list_names() if n.startswith(prefix)]
+    blobs = [n for n in names if n.startswith(tuple(r + ".b" for r in rings))]
+    assert blobs, names  # the large items went out of line, in ring blobs
+    assert set(names) - set(blobs) == {p._inqueue.name, p._outqueue.name, prefix + "w"}
 
 
 # -- lost workers ---------------------------------------------------------------------

@@ -7,15 +7,21 @@ The class subclasses :class:`multiprocessing.pool.Pool` and keeps its public
 methods and result objects (``ApplyResult``, ``MapResult``, the ``imap``
 iterators); what changes is the transport and the three handler threads.
 
-- Tasks go to the workers through one bounded ring and results come back
-  through another.  Objects are pickled by the C pickler as for a stdlib
-  pool, and what it cannot pickle (lambdas, closures, local functions and
-  classes) by cloudpickle.  Large buffers (numpy arrays, protocol 5) are
-  *lent*: the sender copies one into a segment of its own that the receiver
-  maps as the array's memory, and the segment goes back to the sender when
-  that array is collected (see :class:`_Leases`).
-- Every message starts with a fixed header (kind, pid, job, index), so a
-  task or result that cannot be unpickled fails just that task.
+- Tasks go to the workers through one bounded object ring and results come
+  back through another.  Objects are pickled by the C pickler as for a
+  stdlib pool, and what it cannot pickle (lambdas, closures, local
+  functions and classes) by cloudpickle.  A task's function is pickled once
+  per function object, and a task or result of plain data (ints, strs,
+  short tuples of them...) is encoded by the ring's compiled fast path, so
+  small tasks cost no pickler.
+- Large items travel out of line as every ring item does: in the ring's
+  blobs (``ring._Blobs``), reused by their sender once the receiver is done;
+  a numpy array of 1 MiB or more arrives as a view of the blob (no copy on
+  the receiving side), which goes back to the sender when the array is
+  collected.
+- Every item starts with a plain header (job, index, pid), and one that
+  needs the pickler carries a ``_Note`` before its objects, so a task or
+  result that cannot be unpickled fails just that task.
 - The worker handler waits on the workers' sentinels and on a pipe written
   only when the pool's state or cache changes (the stdlib also waits on its
   result pipe; a ring needs no descriptor).  The result handler sleeps on the
@@ -28,17 +34,13 @@ iterators); what changes is the transport and the three handler threads.
   handler fails it with :class:`gb.WorkerLost` naming the worker.  The
   stdlib pool waits for that result forever.
 """
-import errno
 import functools
-import itertools
-import mmap
 import os
 import pickle
 import queue
 import secrets
 import signal
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -58,13 +60,10 @@ from multiprocessing.pool import (
 
 from .. import _core
 from .. import reduction as _reduction
-from ..errors import BufferClosed, BufferCorrupt, BufferExists, Empty, Full, WorkerLost
+from ..errors import BufferClosed, Empty, Full, WorkerLost
 from ..ring import Ring
-from ..segment import Segment, list_names, os_name, process_alive, self_start_time
+from ..segment import Segment, list_names, process_alive, self_start_time
 from ..segment import unlink as _unlink_name
-
-if sys.platform != "win32":
-    import _posixshmem
 
 __all__ = ["Pool", "ThreadPool", "WorkerLost"]
 
@@ -82,315 +81,145 @@ _TERM_GRACE = 2.0
 
 # -- the wire format -------------------------------------------------------------
 #
-# Every item on both rings is bytes: a header (kind, flags, pid, a, b) and,
-# for tasks and results, a body: a pickle, then (flag _F_LEASES) a trailer
-# naming the leases that carry its out-of-band buffers.  A body that would
-# not fit in a ring slot travels in a lease of its own (flag _F_INDIRECT;
-# the item is then the header and that lease's size and name), so the rings
-# never carry anything out of line themselves.
-#   task      _TASK,  a = job, b = index, body (func, args, kwds)
-#   stop      _STOP   (a worker exits; the task handler's sentinel)
-#   result    _DONE,  pid, a = job, b = index, body (success, value)
-#   exited    _EXITED, pid, a = exit code, b = board slot (worker handler)
-#   finished  _STOP   (the task handler has sent every task)
+# Both rings are ordinary object rings (serializer "pickle"), so framing,
+# out-of-band buffers and out-of-line items are theirs: an item that does not
+# fit a slot, or a numpy array of 1 MiB or more, travels in the ring's blobs
+# (``ring._Blobs``) and the receiver's array is a view of the blob.  Items
+# are tuples whose head is plain data (the ring's compiled fast path
+# encodes and decodes plain tuples without a pickler):
+#   task      (job, i, fn, args, kwds)               args/kwds plain data
+#             (job, i, fn, _Note, args, kwds)        anything else
+#             (job, i, fn, cloudpickled (args, kwds), None)
+#   stop      None                                   a worker exits
+#   result    (job, i, pid, ok, value)                value plain data
+#             (job, i, pid, _Note, ok, value)         anything else
+#             (job, i, pid, None, cloudpickled (ok, value))
+#   exited    (_EXITED, exit code, pid, board slot)   (worker handler)
+#   finished  (_FINISHED,)                            (task handler)
+# ``fn`` is the task's function pickled once per function object (bytes; a
+# worker keeps the functions it loaded), so a task of a few plain arguments
+# costs no pickler at all.  A ``_Note`` unpickles to None but first records
+# (job, i, pid) in ``_noted``: if the rest of the item cannot be unpickled,
+# the receiver still knows which task to fail.
 
-_HEAD = struct.Struct("<BBiqq")
-_TASK, _DONE, _EXITED, _STOP = 1, 2, 3, 4
-_F_LEASES, _F_INDIRECT = 1, 2
-_STOP_ITEM = _HEAD.pack(_STOP, 0, 0, 0, 0)
+_EXITED, _FINISHED = -1, -2
+_FINISHED_ITEM = (_FINISHED,)
+_SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
+_FN_CACHE = 256  # functions a worker keeps loaded (and a pool keeps pickled)
 
-#: Out-of-band buffers (numpy arrays) at least this large travel in leases:
-#: no copy on the receiving side, where one thread of the pool process
-#: receives every result.
-LEASE_MIN = 512 * 1024
-#: Seconds a free lease is kept for reuse before its memory is given back.
-LEASE_IDLE = 10.0
-_LEASE_HDR = _core.SLOT_HEADER   # a gb_blob header: magic, size, state, len
-_TRAILER = struct.Struct("<HI")  # count of leases, bytes of the names before it
-_LEASE = struct.Struct("<QH")    # bytes of the buffer, bytes of the name
-
-
-def _passthrough(data):
-    """The rings' codec: items are encoded and decoded by the pool itself."""
-    return data
+_noted = None  # (job, i, pid) of the item being unpickled, once its _Note is read
 
 
-class _Leases:
-    """The lease segments one process lends on one ring: ``<ring>.h<pid>.<n>``.
-
-    A lease's state word (``_core.blob_*``) is non-zero from the moment its
-    sender takes it until the receiver's mapping of it is collected; then the
-    sender reuses it (already faulted in) for a later buffer.  Free leases
-    not reused for ``LEASE_IDLE`` seconds are removed (:meth:`trim`), and all
-    free ones when shared memory runs short."""
-
-    def __init__(self, prefix):
-        self.prefix = prefix
-        self.segs = []  # [[Segment, capacity, last lent (monotonic s)]]
-        self.counter = itertools.count()
-        self.lock = threading.Lock()
-
-    def lend(self, *parts):
-        """Copy the buffers ``parts`` one after the other into a free lease
-        (or a new one) and return it.  OSError (ENOSPC) if shared memory is
-        short even after a trim."""
-        n = sum(memoryview(p).nbytes for p in parts)
-        with self.lock:
-            for entry in self.segs:
-                if entry[1] >= n and _core.blob_acquire(entry[0].mm, 0):
-                    break
-            else:
-                self._drop_free(lambda cap: cap < n)  # too small for what we send now
-                try:
-                    entry = self._create(n)
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    self._drop_free(lambda cap: True)
-                    entry = self._create(n)
-                self.segs.append(entry)
-            entry[2] = time.monotonic()
-        seg, off = entry[0], _LEASE_HDR
-        for p in parts:
-            k = memoryview(p).nbytes
-            seg.mm[off:off + k] = p
-            off += k
-        return seg
-
-    def find(self, name):
-        with self.lock:
-            for seg, _, _ in self.segs:
-                if seg.name == name:
-                    return seg
-        return None
-
-    def _create(self, n):
-        cap = (max(n, 1) + 0xFFFF) & ~0xFFFF  # 64 KiB steps, for reuse
-        while True:
-            name = f"{self.prefix}.h{os.getpid():x}.{next(self.counter)}"
-            try:
-                seg = Segment.create(name, _LEASE_HDR + cap)
-                break
-            except BufferExists:  # left by an earlier process with our pid
-                continue
-        _core.blob_init(seg.mm, cap)  # taken by us, as blob_acquire does
-        return [seg, cap, 0.0]
-
-    def _drop_free(self, which, idle_before=None):
-        keep = []
-        for entry in self.segs:
-            seg, cap, used = entry
-            if (which(cap) and (idle_before is None or used < idle_before)
-                    and _core.blob_acquire(seg.mm, 0)):
-                _unlink_name(seg.name)
-                seg.close()
-            else:
-                keep.append(entry)
-        self.segs = keep
-
-    def trim(self, idle):
-        """Remove free leases not lent for ``idle`` seconds."""
-        if self.segs and self.lock.acquire(False):
-            try:
-                self._drop_free(lambda cap: True, time.monotonic() - idle)
-            finally:
-                self.lock.release()
-
-    def close(self):
-        """Forget every lease; remove the names of those not lent out (the
-        pool removes the others' once it has read all their sender sent)."""
-        with self.lock:
-            for seg, _, _ in self.segs:
-                if _core.blob_acquire(seg.mm, 0):
-                    _unlink_name(seg.name)
-                seg.close()
-            self.segs = []
+def _note(job, i, pid):
+    global _noted
+    _noted = (job, i, pid)
 
 
-_lenders = {}  # ring name -> _Leases of this process
-os.register_at_fork(after_in_child=_lenders.clear)  # the parent's leases are not ours
+class _Note:
+    __slots__ = ("head",)
+
+    def __init__(self, job, i, pid=0):
+        self.head = (job, i, pid)
+
+    def __reduce__(self):
+        return (_note, self.head)
 
 
-def _lender(prefix):
-    leases = _lenders.get(prefix)
-    if leases is None:
-        leases = _lenders.setdefault(prefix, _Leases(prefix))
-    return leases
+def _plain(x):
+    """True if ``x`` is data the ring encodes without a pickler (so it cannot
+    fail to unpickle): a scalar, or a short tuple/list of scalars."""
+    t = type(x)
+    if t in _SCALARS:
+        return True
+    if (t is tuple or t is list) and len(x) <= 16:
+        for e in x:
+            if type(e) not in _SCALARS:
+                return False
+        return True
+    return False
 
 
-def _trim_lenders():
-    for leases in list(_lenders.values()):
-        leases.trim(LEASE_IDLE)
+def _plain_kwds(kwds):
+    if type(kwds) is not dict:
+        return False
+    for k, v in kwds.items():
+        if type(k) is not str or type(v) not in _SCALARS:
+            return False
+    return True
 
 
-def _close_lender(prefix):
-    leases = _lenders.pop(prefix, None)
-    if leases is not None:
-        leases.close()
+def _dumps(obj):
+    """``obj`` pickled as the stdlib pool would (ForkingPickler's reducers),
+    or by cloudpickle if pickle refuses it (lambdas, closures, local
+    functions and classes)."""
+    try:
+        return _reduction.dumps(obj, protocol=5)
+    except Exception:
+        return _reduction.cloud_dumps(obj, protocol=5)
 
 
-def _remove_leases(prefix, pid=None):
-    """Remove the names of segments lent on ring ``prefix`` (by process
-    ``pid``, or by anyone): leases, and the ring's own out-of-line blobs
-    (``<ring>.b<pid>.<n>``, see ``ring._Blobs``).  Call it once everything
-    they carried has been read: receivers' mappings stay valid, and the
-    memory goes with the last one."""
-    if pid is None:
-        starts = (f"{prefix}.h", f"{prefix}.b")
-    else:
-        starts = (f"{prefix}.h{pid:x}.", f"{prefix}.b{pid}.")
+def _is_ring_error(e):
+    return isinstance(e, (Full, Empty, BufferClosed))
+
+
+def _remove_blobs(prefix, pid=None):
+    """Remove the names of the out-of-line blobs (``<ring>.b<pid>.<n>``, see
+    ``ring._Blobs``) made on ring ``prefix`` by process ``pid``, once
+    everything it sent has been read: receivers' mappings stay valid, and
+    the memory goes with the last one."""
+    start = f"{prefix}.b" if pid is None else f"{prefix}.b{pid}."
     for name in list_names():
-        if name.startswith(starts):
+        if name.startswith(start):
             _unlink_name(name)
 
 
-class _Lease(mmap.mmap):
-    """A receiver's mapping of one lease; arrays are views of it.  When the
-    last view is collected so is this, and the lease goes back to its
-    sender.  (A child forked meanwhile inherits the mapping but never gives
-    the lease back: only the receiving process does.)"""
+class _Tasks:
+    """The pool process's side of the task ring: makes task items, with each
+    function pickled once (kept per function object, while the pool runs)."""
 
-    def __del__(self):
-        if getattr(self, "receiver", None) != os.getpid():
-            return
+    def __init__(self, ring):
+        self.ring = ring
+        self.fns = {}  # id(func) -> (func, pickled)
+
+    def fn(self, func):
+        entry = self.fns.get(id(func))
+        if entry is not None and entry[0] is func:
+            return entry[1]
+        data = _dumps(func)
+        if len(self.fns) >= _FN_CACHE:
+            self.fns.clear()
+        self.fns[id(func)] = (func, data)
+        return data
+
+    def item(self, job, i, func, args, kwds):
+        fn = self.fn(func)
+        if _plain(args) and (not kwds or _plain_kwds(kwds)):
+            return (job, i, fn, args, kwds)
+        return (job, i, fn, _Note(job, i), args, kwds)
+
+    def put(self, task, thread=None):
+        """The task handler's put: a task tuple, or None for a worker to stop.
+        False if the pool was terminated first."""
+        if task is None:
+            return _put_until(self.ring, None, thread)
+        job, i, func, args, kwds = task
+        if func is _ITEM:  # made (and found the ring full) by apply_async
+            return _put_until(self.ring, args, thread)
+        item = self.item(job, i, func, args, kwds)
         try:
-            _core.blob_release(self)
-        except Exception:  # interpreter shutdown, or a segment already gone
-            pass
-
-
-def _borrow(name, n):
-    fd = _posixshmem.shm_open(os_name(name), os.O_RDWR, 0)
-    try:
-        mm = _Lease(fd, 0)
-    finally:
-        os.close(fd)
-    mm.receiver = os.getpid()
-    if len(mm) < _LEASE_HDR + n:
-        raise BufferCorrupt(f"lease segment {name!r} is smaller than its item")
-    return memoryview(mm)[_LEASE_HDR:_LEASE_HDR + n]
-
-
-def encode(prefix, kind, pid, a, b, obj):
-    """One ring item: the header, then ``obj`` pickled.
-
-    The C pickler first, so everything it handles travels as it does to a
-    stdlib pool (functions and classes by reference: a worker's module
-    globals, ``isinstance`` and ``except`` keep working); what it cannot
-    pickle (lambdas, closures, local functions and classes) goes by
-    cloudpickle.  Buffers of ``LEASE_MIN`` bytes or more, and a body too big
-    for a slot, are lent from this process's leases on ring ``prefix``."""
-    lent = []
-
-    def out_of_band(pb):
-        raw = pb.raw()
-        if raw.nbytes < LEASE_MIN:
-            return True  # in band
-        try:
-            lent.append((_lender(prefix).lend(raw), raw.nbytes))
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
+            return _put_until(self.ring, item, thread)
+        except Exception as e:
+            if _is_ring_error(e):
                 raise
-            return True  # no room for a lease: in band
-        return False
+        # pickle refused an argument: cloudpickle (args, kwds)
+        return _put_until(self.ring, (job, i, item[2], _reduction.cloud_dumps((args, kwds)),
+                                      None), thread)
 
-    def give_back():
-        for seg, _ in lent:
-            _core.blob_release(seg.mm)
-        del lent[:]
-
-    try:
-        # ForkingPickler's registered reducers apply, as in a stdlib pool
-        data = _reduction.dumps(obj, protocol=5, buffer_callback=out_of_band)
-    except Exception:
-        data = None
-    if data is None:
-        give_back()
-        try:
-            data = _reduction.cloud_dumps(obj, protocol=5, buffer_callback=out_of_band)
-        except BaseException:
-            give_back()
-            raise
-    body = [data]
-    flags = 0
-    if lent:
-        flags = _F_LEASES
-        size = 0
-        for seg, n in lent:
-            name = seg.name.encode()
-            body += [_LEASE.pack(n, len(name)), name]
-            size += _LEASE.size + len(name)
-        body.append(_TRAILER.pack(len(lent), size))
-    nbytes = sum(len(x) for x in body)
-    if _HEAD.size + nbytes > SLOT_BYTES:
-        try:
-            seg = _lender(prefix).lend(*body)
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
-                raise
-        else:
-            name = seg.name.encode()
-            return b"".join([_HEAD.pack(kind, flags | _F_INDIRECT, pid, a, b),
-                             _LEASE.pack(nbytes, len(name)), name])
-    return b"".join([_HEAD.pack(kind, flags, pid, a, b)] + body)
+    def clear(self):
+        self.fns = {}
 
 
-def _body(data):
-    """(flags, body, name of the lease holding the body or None) of an item."""
-    mv = memoryview(data)
-    flags = mv[1]
-    if not flags & _F_INDIRECT:
-        return flags, mv[_HEAD.size:], None
-    n, k = _LEASE.unpack_from(mv, _HEAD.size)
-    off = _HEAD.size + _LEASE.size
-    name = bytes(mv[off:off + k]).decode()
-    return flags, None, (name, n)
-
-
-def _trailer(flags, body):
-    """(end of the pickle in ``body``, [(lease name, size)] it names)."""
-    end = len(body)
-    if not flags & _F_LEASES:
-        return end, []
-    count, size = _TRAILER.unpack_from(body, end - _TRAILER.size)
-    end -= _TRAILER.size + size
-    off, out = end, []
-    for _ in range(count):
-        n, k = _LEASE.unpack_from(body, off)
-        off += _LEASE.size
-        out.append((bytes(body[off:off + k]).decode(), n))
-        off += k
-    return end, out
-
-
-def decode(data):
-    """The object of a ring item made by :func:`encode` (after its header)."""
-    flags, body, indirect = _body(data)
-    if indirect is not None:
-        body = _borrow(*indirect)  # given back once loaded: the objects copy it
-    end, lent = _trailer(flags, body)
-    buffers = [_borrow(name, n) for name, n in lent] if lent else None
-    return pickle.loads(body[:end], buffers=buffers)
-
-
-def _give_back(prefix, data):
-    """Free the leases of an encoded item that was never sent."""
-    leases = _lenders.get(prefix)
-    if leases is None:
-        return
-    flags, body, indirect = _body(data)
-    segs = []
-    if indirect is not None:
-        seg = leases.find(indirect[0])
-        if seg is None:
-            return
-        segs.append(seg)
-        body = memoryview(seg.mm)[_LEASE_HDR:_LEASE_HDR + indirect[1]]
-    segs += [leases.find(name) for name, _ in _trailer(flags, body)[1]]
-    body = None
-    for seg in segs:
-        if seg is not None:
-            _core.blob_release(seg.mm)
+_ITEM = object()  # func of a task tuple whose args are the finished item
 
 
 # -- the board: which task each worker is running ----------------------------------
@@ -473,12 +302,12 @@ def _unwrap(obj):
     return obj.obj if isinstance(obj, _Portable) else obj
 
 
-def _send(ring, data, parent):
-    """Put ``data`` on a bounded ring (in shared memory when this returns),
+def _send(ring, item, parent):
+    """Put ``item`` on a bounded ring (in shared memory when this returns),
     giving up only if the pool process is gone."""
     while True:
         try:
-            ring.put(data, True, _PARENT_CHECK)
+            ring.put(item, True, _PARENT_CHECK)
             return
         except Full:
             if not process_alive(*parent):
@@ -492,12 +321,41 @@ def _next_task(ring, parent):
         except Empty:
             if not process_alive(*parent):
                 return None  # orphaned: the pool process died without telling us
-            _trim_lenders()  # idle: give back leases nobody reused
+
+
+def _send_result(ring, job, i, pid, ok, value, parent):
+    if _plain(value):
+        item = (job, i, pid, ok, value)
+    else:
+        item = (job, i, pid, _Note(job, i, pid), ok, value)
+    try:
+        _send(ring, item, parent)
+        return
+    except Exception as e:
+        if _is_ring_error(e):
+            raise
+        error = e
+    item = None
+    try:  # pickle refused it (a lambda, a closure): cloudpickle
+        data = _reduction.cloud_dumps((ok, value))
+    except Exception:  # neither can: the task fails, the worker stays
+        wrapped = MaybeEncodingError(error, value)
+        util.debug(f"Possible encoding error while sending result: {wrapped}")
+        _send(ring, (job, i, pid, _Note(job, i, pid), False, wrapped), parent)
+        return
+    try:
+        _send(ring, (job, i, pid, None, data), parent)
+    except Exception as e:  # e.g. no shared memory left for it
+        if _is_ring_error(e):
+            raise
+        _send(ring, (job, i, pid, _Note(job, i, pid), False, MaybeEncodingError(e, value)),
+              parent)
 
 
 def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
            wrap_exception=False, board=None, slot=-1):
     """Body of a pool worker process (cf. ``multiprocessing.pool.worker``)."""
+    global _noted
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
     parent = board.parent if board is not None else (os.getppid(), 0)
@@ -509,44 +367,58 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
     if initializer is not None:
         initializer(*initargs)
     pid = os.getpid()
-    out = outqueue.name
+    fns = {}  # pickled function -> function
     completed = 0
     try:
         while maxtasks is None or completed < maxtasks:
+            _noted = None
             try:
-                data = _next_task(inqueue, parent)
-            except (EOFError, OSError, BufferClosed):
+                task = _next_task(inqueue, parent)
+            except (EOFError, OSError, BufferClosed, ValueError):
                 util.debug("worker got EOFError or OSError -- exiting")
                 break
-            if data is None or data[0] != _TASK:
+            except Exception as e:
+                if _noted is None:
+                    raise
+                # an argument this process cannot unpickle: that task fails
+                job, i, _ = _noted
+                _send_result(outqueue, job, i, pid, False, e, parent)
+                completed += 1
+                continue
+            if task is None:
                 util.debug("worker got sentinel -- exiting")
                 break
-            _, _, _, job, i = _HEAD.unpack_from(data)
+            job, i, fn = task[0], task[1], task[2]
             if board is not None:
                 board.set(slot, job, i)
             func = None
             try:
-                func, args, kwds = decode(data)
-                data = None
-                result = (True, func(*args, **kwds))
+                if len(task) == 6:
+                    args, kwds = task[4], task[5]
+                elif task[4] is None:
+                    args, kwds = pickle.loads(task[3])
+                else:
+                    args, kwds = task[3], task[4]
+                task = None
+                func = fns.get(fn)
+                if func is None:
+                    func = pickle.loads(fn)
+                    if len(fns) >= _FN_CACHE:
+                        fns.clear()
+                    fns[fn] = func
+                ok, value = True, func(*args, **kwds)
             except Exception as e:
                 if wrap_exception and func is not _helper_reraises_exception:
                     e = ExceptionWithTraceback(e, e.__traceback__)
-                result = (False, e)
-            item = None
-            try:
-                item = encode(out, _DONE, pid, job, i, result)
-                _send(outqueue, item, parent)
-            except Exception as e:  # unpicklable, or no shared memory left for it
-                if item is not None:
-                    _give_back(out, item)
-                wrapped = MaybeEncodingError(e, result[1])
-                util.debug(f"Possible encoding error while sending result: {wrapped}")
-                _send(outqueue, encode(out, _DONE, pid, job, i, (False, wrapped)), parent)
-            data = item = result = func = args = kwds = None
+                ok, value = False, e
+            task = args = kwds = None
+            _send_result(outqueue, job, i, pid, ok, value, parent)
+            value = func = None
             completed += 1
     finally:
-        _close_lender(out)
+        blobs = getattr(outqueue, "_blobs", None)
+        if blobs is not None:
+            blobs.close()  # free blobs go now; the pool removes held ones' names
     util.debug(f"worker exiting after {completed} tasks")
 
 
@@ -630,15 +502,15 @@ def _lost_message(pid, exitcode, job, i):
             "its result is lost (the worker was replaced)")
 
 
-def _put_until(ring, data, thread=None):
-    """Put ``data`` on a bounded ring; False if the pool is terminated
+def _put_until(ring, item, thread=None):
+    """Put ``item`` on a bounded ring; False if the pool is terminated
     (``thread._state``, default: the calling handler's) first.  Waits for
     room without holding the GIL (other pool threads keep running)."""
     if thread is None:
         thread = threading.current_thread()
     while True:
         try:
-            ring.put(data, False)
+            ring.put(item, False)
             return True
         except Full:
             if thread._state == TERMINATE:
@@ -646,38 +518,36 @@ def _put_until(ring, data, thread=None):
             ring._wait_ready(True, _SLICE)
 
 
-_ENCODED = object()  # func of a task tuple whose args are the encoded item
-
-
-def _put_task(ring, task, thread=None):
-    """The task handler's put: a task tuple, or None for a worker to stop."""
-    if task is None:
-        return _put_until(ring, _STOP_ITEM, thread)
-    job, i, func, args, kwds = task
-    if func is _ENCODED:
-        return _put_until(ring, args, thread)
-    return _put_until(ring, encode(ring.name, _TASK, 0, job, i, (func, args, kwds)), thread)
-
-
 def _receive(ring, thread):
-    """Next item of the result ring, or None once the pool is terminated."""
+    """Next item of the result ring, or None once the pool is terminated.
+    A result that cannot be unpickled here comes back as that task's
+    failure."""
+    global _noted
     idle = 0
     while True:
+        _noted = None
         try:
             return ring.get(False)
         except Empty:
             pass
+        except Exception as e:
+            if _noted is not None:  # e.g. a class this process cannot import
+                job, i, pid = _noted
+                return (job, i, pid, False, e)
+            if thread._state == TERMINATE:
+                return None
+            traceback.print_exc()  # an item lost, not the pool
+            continue
         if thread._state == TERMINATE:
             return None
         if idle > 1:  # a sender is mid-put: give it the CPU
             time.sleep(0.0002)
-        # sleep in the kernel without holding the GIL (a blocking get spins
-        # with it first, which would stall the threads we are waking)
+        # sleep in the kernel without holding the GIL and without spinning
+        # (the workers need the CPU more than this thread)
         if ring._wait_ready(False, _SLICE):
             idle += 1
         else:
             idle = 0
-            _trim_lenders()  # idle: give back task leases nobody reused
 
 
 class Pool(_mp_pool.Pool):
@@ -783,20 +653,19 @@ class Pool(_mp_pool.Pool):
             # tasks: enough queued to keep every worker busy; results: a few
             # per worker, then workers wait for the result handler
             for suffix, maxsize in (("t", max(32, 4 * n)), ("r", max(64, 8 * n))):
-                made.append(Ring(maxsize=maxsize, max_bytes=SLOT_BYTES,
-                                 serializer=(_passthrough, _passthrough),
-                                 name=base + suffix))
+                made.append(Ring(maxsize=maxsize, max_bytes=SLOT_BYTES, name=base + suffix))
             made.append(_Board(base + "w", 4 * n + 64, (os.getpid(), self_start_time())))
         except BaseException:
             self._release(*made)
             raise
         self._inqueue, self._outqueue, self._board = made
-        self._quick_put = functools.partial(_put_task, self._inqueue)
+        self._tasks = _Tasks(self._inqueue)
+        self._quick_put = self._tasks.put
         self._quick_get = functools.partial(_receive, self._outqueue)
 
     @staticmethod
     def _release(*things):
-        """Remove the rings (and what was lent on them) and the board."""
+        """Remove the rings (and their blobs) and the board."""
         for r in things:
             if r is None:
                 continue
@@ -804,11 +673,9 @@ class Pool(_mp_pool.Pool):
                 r.remove()
                 continue
             try:
-                _close_lender(r.name)
                 r.close()
             finally:
-                r.unlink()
-                _remove_leases(r.name)
+                r.unlink()  # with every blob made on it
 
     def _get_sentinels(self):
         return [self._change_notifier._reader]
@@ -825,11 +692,13 @@ class Pool(_mp_pool.Pool):
         # drop the tasks no worker took yet; frees a task handler waiting
         # for room, too
         util.debug("removing tasks from inqueue until task handler finished")
-        try:
-            while True:
+        while True:
+            try:
                 inqueue.get(False)
-        except (Empty, BufferClosed, OSError):
-            pass
+            except (Empty, BufferClosed, OSError, ValueError):
+                break
+            except Exception:
+                continue  # a task this process cannot unpickle: dropped all the same
 
     # -- workers -------------------------------------------------------------------
 
@@ -885,8 +754,7 @@ class Pool(_mp_pool.Pool):
                     pool[i] = new[0]
                 else:
                     del pool[i]
-                _put_until(outqueue,
-                           _HEAD.pack(_EXITED, 0, w.pid, w.exitcode, getattr(w, "_gb_slot", -1)),
+                _put_until(outqueue, (_EXITED, w.exitcode, w.pid, getattr(w, "_gb_slot", -1)),
                            thread)
             if not new:
                 break  # the list changed under enumerate; the next round goes on
@@ -953,7 +821,7 @@ class Pool(_mp_pool.Pool):
         try:
             # tell the result handler to finish once the cache is empty, and
             # the workers that there is no more work
-            if _put_until(outqueue, _STOP_ITEM, thread):
+            if _put_until(outqueue, _FINISHED_ITEM, thread):
                 for _ in range(len(pool)):
                     if not put(None):
                         break
@@ -966,23 +834,28 @@ class Pool(_mp_pool.Pool):
         thread = threading.current_thread()
         last_done = {}  # worker pid -> (job, i) of the last result it sent
 
-        def handle(data):
-            kind, _, pid, a, b = _HEAD.unpack_from(data)
-            if kind == _DONE:
-                job, i = a, b
+        def handle(item):
+            job = item[0]
+            if job >= 0:
+                i, pid = item[1], item[2]
                 last_done[pid] = (job, i)
-                try:
-                    obj = decode(data)
-                except Exception as e:
-                    obj = (False, e)  # e.g. a class the pool process cannot import
+                if len(item) == 6:
+                    obj = (item[4], item[5])
+                elif item[3] is None:  # cloudpickled
+                    try:
+                        obj = pickle.loads(item[4])
+                    except Exception as e:
+                        obj = (False, e)
+                else:
+                    obj = (item[3], item[4])
             else:  # _EXITED: everything that worker sent has been handled
-                exitcode, slot = a, b
+                _, exitcode, pid, slot = item
                 job, i = board.get(slot) if board is not None and slot >= 0 else (-1, -1)
                 if board is not None:
                     board.release(slot)
-                # its leases and blobs need no names any more (a worker that
-                # exits by itself removes its free ones, a killed one cannot)
-                _remove_leases(outqueue.name, pid)
+                # its blobs need no names any more (a worker that exits by
+                # itself removes its free ones, a killed one cannot)
+                _remove_blobs(outqueue.name, pid)
                 if job < 0 or last_done.pop(pid, None) == (job, i):
                     return
                 obj = (False, WorkerLost(pid, exitcode, _lost_message(pid, exitcode, job, i)))
@@ -995,21 +868,21 @@ class Pool(_mp_pool.Pool):
                 traceback.print_exc()
 
         while True:
-            data = get(thread)
+            item = get(thread)
             if thread._state != RUN:
                 util.debug("result handler found thread._state=TERMINATE")
                 break
-            if data is None or data[0] == _STOP:
+            if item is None or item[0] == _FINISHED:
                 util.debug("result handler got sentinel")
                 break
-            handle(data)
-            data = None
+            handle(item)
+            item = None
 
         while cache and thread._state != TERMINATE:
-            data = get(thread)
-            if data is not None and data[0] != _STOP:
-                handle(data)
-            data = None
+            item = get(thread)
+            if item is not None and item[0] != _FINISHED:
+                handle(item)
+            item = None
         util.debug(f"result handler exiting: len(cache)={len(cache)}, "
                    f"thread._state={thread._state}")
 
@@ -1024,15 +897,13 @@ class Pool(_mp_pool.Pool):
         task = (result._job, 0, func, args, kwds)
         if self._taskqueue.empty():
             try:
-                data = encode(self._inqueue.name, _TASK, 0, result._job, 0, (func, args, kwds))
+                item = self._tasks.item(result._job, 0, func, args, kwds)
+                self._inqueue.put(item, False)
+                return result
+            except (Full, BufferClosed):
+                task = (result._job, 0, _ITEM, item, None)
             except Exception:
-                pass  # unpicklable: the task handler reports it, as the stdlib does
-            else:
-                try:
-                    self._inqueue.put(data, False)
-                    return result
-                except (Full, BufferClosed):
-                    task = (result._job, 0, _ENCODED, data, None)
+                pass  # unpicklable: the task handler tries cloudpickle, or reports it
         self._taskqueue.put(([task], None))
         return result
 
