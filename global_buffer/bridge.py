@@ -57,7 +57,7 @@ import time
 
 import numpy as np
 
-from . import _core
+from . import _core, bridge_rings
 from .errors import BridgeError, BufferCorrupt, BufferExists, BufferNotFound, SchemaMismatch
 from .schema import ArraySpec
 from .segment import Segment, list_names, process_alive, self_start_time, validate_name
@@ -435,7 +435,7 @@ class Bridge:
         self.zid = str(self._session.zid())
         log.info("bridge %s on %s: listen %s, connect %s, export %s, import %s",
                  self.zid, self.host, self.listen, self.connect, self.exports, self.imports)
-        if self.imports:
+        if self.imports or self.exports:
             self._sub = self._session.declare_subscriber(
                 f"{PREFIX}/**", self._on_sample,
                 allowed_origin=self._zenoh.Locality.REMOTE)
@@ -574,7 +574,8 @@ class Bridge:
                     elif announce:
                         self._ctl(name, e.announce())
                 for name, m in list(self._mirrors.items()):
-                    if not m.closed and time.monotonic() - m.last_hb > ALIVE_WINDOW:
+                    if isinstance(m, _Mirror) and not m.closed \
+                            and time.monotonic() - m.last_hb > ALIVE_WINDOW:
                         m.stats.state = "stale"
             except Exception:
                 log.exception("bridge: service loop error")
@@ -602,19 +603,27 @@ class Bridge:
                 continue
             try:
                 e = _Export(self, name)
-            except (BufferCorrupt, BufferNotFound, SchemaMismatch, ValueError) as err:
-                # a ring, a segment being created, or garbage: look again later
+            except BufferCorrupt:
+                e = bridge_rings.try_export(self, name, _Stats)  # a queue ring?
+                if e is None:
+                    self._skip[name] = now + 2.0
+                    continue
+            except (BufferNotFound, SchemaMismatch, ValueError) as err:
+                # a segment being created, or garbage: look again later
                 self._skip[name] = now + 2.0
                 log.debug("bridge: not exporting %r: %s", name, err)
                 continue
-            if e.sid in self._done or not e.reader.writer_alive:
+            if e.sid in self._done or (e.kind != "ring" and not e.reader.writer_alive):
                 e.close()
                 self._skip[name] = now + 1.0
                 continue
             with self._lock:
                 self._exports[name] = e
-            log.info("bridge: exporting stream %r (%s, capacity %d, %d-byte slots)",
-                     name, e.kind, e.capacity, e.slot_size)
+            if e.kind == "ring":
+                log.info("bridge: exporting queue ring %r (capacity %d)", name, e.capacity)
+            else:
+                log.info("bridge: exporting stream %r (%s, capacity %d, %d-byte slots)",
+                         name, e.kind, e.capacity, e.slot_size)
             e.thread.start()
             self._ctl(name, e.announce())
 
@@ -624,14 +633,22 @@ class Bridge:
         try:
             key = str(sample.key_expr)
             parts = key.split("/")
-            if len(parts) != 3 or parts[0] != PREFIX:
+            if len(parts) == 4 and parts[2] == "item" and parts[0] == PREFIX:
+                if parts[3] != self.zid:
+                    return  # another host's ring items
+            elif len(parts) != 3 or parts[0] != PREFIX:
                 raise BridgeError(f"unexpected key {key!r} in the bridge's key space")
             name, what = parts[1], what or parts[2]
             try:
                 validate_name(name)
             except (TypeError, ValueError):
                 raise BridgeError(f"invalid stream name in key {key!r}") from None
+            if what == "credit":
+                self._on_credit(name, sample.payload.to_bytes())
+                return
             if not _matches(name, self.imports):
+                if not self.imports:
+                    return  # an export-only bridge hears its peers' traffic too
                 self._reject(name, BridgeError(f"{name!r} is not imported here (--import "
                                                f"{' '.join(self.imports)}); ignored"),
                              key="unimported", every=3600.0)
@@ -644,6 +661,14 @@ class Bridge:
             elif what == "data":
                 att = sample.attachment
                 self._on_data(name, payload, att.to_bytes() if att is not None else b"")
+            elif what == "item":
+                att = sample.attachment
+                with self._lock:
+                    m = self._mirrors.get(name)
+                if not isinstance(m, bridge_rings.RingImport) or m.closed:
+                    raise BridgeError(f"ring item for {name!r}, which is not a ring "
+                                      "imported here; dropped")
+                m.on_item(payload, att.to_bytes() if att is not None else b"")
             else:
                 raise BridgeError(f"unexpected key {key!r} in the bridge's key space")
         except (BridgeError, SchemaMismatch) as e:
@@ -666,6 +691,9 @@ class Bridge:
         with self._lock:
             m = self._mirrors.get(name)
         if op == "announce":
+            if msg.get("kind") == "ring":
+                self._open_ring(name, sid, msg, m)
+                return
             if sid in self._gone or (m is not None and m.sid == sid):
                 return
             refused = self._refused.get(name)
@@ -682,6 +710,57 @@ class Bridge:
                 m.close()
         else:
             raise BridgeError(f"unknown control op {op!r} for {name!r}")
+
+    def _on_credit(self, name, payload):
+        with self._lock:
+            e = self._exports.get(name)
+        try:
+            msg = json.loads(payload.decode())
+        except Exception:
+            raise BridgeError(f"malformed credit message for {name!r}") from None
+        if not isinstance(msg, dict) or msg.get("v") != WIRE_VERSION:
+            raise BridgeError(f"malformed credit message for {name!r}")
+        if not isinstance(e, bridge_rings.RingExport) or msg.get("sid") != e.sid \
+                or msg.get("to") != self.zid:
+            return  # for another home, or an old instance of this one
+        e.on_credit(msg)
+
+    def _open_ring(self, name, sid, msg, old):
+        if old is not None and old.sid == sid:
+            if isinstance(old, bridge_rings.RingImport) and msg.get("zid") != old.home \
+                    and isinstance(msg.get("zid"), str):
+                old.rehome(msg)
+            return
+        refused = self._refused.get(name)
+        if refused is not None and refused[0] == sid:
+            return
+        def need(key, typ):
+            v = msg.get(key)
+            if not isinstance(v, typ) or isinstance(v, bool):
+                self._refused[name] = (sid, "bad announce")
+                raise BridgeError(f"announce of ring {name!r}: field {key!r} missing or "
+                                  f"not {typ.__name__}")
+            return v
+        maxsize, cap, slot = need("maxsize", int), need("capacity", int), need("max_bytes", int)
+        need("zid", str)
+        if msg.get("serializer") not in ("pickle", "cloudpickle") or not 1 <= cap <= 1 << 24 \
+                or not 1 <= slot <= MAX_SLOT or maxsize > 1 << 24 \
+                or msg.get("layout") != _core.LAYOUT_VERSION:
+            self._refused[name] = (sid, "bad announce")
+            raise BridgeError(f"announce of ring {name!r}: unsupported settings or layout")
+        if old is not None:
+            old.close(unlink=True)
+            with self._lock:
+                self._mirrors.pop(name, None)
+        try:
+            m = bridge_rings.RingImport(self, name, sid, msg, _Stats)
+        except (BridgeError, BufferCorrupt) as e:
+            self._refused[name] = (sid, "clash")
+            raise BridgeError(f"far ring {name!r}: {e}") from None
+        with self._lock:
+            self._mirrors[name] = m
+        log.info("bridge: sharing queue ring %r with %s (capacity %d, %s local ring)", name,
+                 msg.get("host"), cap, "new" if m.created else "existing")
 
     def _open_mirror(self, name, sid, msg, old):
         try:

@@ -539,3 +539,103 @@ def test_sigterm_stops_cleanly_and_removes_mirrors(link):
         assert rc == 0 and "bridge stopped" in out, out
     finally:
         open(stop_file, "w").close()
+
+
+RING_HOLDER = PRELUDE + textwrap.dedent('''
+    ring = gb.Ring(0, capacity=64, name=sys.argv[1])
+    wait_file(sys.argv[2], 170)
+    ring.close()
+''')
+
+RING_PRODUCER = PRELUDE + textwrap.dedent('''
+    name, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ring = gb.Ring.attach(name)
+            break
+        except gb.BufferNotFound:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    for i in range(n):
+        big = np.full(300_000, i % 256, np.uint8) if i % 10 == 0 else None  # out of line
+        ring.put((tag, i, big))
+    ring.close()
+    ring.join_thread()
+''')
+
+RING_CONSUMER = PRELUDE + textwrap.dedent('''
+    name, stop = sys.argv[1], sys.argv[2]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ring = gb.Ring.attach(name)
+            break
+        except gb.BufferNotFound:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    got, bad = [], 0
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        try:
+            tag, i, big = ring.get(timeout=0.5)
+        except gb.Empty:
+            if os.path.exists(stop):
+                break
+            continue
+        if i % 10 == 0 and not (big.shape == (300_000,) and (big == i % 256).all()):
+            bad += 1
+        got.append([tag, i])
+        time.sleep(float(sys.argv[3]))
+    print(json.dumps({"got": got, "bad": bad}))
+''')
+
+
+def _check_ring_items(results, producers, n):
+    seen = {}
+    for res in results:
+        assert res["bad"] == 0, "a large item arrived damaged"
+        last = {}
+        for tag, i in res["got"]:
+            assert (tag, i) not in seen, f"item {(tag, i)} delivered twice"
+            seen[(tag, i)] = True
+            assert i > last.get(tag, -1), f"producer {tag}'s order broken at {i}"
+            last[tag] = i
+    return [(t, i) for t in producers for i in range(n) if (t, i) not in seen]
+
+
+def test_ring_shared_by_two_hosts(link):
+    """§9 rings: producers on both hosts, consumers on both; every item
+    (large out-of-line ones too) reaches exactly one get(), each
+    producer's items in order, and the far host's consumers get items put
+    on the home host (credit-based forwarding)."""
+    stop_file = str(link.tmp / "stop")
+    n = 300
+    holder = link.a.python(RING_HOLDER, "jobs", stop_file)
+    try:
+        prods = [link.a.python(RING_PRODUCER, "jobs", "a1", n),
+                 link.a.python(RING_PRODUCER, "jobs", "a2", n)]
+        cons = [link.a.python(RING_CONSUMER, "jobs", stop_file, 0.004),
+                link.b.python(RING_CONSUMER, "jobs", stop_file, 0.0)]
+        prods.append(link.b.python(RING_PRODUCER, "jobs", "b1", n))
+        for p in prods:
+            communicate(p, 90)
+        # every item taken: nothing left in either ring, nothing in flight
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            st = read_stats(link.stats_a, 5)
+            e = st["names"].get("jobs", {})
+            if e.get("state", "").endswith(" 0 in flight"):
+                break
+            time.sleep(0.2)
+        time.sleep(2.0)
+    finally:
+        open(stop_file, "w").close()
+    results = [last_json(communicate(c, 60)) for c in cons]
+    communicate(holder, 30)
+    missing = _check_ring_items(results, ["a1", "a2", "b1"], n)
+    assert not missing, f"{len(missing)} items lost, e.g. {missing[:5]}"
+    far = [t for t, i in results[1]["got"] if t.startswith("a")]
+    assert far, "no item put on the home host reached the far host's consumer"
+    st_a = read_stats(link.stats_a, 5)
+    assert st_a["names"]["jobs"]["lost"] == 0

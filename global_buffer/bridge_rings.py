@@ -1,0 +1,404 @@
+"""Queue rings across hosts (SPEC §9): credit-based forwarding.
+
+The host whose bridge exports a queue ring is its *home*; a bridge that
+imports it keeps a local ring of the same name and settings (created when
+the home announces it, unless one exists).  Producers and consumers on
+every host use their local ring as usual.
+
+Protocol (wire version 1, beside the stream keys of ``bridge.py``):
+
+``gb/<name>/ctl`` ``op="announce"``, ``kind="ring"``
+    ``maxsize``, ``capacity``, ``max_bytes`` (slot size), ``serializer``,
+    ``zid`` (the home bridge's Zenoh id), ``sid`` (the ring's lifetime).
+
+``gb/<name>/credit`` (importer to home), UTF-8 JSON
+    ``{"v": 1, "sid", "to": home zid, "from": importer zid, "granted": G,
+    "received": R}``.  Both counters are cumulative for the pair (home
+    bridge instance, importer bridge instance), so a lost or repeated
+    credit message changes nothing.  The importer grants only what its
+    local ring has room for and at most ``window`` items outstanding
+    (``G - R <= window``); it grants while its ring holds fewer than
+    ``window`` items, i.e. while its consumers drain it.
+
+``gb/<name>/item/<importer zid>`` (home to importer)
+    Attachment ``ITEM_HEADER``: magic ``b"GBi1"``, sid tag, the item's
+    number ``k`` for the pair (0, 1, ...).  Payload: the item pickled with
+    protocol 5 (or the ring's serializer), its out-of-band buffers (numpy
+    arrays) framed after it: ``u32 nbufs``, ``nbufs`` x ``u64`` lengths, the
+    pickle, the buffers.
+
+Delivery: the home bridge takes an item from its ring (``get``) only when
+an importer holds credit, sends it once on a reliable ordered Zenoh link,
+and never sends it again; the importer puts items into its ring in number
+order.  So while both bridges run each item reaches exactly one ``get()``,
+and one producer's items stay in its order.  Items taken and not yet
+acknowledged are *in flight* (at most ``window`` per importer); a killed
+bridge loses at most those, never duplicates one, and the surviving side
+counts them as ``lost`` when the peer's instance changes or goes silent.
+Items put on an importing host are consumed on that host (forwarding
+toward the home is not built yet).
+"""
+import json
+import logging
+import pickle
+import queue
+import struct
+import threading
+import time
+
+from .errors import BridgeError, BufferCorrupt, BufferExists, Empty, Full
+
+log = logging.getLogger("global_buffer.bridge")
+
+ITEM_MAGIC = b"GBi1"
+ITEM_HEADER = struct.Struct("<4s8sQ")
+DEFAULT_WINDOW = 16
+PEER_SILENCE = 3.0  # seconds without credit before an importer counts as gone
+
+
+def encode_item(item, dumps=pickle.dumps):
+    """Item -> wire bytes: pickle protocol 5 with out-of-band buffers."""
+    bufs = []
+    data = dumps(item, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    head = struct.pack(f"<I{len(raws)}Q", len(raws), *[r.nbytes for r in raws])
+    return b"".join([head, struct.pack("<Q", len(data)), data, *raws])
+
+
+def decode_item(payload, loads=pickle.loads):
+    """Wire bytes -> item; BridgeError if the framing is inconsistent."""
+    mv = memoryview(payload)
+    try:
+        (n,) = struct.unpack_from("<I", mv, 0)
+        if n > 1 << 16:
+            raise ValueError
+        lens = struct.unpack_from(f"<{n}Q", mv, 4)
+        off = 4 + 8 * n
+        (dlen,) = struct.unpack_from("<Q", mv, off)
+        off += 8
+        if off + dlen + sum(lens) != len(mv):
+            raise ValueError
+    except (struct.error, ValueError):
+        raise BridgeError(f"ring item of {len(mv)} bytes is not a framed pickle") from None
+    data = mv[off:off + dlen]
+    off += dlen
+    bufs = []
+    for ln in lens:
+        bufs.append(bytearray(mv[off:off + ln]))  # writable, as items from a ring are
+        off += ln
+    try:
+        return loads(data, buffers=bufs)
+    except Exception as e:
+        raise BridgeError(f"ring item does not unpickle: {e!r}") from None
+
+
+def _serializer(tag):
+    if tag == "cloudpickle":
+        import cloudpickle
+        return cloudpickle.dumps, pickle.loads
+    return pickle.dumps, pickle.loads
+
+
+class _Peer:
+    __slots__ = ("granted", "sent", "acked", "seen")
+
+    def __init__(self):
+        self.granted = self.sent = self.acked = 0
+        self.seen = time.monotonic()
+
+
+class RingExport:
+    """The home side of one queue ring: forwards items to importers that
+    hold credit."""
+
+    def __init__(self, bridge, name, ring, stats_cls):
+        self.bridge, self.name, self.ring = bridge, name, ring
+        self.kind = "ring"
+        self.capacity = ring.capacity
+        self.sid = f"{bridge.host}:ring:{ring._owner[0]}:{ring._created_ns}"
+        from .bridge import _sid_tag
+        self.tag = _sid_tag(self.sid)
+        self.serializer = getattr(ring, "_serializer", "pickle")
+        if not isinstance(self.serializer, str):
+            raise BridgeError(f"ring {name!r} uses a custom serializer; not exported")
+        self.dumps, _ = _serializer(self.serializer)
+        self.stats = stats_cls("export", "ring", self.sid)
+        self.peers = {}  # importer zid -> _Peer
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.stop = threading.Event()
+        self.gone = False
+        self.thread = threading.Thread(target=self._run, name=f"gb-bridge-ring-{name}",
+                                       daemon=True)
+
+    def announce(self):
+        from .bridge import WIRE_VERSION
+        from . import _core
+        r = self.ring
+        return {"v": WIRE_VERSION, "op": "announce", "sid": self.sid, "kind": "ring",
+                "maxsize": r.maxsize, "capacity": r.capacity, "max_bytes": r._slot_size,
+                "serializer": self.serializer, "zid": self.bridge.zid,
+                "layout": _core.LAYOUT_VERSION, "host": self.bridge.host}
+
+    def on_credit(self, msg):
+        frm, granted, received = msg.get("from"), msg.get("granted"), msg.get("received")
+        if not (isinstance(frm, str) and isinstance(granted, int)
+                and isinstance(received, int) and 0 <= received <= granted):
+            raise BridgeError(f"malformed credit for ring {self.name!r}")
+        with self.cond:
+            p = self.peers.get(frm)
+            if p is None:
+                p = self.peers[frm] = _Peer()
+                log.info("bridge: ring %r: importer %s asks for items", self.name, frm)
+            if received > p.sent:
+                raise BridgeError(f"credit for ring {self.name!r} acknowledges {received} "
+                                  f"items; only {p.sent} were sent")
+            p.granted = max(p.granted, granted)
+            p.acked = max(p.acked, received)
+            p.seen = time.monotonic()
+            self.cond.notify()
+
+    def in_flight(self):
+        with self.lock:
+            return sum(p.sent - p.acked for p in self.peers.values())
+
+    def _pick(self):
+        now = time.monotonic()
+        for zid, p in list(self.peers.items()):
+            if now - p.seen > PEER_SILENCE:
+                lost = p.sent - p.acked
+                del self.peers[zid]
+                if lost:
+                    self.stats.lost += lost
+                    log.error("bridge: ring %r: importer %s went silent with %d item(s) in "
+                              "flight; counted as lost", self.name, zid, lost)
+        best = None
+        for zid, p in self.peers.items():
+            if p.sent < p.granted and (best is None or p.sent - p.acked
+                                       < self.peers[best].sent - self.peers[best].acked):
+                best = zid
+        return best
+
+    def _run(self):
+        from .bridge import PREFIX
+        session = self.bridge._session
+        z = self.bridge._zenoh
+        pubs = {}
+        try:
+            while not self.stop.is_set():
+                with self.cond:
+                    zid = self._pick()
+                    if zid is None:
+                        self.cond.wait(0.05)
+                        continue
+                try:
+                    item = self.ring.get(timeout=0.05)
+                except Empty:
+                    continue
+                except (OSError, ValueError):  # the ring was closed under us
+                    break
+                with self.lock:
+                    p = self.peers.get(zid)
+                    if p is None:  # went silent meanwhile: the item is lost
+                        self.stats.lost += 1
+                        continue
+                    k = p.sent
+                    p.sent += 1
+                pub = pubs.get(zid)
+                if pub is None:
+                    pub = pubs[zid] = session.declare_publisher(
+                        f"{PREFIX}/{self.name}/item/{zid}",
+                        congestion_control=z.CongestionControl.BLOCK,
+                        reliability=z.Reliability.RELIABLE)
+                data = encode_item(item, self.dumps)
+                att = ITEM_HEADER.pack(ITEM_MAGIC, self.tag, k)
+                pub.put(data, attachment=att)
+                self.stats.items += 1
+                self.stats.bytes += len(data) + len(att)
+                self.bridge._count_out(len(data) + len(att))
+        except Exception as e:
+            if not self.stop.is_set():
+                log.error("bridge: forwarding ring %r stopped: %r", self.name, e)
+        finally:
+            for pub in pubs.values():
+                try:
+                    pub.undeclare()
+                except Exception:
+                    pass
+
+    def poll(self):
+        self.stats.state = f"up, {self.in_flight()} in flight"
+
+    def close(self):
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(5)
+        try:
+            self.ring.close()
+        except Exception:
+            pass
+
+
+class RingImport:
+    """The importing side of one far queue ring: a local ring of the same
+    name, fed by credit."""
+
+    def __init__(self, bridge, name, sid, ann, stats_cls, window=DEFAULT_WINDOW):
+        from .ring import Ring
+        self.bridge, self.name, self.sid = bridge, name, sid
+        from .bridge import _sid_tag
+        self.tag = _sid_tag(sid)
+        self.kind = "ring"
+        self.home = ann["zid"]
+        self.window = window
+        _, self.loads = _serializer(ann["serializer"])
+        try:
+            self.ring = Ring(ann["maxsize"], capacity=ann["capacity"], max_bytes=ann["max_bytes"],
+                             serializer=ann["serializer"], name=name, mode=bridge.mode)
+            self.created = True
+        except BufferExists:
+            self.ring = Ring.attach(name)  # BufferCorrupt if it is not a ring
+            self.created = False
+            if self.ring.broadcast:
+                self.ring.close()
+                raise BridgeError(f"far queue ring {name!r} clashes with a local broadcast "
+                                  "ring of that name; nothing written")
+        self.limit = ann["maxsize"] if ann["maxsize"] > 0 else ann["capacity"]
+        self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
+        self.granted = self.received = 0
+        self.next_k = 0
+        self.lost_pairs = 0
+        self.inbox = queue.Queue()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.stop = threading.Event()
+        self.last_credit = 0.0
+        self.thread = threading.Thread(target=self._run, name=f"gb-bridge-ringin-{name}",
+                                       daemon=True)
+        self.thread.start()
+        self.cthread = threading.Thread(target=self._credit_loop,
+                                        name=f"gb-bridge-credit-{name}", daemon=True)
+        self.cthread.start()
+
+    def _credit_loop(self):
+        while not self.stop.wait(0.005):
+            try:
+                self.credit()
+            except Exception as e:
+                if not self.stop.is_set():
+                    log.error("bridge: ring %r: granting credit failed: %r", self.name, e)
+                    self.stop.wait(0.5)
+
+    def rehome(self, ann):
+        """The home bridge restarted (a new instance): what it had in
+        flight to us is lost; start a new pair."""
+        with self.lock:
+            lost = self.granted - self.received - self.inbox.qsize()
+            lost = max(lost, 0)
+            self.stats.lost += lost
+            self.home = ann["zid"]
+            self.granted = self.received = self.next_k = 0
+        if lost:
+            log.error("bridge: ring %r: home bridge restarted; up to %d item(s) it had in "
+                      "flight are lost", self.name, lost)
+
+    def on_item(self, payload, att):
+        if len(att) != ITEM_HEADER.size:
+            raise BridgeError(f"ring item for {self.name!r} with a {len(att)}-byte header; "
+                              "dropped")
+        magic, tag, k = ITEM_HEADER.unpack(att)
+        if magic != ITEM_MAGIC or tag != self.tag:
+            raise BridgeError(f"ring item for {self.name!r} with a bad header; dropped")
+        with self.lock:
+            if k != self.next_k:
+                raise BridgeError(f"ring item {k} for {self.name!r}, expected {self.next_k}; "
+                                  "dropped")
+            if k >= self.granted:
+                raise BridgeError(f"ring item {k} for {self.name!r} beyond the credit "
+                                  f"granted ({self.granted}); dropped")
+            item = decode_item(payload, self.loads)
+            self.next_k += 1
+        self.inbox.put(item)
+        self.stats.bytes += len(payload) + len(att)
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                item = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            while not self.stop.is_set():
+                try:
+                    self.ring.put(item, timeout=0.1)
+                    break
+                except Full:
+                    continue
+            else:
+                with self.lock:
+                    self.stats.lost += 1  # stopped holding it
+                return
+            with self.lock:
+                self.received += 1
+                self.stats.items += 1
+
+    def credit(self):
+        """Grant what the local ring has room for (called often)."""
+        from .bridge import PREFIX, WIRE_VERSION
+        if self.closed:
+            return
+        q = self.ring.qsize()
+        with self.lock:
+            outstanding = self.granted - self.received
+            want = 0
+            if q < self.window:
+                want = min(self.window, self.limit - q) - outstanding
+            now = time.monotonic()
+            if want <= 0 and now - self.last_credit < 0.5:
+                return
+            if want > 0:
+                self.granted += want
+            self.last_credit = now
+            msg = {"v": WIRE_VERSION, "sid": self.sid, "to": self.home,
+                   "from": self.bridge.zid, "granted": self.granted,
+                   "received": self.received}
+            self.stats.state = f"up, {self.granted - self.received} in flight"
+        data = json.dumps(msg, separators=(",", ":")).encode()
+        self.bridge._session.put(f"{PREFIX}/{self.name}/credit", data)
+        self.bridge._count_out(len(data))
+
+    def close(self, unlink=False):
+        if self.closed:
+            return
+        self.closed = True
+        self.stop.set()
+        self.thread.join(5)
+        self.cthread.join(5)
+        try:
+            self.ring.close()
+            self.ring.join_thread()
+        except Exception:
+            pass
+
+
+def try_export(bridge, name, stats_cls):
+    """A RingExport for the queue ring ``name``, or None if it is not one
+    this bridge can export."""
+    from .ring import Ring
+    try:
+        ring = Ring.attach(name)
+    except (BufferCorrupt, ValueError, TypeError) as e:
+        log.debug("bridge: not exporting %r: %s", name, e)
+        return None
+    if ring.broadcast or ring.schema is not None:
+        log.warning("bridge: ring %r is a broadcast or typed ring; only object queue "
+                    "rings cross hosts yet", name)
+        ring.close()
+        return None
+    try:
+        return RingExport(bridge, name, ring, stats_cls)
+    except BridgeError as e:
+        log.warning("bridge: %s", e)
+        ring.close()
+        return None
