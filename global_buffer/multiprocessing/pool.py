@@ -45,6 +45,7 @@ import threading
 import time
 import traceback
 import weakref
+from _thread import allocate_lock as _allocate_lock
 from multiprocessing import get_context, reduction, util
 from multiprocessing import pool as _mp_pool
 from multiprocessing.connection import wait
@@ -94,6 +95,7 @@ _TERM_GRACE = 2.0
 #   result    (job, i, pid, ok, value)                value plain data
 #             (job, i, pid, _Note, ok, value)         anything else
 #             (job, i, pid, None, cloudpickled (ok, value))
+#   results   (_BATCH, pid, [(job, i, ok, value), ...])  plain ones, batched
 #   exited    (_EXITED, exit code, pid, board slot)   (worker handler)
 #   finished  (_FINISHED,)                            (task handler)
 # ``fn`` is the task's function pickled once per function object (bytes; a
@@ -102,7 +104,9 @@ _TERM_GRACE = 2.0
 # (job, i, pid) in ``_noted``: if the rest of the item cannot be unpickled,
 # the receiver still knows which task to fail.
 
-_EXITED, _FINISHED = -1, -2
+_EXITED, _FINISHED, _BATCH = -1, -2, -3
+#: Longest a worker keeps a finished plain result while it runs more tasks.
+_BATCH_AGE = 1e-3
 _FINISHED_ITEM = (_FINISHED,)
 _SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
 _FN_CACHE = 256  # functions a worker keeps loaded (and a pool keeps pickled)
@@ -225,23 +229,30 @@ _ITEM = object()  # func of a task tuple whose args are the finished item
 # -- the board: which task each worker is running ----------------------------------
 
 class _Board:
-    """One ``(job, index)`` pair per worker slot in a small segment.
+    """Which tasks each worker has taken and not yet answered, in a small
+    segment: per worker slot a count and up to ``BATCH`` ``(job, index)``
+    pairs.
 
-    A worker writes its pair before running a task; the pool reads it only
-    after the worker has exited.  Slots are handed out by the worker handler
-    and given back by the result handler once it has read the exit notice."""
+    A worker appends a pair before running a task and clears its count once
+    the results of those tasks are in the result ring; the pool reads a slot
+    only after its worker has exited.  Slots are handed out by the worker
+    handler and given back by the result handler once it has read the exit
+    notice."""
 
-    MAGIC = 0x314C4F4F505F4247  # "GB_POOL1"
+    MAGIC = 0x324C4F4F505F4247  # "GB_POOL2"
+    BATCH = 64
+    _SLOT = 8 + 16 * BATCH
+    _ENTRY = struct.Struct("<qq")
+    _COUNT = struct.Struct("<q")
 
     def __init__(self, name, nslots, parent, create=True):
         self.name, self.nslots, self.parent = name, nslots, parent
         if create:
-            self.seg = Segment.create(name, 8 + 16 * nslots)
-            for slot in range(nslots):
-                self.set(slot, -1, -1)
+            self.seg = Segment.create(name, 8 + self._SLOT * nslots)
             struct.pack_into("<Q", self.seg.mm, 0, self.MAGIC)
         else:
             self.seg = Segment.attach(name)
+        self.mm = self.seg.mm
         self._free = list(range(nslots - 1, -1, -1))
         self._lock = threading.Lock()
 
@@ -249,23 +260,37 @@ class _Board:
         return (_Board, (self.name, self.nslots, self.parent, False))
 
     def alloc(self):
-        """A free slot, or -1 (that worker's tasks are then not tracked)."""
+        """A free slot (cleared), or -1 (that worker's tasks are then not
+        tracked)."""
         with self._lock:
-            return self._free.pop() if self._free else -1
+            slot = self._free.pop() if self._free else -1
+        self.clear(slot)
+        return slot
 
     def release(self, slot):
         if slot >= 0:
             with self._lock:
                 self._free.append(slot)
 
-    def set(self, slot, job, i):
+    def add(self, slot, n, job, i):
+        """Record the worker's ``n``-th unanswered task (n < BATCH)."""
         if slot >= 0:
-            struct.pack_into("<qq", self.seg.mm, 8 + 16 * slot, job, i)
+            off = 8 + self._SLOT * slot
+            self._ENTRY.pack_into(self.mm, off + 8 + 16 * n, job, i)
+            self._COUNT.pack_into(self.mm, off, n + 1)
 
-    def get(self, slot):
-        return struct.unpack_from("<qq", self.seg.mm, 8 + 16 * slot)
+    def clear(self, slot):
+        if slot >= 0:
+            self._COUNT.pack_into(self.mm, 8 + self._SLOT * slot, 0)
+
+    def taken(self, slot):
+        """The worker's unanswered ``(job, index)`` pairs, oldest first."""
+        off = 8 + self._SLOT * slot
+        n = min(max(self._COUNT.unpack_from(self.mm, off)[0], 0), self.BATCH)
+        return [self._ENTRY.unpack_from(self.mm, off + 8 + 16 * k) for k in range(n)]
 
     def remove(self):
+        self.mm = None
         self.seg.close()
         _unlink_name(self.name)
 
@@ -354,7 +379,14 @@ def _send_result(ring, job, i, pid, ok, value, parent):
 
 def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
            wrap_exception=False, board=None, slot=-1):
-    """Body of a pool worker process (cf. ``multiprocessing.pool.worker``)."""
+    """Body of a pool worker process (cf. ``multiprocessing.pool.worker``).
+
+    Plain-data results are sent in batches: kept while the next task is
+    already waiting, and sent together once none is, or after ``BATCH``
+    results or ``_BATCH_AGE`` seconds (one ring item and one wake-up of the
+    pool's result handler for many small tasks).  The board lists the tasks
+    taken and not yet sent, so a worker killed with results still in hand
+    fails each of those tasks with WorkerLost."""
     global _noted
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
@@ -368,12 +400,37 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
         initializer(*initargs)
     pid = os.getpid()
     fns = {}  # pickled function -> function
+    pending = []  # plain results not sent yet: (job, i, ok, value)
+    taken = 0  # tasks on the board since it was last cleared
+    first = 0.0  # when the oldest pending result was made
+    clock = time.monotonic
+    batch = _Board.BATCH if board is not None else 1
+
+    def flush():
+        nonlocal taken
+        if len(pending) == 1:
+            job, i, ok, value = pending[0]
+            _send(outqueue, (job, i, pid, ok, value), parent)
+        elif pending:
+            _send(outqueue, (_BATCH, pid, pending[:]), parent)
+        del pending[:]
+        if board is not None:
+            board.clear(slot)
+        taken = 0
+
     completed = 0
     try:
         while maxtasks is None or completed < maxtasks:
             _noted = None
             try:
-                task = _next_task(inqueue, parent)
+                if pending:
+                    try:
+                        task = inqueue.get(False)
+                    except Empty:
+                        flush()  # nothing waiting: send what we have, then sleep
+                        continue
+                else:
+                    task = _next_task(inqueue, parent)
             except (EOFError, OSError, BufferClosed, ValueError):
                 util.debug("worker got EOFError or OSError -- exiting")
                 break
@@ -381,6 +438,7 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 if _noted is None:
                     raise
                 # an argument this process cannot unpickle: that task fails
+                flush()
                 job, i, _ = _noted
                 _send_result(outqueue, job, i, pid, False, e, parent)
                 completed += 1
@@ -390,7 +448,8 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 break
             job, i, fn = task[0], task[1], task[2]
             if board is not None:
-                board.set(slot, job, i)
+                board.add(slot, taken, job, i)
+                taken += 1
             func = None
             try:
                 if len(task) == 6:
@@ -411,10 +470,22 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 if wrap_exception and func is not _helper_reraises_exception:
                     e = ExceptionWithTraceback(e, e.__traceback__)
                 ok, value = False, e
-            task = args = kwds = None
-            _send_result(outqueue, job, i, pid, ok, value, parent)
-            value = func = None
+            task = args = kwds = func = None
+            if ok and _plain(value):
+                if not pending:
+                    first = clock()
+                pending.append((job, i, ok, value))
+                if len(pending) >= batch or clock() - first > _BATCH_AGE:
+                    flush()
+            else:
+                flush()
+                _send_result(outqueue, job, i, pid, ok, value, parent)
+                if board is not None:
+                    board.clear(slot)
+                taken = 0
+            value = None
             completed += 1
+        flush()
     finally:
         blobs = getattr(outqueue, "_blobs", None)
         if blobs is not None:
@@ -550,6 +621,50 @@ def _receive(ring, thread):
             idle = 0
 
 
+class _Flag:
+    """``threading.Event`` for one setter, on one lock: made per
+    ``apply_async``, where an Event (a Condition, whose constructor probes
+    its lock with three failed attribute lookups) cost more than the rest
+    of the call.  ``wait()`` takes and gives back the lock, so every waiter
+    passes once it is released."""
+
+    __slots__ = ("_lock", "_flag")
+
+    def __init__(self):
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+        self._flag = False
+
+    def is_set(self):
+        return self._flag
+
+    def set(self):
+        if not self._flag:
+            self._flag = True
+            self._lock.release()
+
+    def wait(self, timeout=None):
+        if self._flag:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
+            self._lock.release()
+        return self._flag
+
+
+class _ApplyResult(_mp_pool.ApplyResult):
+    """``multiprocessing.pool.ApplyResult`` with a :class:`_Flag` for its
+    event (same methods and behaviour)."""
+
+    def __init__(self, pool, callback, error_callback):
+        self._pool = pool
+        self._event = _Flag()
+        self._job = next(_mp_pool.job_counter)
+        self._cache = pool._cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._cache[self._job] = self
+
+
 class Pool(_mp_pool.Pool):
     """``multiprocessing.Pool`` over shared-memory rings.
 
@@ -575,10 +690,21 @@ class Pool(_mp_pool.Pool):
         Tasks a worker runs before it is replaced (default: no limit).
     context : multiprocessing context, optional
         Its start method starts the workers (default: the current one).
+    cluster : distributed.Client or str, optional
+        Run the tasks on Dask distributed instead (SPEC §3.3, §9): a
+        ``Client``, a scheduler address or ``"local"``; returns a
+        ``global_buffer.multiprocessing.cluster.ClusterPool``
+        (docs/cluster.md; needs ``global_buffer[dask]``).
     """
 
+    def __new__(cls, *args, cluster=None, **kwargs):
+        if cluster is not None:
+            from .cluster import ClusterPool  # lazy: Dask only when asked for
+            return ClusterPool(*args, cluster=cluster, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, cluster=None):
         # what __del__, repr() and the error paths use, first
         self._pool = []
         self._state = INIT
@@ -652,7 +778,7 @@ class Pool(_mp_pool.Pool):
         try:
             # tasks: enough queued to keep every worker busy; results: a few
             # per worker, then workers wait for the result handler
-            for suffix, maxsize in (("t", max(32, 4 * n)), ("r", max(64, 8 * n))):
+            for suffix, maxsize in (("t", max(256, 16 * n)), ("r", max(256, 16 * n))):
                 made.append(Ring(maxsize=maxsize, max_bytes=SLOT_BYTES, name=base + suffix))
             made.append(_Board(base + "w", 4 * n + 64, (os.getpid(), self_start_time())))
         except BaseException:
@@ -836,6 +962,17 @@ class Pool(_mp_pool.Pool):
 
         def handle(item):
             job = item[0]
+            if job == _BATCH:
+                pid, results = item[1], item[2]
+                for job, i, ok, value in results:
+                    try:
+                        cache[job]._set(i, (ok, value))
+                    except KeyError:
+                        pass
+                    except Exception:
+                        traceback.print_exc()  # a callback raised
+                last_done[pid] = results[-1][:2]
+                return
             if job >= 0:
                 i, pid = item[1], item[2]
                 last_done[pid] = (job, i)
@@ -850,15 +987,24 @@ class Pool(_mp_pool.Pool):
                     obj = (item[3], item[4])
             else:  # _EXITED: everything that worker sent has been handled
                 _, exitcode, pid, slot = item
-                job, i = board.get(slot) if board is not None and slot >= 0 else (-1, -1)
+                taken = board.taken(slot) if board is not None and slot >= 0 else []
                 if board is not None:
                     board.release(slot)
                 # its blobs need no names any more (a worker that exits by
                 # itself removes its free ones, a killed one cannot)
                 _remove_blobs(outqueue.name, pid)
-                if job < 0 or last_done.pop(pid, None) == (job, i):
-                    return
-                obj = (False, WorkerLost(pid, exitcode, _lost_message(pid, exitcode, job, i)))
+                last = last_done.pop(pid, None)
+                if last in taken:  # answered up to there (cleared after a send)
+                    taken = taken[taken.index(last) + 1:]
+                for job, i in taken:
+                    lost = WorkerLost(pid, exitcode, _lost_message(pid, exitcode, job, i))
+                    try:
+                        cache[job]._set(i, (False, lost))
+                    except KeyError:
+                        pass
+                    except Exception:
+                        traceback.print_exc()
+                return
             try:
                 cache[job]._set(i, obj)
             except KeyError:
@@ -893,7 +1039,7 @@ class Pool(_mp_pool.Pool):
         of it the task goes straight into the task ring, without a hop
         through the task handler thread."""
         self._check_running()
-        result = ApplyResult(self, callback, error_callback)
+        result = _ApplyResult(self, callback, error_callback)
         task = (result._job, 0, func, args, kwds)
         if self._taskqueue.empty():
             try:
