@@ -258,17 +258,54 @@ def _scenario(name, method, timeout=150):
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("name", ["executor_basic", "executor_shutdown",
                                   "executor_killed_worker", "pool_basic", "pool_lifecycle"])
-def test_client(name, method, request):
-    if (name, method) == ("executor_shutdown", "forkserver"):
-        # Known, not yet understood: about 1 run in 8 hangs in ex3.submit()
-        # starting a worker, the main thread in forkserver.read_signed()
-        # waiting for the forkserver to report the new pid (faulthandler
-        # stack, 2026-12-05).  Kept running, reported as xfail when it hangs,
-        # so a fix shows as XPASS; CHANGELOG "Known issues".
-        request.applymarker(pytest.mark.xfail(
-            reason="intermittent hang starting a forkserver worker after "
-                   "shutdown(wait=False) of two executors", strict=False))
+def test_client(name, method):
     _scenario(name, method)
+
+
+_SWEEP_RACE = r"""
+import multiprocessing as mp, threading, time
+import global_buffer as gb
+from global_buffer.multiprocessing import connection
+
+def child(conn):
+    conn.send(1)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["global_buffer"])
+    r, w = gb.Pipe(duplex=False)
+    stop = threading.Event()
+    def sweep():  # what a connection collected on another thread does
+        while not stop.is_set():
+            connection._sweep_spawned()
+            time.sleep(0.0002)
+    t = threading.Thread(target=sweep, daemon=True)
+    t.start()
+    for i in range(20):
+        p = ctx.Process(target=child, args=(w,))
+        p.start()  # the launching thread waits for the pid on a pipe
+        assert r.poll(20) and r.recv() == 1
+        p.join(20)
+        assert p.exitcode == 0, f"launch {i}: exit code {p.exitcode} (a pid read as one?)"
+    stop.set()
+    t.join(5)
+    print("sweep race done")
+"""
+
+
+@pytest.mark.skipif("forkserver" not in START_METHODS, reason="no forkserver here")
+def test_sweep_never_reads_a_launching_pid(tmp_path):
+    """Regression (SPEC §3.2, issue 15 item 1): sweeping the pickled ends of
+    children that died must not call a foreign Popen's poll().  A forkserver
+    Popen's poll() reads the exit code from the pipe that first carries the
+    new child's pid, so a sweep on another thread during a launch took the
+    pid as an exit code and the launch waited forever (ProcessPoolExecutor
+    on our forkserver context hung about one run in eight)."""
+    script = tmp_path / "sweep_race.py"  # a file: forkserver children import __main__
+    script.write_text(_SWEEP_RACE)
+    p = subprocess.run([sys.executable, str(script)], cwd=HERE, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "sweep race done" in p.stdout, p.stdout + p.stderr[-3000:]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is 3.11+")
