@@ -98,6 +98,11 @@ GB_INLINE void gb_copy_streaming(void *dst, const void *src, size_t n)
         memcpy(d, s, n);
         return;
     }
+    /* Streaming stores are not ordered after earlier plain stores, not
+     * even on x86: without this fence they could become visible before the
+     * slot's WRITING mark, and a reader's seqlock re-check would pass over
+     * a half-new payload. */
+    _mm_sfence();
     memcpy(d, s, head);  /* bring d to a 16-byte boundary */
     d += head, s += head, n -= head;
     for (; n >= 64; d += 64, s += 64, n -= 64) {

@@ -104,6 +104,7 @@ typedef struct gb_peer {
 #define GB_MAX_PEERS 40
 #define GB_ROLE_WRITER 1u
 #define GB_ROLE_READER 2u
+#define GB_PEER_FILLING (1ULL << 63) /* in `who`: claimed, start not yet stored */
 
 typedef struct gb_header {
     /* --- line 0: identity, written once by gb_ring_init --- */
@@ -360,14 +361,22 @@ GB_INLINE int gb_ring_open(gb_ring *r, void *mem, uint64_t size)
 
 GB_INLINE uint32_t gb_wait_prepare(gb_waitq *q)
 {
-    /* seq_cst: the count and the armed bit must be visible before we
-     * re-check the condition (pairs with the fence in gb_wake) */
-    atomic_fetch_add_explicit(&q->waiters, 1, memory_order_seq_cst);
-    atomic_fetch_or_explicit(&q->waiters, GB_ARMED, memory_order_seq_cst);
+    /* The snapshot comes first.  Taken after arming, it could already hold
+     * the ev bump of a waker that took our ARMED bit meanwhile: a later
+     * publish then finds the bit gone and wakes nobody, and we would sleep
+     * on an ev that never moves again (a lost wake-up; docs/design.md,
+     * "Memory model").  Taken before, any such bump makes the futex wait
+     * return at once and the caller re-arms.
+     * acquire: a waker's publish before the ev we read is visible to the
+     * re-check that follows */
+    uint32_t seen = atomic_load_explicit(&q->ev, memory_order_acquire);
+    /* relaxed RMWs: ordered before the re-check by the fence below */
+    atomic_fetch_add_explicit(&q->waiters, 1, memory_order_relaxed);
+    atomic_fetch_or_explicit(&q->waiters, GB_ARMED, memory_order_relaxed);
+    /* seq_cst: the count and the armed bit are visible before we re-check
+     * the condition (pairs with the fence in gb_wake) */
     atomic_thread_fence(memory_order_seq_cst);
-    /* acquire: if we read a waker's new ev, its publish is visible to the
-     * re-check that follows (so we never sleep on an ev already woken) */
-    return atomic_load_explicit(&q->ev, memory_order_acquire);
+    return seen;
 }
 /* Sleep on q until a wake, timeout or signal (see gb_futex_wait). */
 GB_INLINE int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int64_t poll_ns,
@@ -813,19 +822,25 @@ _Static_assert(sizeof(gb_blob) == 64, "blob header size");
 /* Register (pid, role); returns the entry index, or -1 if the table is full. */
 GB_INLINE int gb_peer_add(gb_ring *r, uint32_t pid, uint32_t role, uint64_t start)
 {
+    uint64_t who = (uint64_t)pid | ((uint64_t)role << 32);
     for (int i = 0; i < GB_MAX_PEERS; i++) {
         gb_peer *p = &r->hdr->peers[i];
         uint64_t expect = 0;
-        /* relaxed start store first: a reader that sees `who` may read a
-         * stale start, which only makes it re-check liveness later */
+        /* relaxed: a hint; the CAS decides */
         if (atomic_load_explicit(&p->who, memory_order_relaxed) != 0)
             continue;
-        atomic_store_explicit(&p->start, start, memory_order_relaxed);
-        /* acq_rel: the entry becomes visible with its start time */
-        if (atomic_compare_exchange_strong_explicit(&p->who, &expect,
-                (uint64_t)pid | ((uint64_t)role << 32), memory_order_acq_rel,
-                memory_order_relaxed))
+        /* Claim first, marked FILLING, then store the start time, then
+         * clear the mark.  (Storing start before the CAS let a process that
+         * lost the CAS overwrite the winner's start: the winner then looked
+         * dead to every liveness check.)
+         * relaxed: nothing is published by the claim itself */
+        if (atomic_compare_exchange_strong_explicit(&p->who, &expect, who | GB_PEER_FILLING,
+                                                    memory_order_relaxed, memory_order_relaxed)) {
+            atomic_store_explicit(&p->start, start, memory_order_relaxed);
+            /* release: whoever sees the entry without FILLING sees start */
+            atomic_store_explicit(&p->who, who, memory_order_release);
             return i;
+        }
     }
     return -1;
 }
@@ -843,8 +858,13 @@ GB_INLINE void gb_peer_del(gb_ring *r, int idx, uint64_t who)
 /* Entry idx: returns its who word (0 if free) and its start time. */
 GB_INLINE uint64_t gb_peer_get(const gb_ring *r, int idx, uint64_t *start)
 {
-    /* acquire: pairs with the CAS in gb_peer_add */
+    /* acquire: pairs with the release store in gb_peer_add */
     uint64_t w = atomic_load_explicit(&r->hdr->peers[idx].who, memory_order_acquire);
+    if (w & GB_PEER_FILLING) {
+        *start = 0; /* being registered: its start is not there yet (unknown) */
+        return w & ~GB_PEER_FILLING;
+    }
+    /* relaxed: ordered by the acquire load above */
     *start = atomic_load_explicit(&r->hdr->peers[idx].start, memory_order_relaxed);
     return w;
 }
@@ -856,8 +876,12 @@ GB_INLINE uint32_t gb_fd_armed(const gb_ring *r)
 }
 GB_INLINE void gb_arm_fd(gb_ring *r)
 {
-    /* seq_cst: must be visible before the reader re-checks for data */
-    atomic_store_explicit(&r->hdr->fd_armed, 1, memory_order_seq_cst);
+    /* relaxed store + seq_cst fence: the flag is visible before the
+     * reader's re-check loads the (relaxed) counters; a seq_cst store alone
+     * does not order those later relaxed loads on aarch64 (pairs with the
+     * fence in gb_wake, which a writer passes before gb_fd_armed) */
+    atomic_store_explicit(&r->hdr->fd_armed, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
 }
 
 /* Approximate number of items waiting (claimed-for-write minus consumed). */
