@@ -90,12 +90,18 @@ _HOST = socket.gethostname()
 # -- what travels ----------------------------------------------------------------
 
 def _dumps(obj):
-    """pickle, or cloudpickle for what pickle cannot do (lambdas, closures)."""
+    """pickle, or cloudpickle for what pickle cannot do (lambdas, closures)
+    and for what names ``__main__`` (a worker elsewhere has another main
+    module: cloudpickle carries such functions and classes by value, as
+    Dask itself does)."""
     try:
-        return pickle.dumps(obj, protocol=5)
+        data = pickle.dumps(obj, protocol=5)
+        if b"__main__" not in data:
+            return data
     except Exception:
-        import cloudpickle
-        return cloudpickle.dumps(obj, protocol=5)
+        pass
+    import cloudpickle
+    return cloudpickle.dumps(obj, protocol=5)
 
 
 def _ring_error(exc, where, origin):
