@@ -532,6 +532,20 @@ GB_INLINE int gb_read_check(const gb_ring *r, uint64_t pos, uint64_t word)
     return atomic_load_explicit(&s->word, memory_order_relaxed) == word;
 }
 
+/* The seqlock's payload copy, both ways: a stream writer's copy into the
+ * slot it began (gb_stream_begin .. commit) and a reader's copy out
+ * (gb_read_copy).  The two may overlap, the core's one deliberate data race:
+ * the reader's re-check (gb_read_check) throws such a copy away.  Plain
+ * memcpy, as the kernel's seqcount and folly do (Boehm 2012 discusses the
+ * cost of doing it with atomics).  Kept in this one named function so that
+ * ThreadSanitizer can suppress exactly this race (tests/c/tsan.supp) and
+ * keeps checking every slot word, header field and counter.  Queue payloads
+ * are read under a claim, never racily: they must not use this. */
+GB_INLINE void gb_seqlock_copy(void *dst, const void *src, size_t n)
+{
+    memcpy(dst, src, n);
+}
+
 /* Copy sample pos into dst (at most cap bytes).  GB_OK, or GB_STALE if the
  * sample is gone or was overwritten during the copy. */
 GB_INLINE int gb_read_copy(const gb_ring *r, uint64_t pos, void *dst, uint64_t cap,
@@ -543,7 +557,7 @@ GB_INLINE int gb_read_copy(const gb_ring *r, uint64_t pos, void *dst, uint64_t c
         return GB_STALE;
     if (l > cap)
         l = cap;
-    memcpy(dst, p, (size_t)l);
+    gb_seqlock_copy(dst, p, (size_t)l);
     if (!gb_read_check(r, pos, w))
         return GB_STALE;
     *len = l;
