@@ -266,7 +266,11 @@ GB_INLINE int gb_ring_init(void *mem, uint64_t size, uint32_t kind, uint32_t fla
     uint64_t need = gb_ring_nbytes(nslots, slot_size, meta_len);
     if (need == 0 || need > size || capacity >= GB_MAX_SLOTS)
         return GB_E_ARG;
-    memset(mem, 0, GB_HEADER_SIZE);
+    /* relaxed: a peer may attach (gb_ring_open loads magic atomically) while
+     * we lay the segment out, so magic is never a plain store; the rest is
+     * published by the release store of magic at the end */
+    atomic_store_explicit((_Atomic uint64_t *)&h->magic, 0, memory_order_relaxed);
+    memset((uint8_t *)mem + sizeof h->magic, 0, GB_HEADER_SIZE - sizeof h->magic);
     h->version = GB_LAYOUT_VERSION;
     h->header_size = GB_HEADER_SIZE;
     h->kind = kind;

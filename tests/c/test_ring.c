@@ -1611,6 +1611,70 @@ static void t_reclaim(void)
     seg_free(&s);
 }
 
+/* attach: peers open the segment while its creator is still laying it out
+ * (gb.attach racing gb.create on a fresh, zero-filled segment).  An attacher
+ * sees "not a segment" or the finished header, never a half-made one. */
+#define AT_PEERS 3
+
+typedef struct at_arg {
+    uint8_t *mem;
+    uint64_t size;
+    long early, other, bad;
+    int ok;
+} at_arg;
+
+static void *at_peer(void *p)
+{
+    at_arg *a = p;
+    int64_t deadline = gb_now_ns() + 60000000000LL;
+    gb_ring r;
+    while (gb_now_ns() < deadline) {
+        int rc = gb_ring_open(&r, a->mem, a->size);
+        if (rc == GB_E_MAGIC) {
+            a->early++;
+            sched_yield();
+            continue;
+        }
+        if (rc != GB_OK) {
+            a->other++;
+            continue;
+        }
+        a->ok = 1;
+        if (r.nslots != 8 || r.capacity != 7 || r.hdr->meta_len != strlen(META) ||
+            memcmp(r.base + r.hdr->meta_offset, META, strlen(META)) != 0 ||
+            gb_read_begin(&r, 0, &(uint64_t){0}, &(const uint8_t *){NULL},
+                          &(uint64_t){0}) != GB_STALE)
+            a->bad++;
+        return NULL;
+    }
+    return NULL;
+}
+
+static void t_attach(void)
+{
+    for (int round = 0; round < (quick ? 20 : 100); round++) {
+        uint64_t size = gb_ring_nbytes(8, 64, (uint32_t)strlen(META));
+        at_arg a[AT_PEERS];
+        pthread_t th[AT_PEERS];
+        uint8_t *mem = xcalloc((size_t)size); /* a new segment reads as zeros */
+        for (int i = 0; i < AT_PEERS; i++) {
+            a[i] = (at_arg){.mem = mem, .size = size};
+            pthread_create(&th[i], NULL, at_peer, &a[i]);
+        }
+        if (round % 2)
+            sched_yield();
+        CHECK_EQ(gb_ring_init(mem, size, GB_KIND_ARRAY, 0, 7, 64, 0, 1, META,
+                              (uint32_t)strlen(META), 1, 1), GB_OK);
+        for (int i = 0; i < AT_PEERS; i++) {
+            pthread_join(th[i], NULL);
+            CHECK(a[i].ok);
+            CHECK_EQ(a[i].other, 0);
+            CHECK_EQ(a[i].bad, 0);
+        }
+        free(mem);
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* Driver                                                              */
 /* ------------------------------------------------------------------ */
@@ -1638,6 +1702,7 @@ static const group GROUPS[] = {
     {"seqlock", t_seqlock, 0},
     {"wakers", t_wakers, 0},
     {"reclaim", t_reclaim, 0},
+    {"attach", t_attach, 0},
 };
 #define NGROUPS (sizeof GROUPS / sizeof GROUPS[0])
 
