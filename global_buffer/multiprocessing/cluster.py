@@ -56,6 +56,7 @@ import pickle
 import queue
 import socket
 import threading
+import time
 import traceback
 import warnings
 from multiprocessing import pool as _mp_pool, util
@@ -407,16 +408,35 @@ class ClusterPool(_mp_pool.Pool):
         self._doneq.put(_STOP)
 
     def _collect(self):
-        """Fetch finished results, every one waiting in one gather, and
-        hand them to their result objects."""
+        """Fetch finished results, many per gather, and hand them to their
+        result objects.
+
+        A gather is a round trip through the scheduler whose cost hardly
+        depends on how many results it carries (tens of ms on a busy
+        2-core host), so while other tasks are still running the collector
+        waits for more of them, up to about four times what a gather has
+        been costing, before it gathers: at most a fifth of its time goes
+        to gathers and their CPU stays with the workers.  When nothing else
+        is running (an ``apply``, the end of a ``map``) it gathers at once."""
         stopping = False
+        cost = 0.0  # recent seconds per gather (moving average)
         while not (stopping and not self._futures):
             batch = [self._doneq.get()]
-            try:
-                while True:
+            deadline = time.monotonic() + min(1.0, 4 * cost)
+            while True:
+                try:
                     batch.append(self._doneq.get_nowait())
-            except queue.Empty:
-                pass
+                    continue
+                except queue.Empty:
+                    pass
+                left = deadline - time.monotonic()
+                if (left <= 0 or len(batch) >= len(self._futures)
+                        or any(f is _HALT or f is _STOP for f in batch)):
+                    break
+                try:
+                    batch.append(self._doneq.get(timeout=left))
+                except queue.Empty:
+                    break
             if self._state == TERMINATE or any(f is _HALT for f in batch):
                 return
             if any(f is _STOP for f in batch):
@@ -425,8 +445,10 @@ class ClusterPool(_mp_pool.Pool):
             finished = {f.key: f for f in futures if f.status == "finished"}
             data = {}
             if finished:
+                t0 = time.monotonic()
                 try:
                     data = self._client.gather(finished, errors="skip")
+                    cost = 0.7 * cost + 0.3 * (time.monotonic() - t0)
                 except Exception as e:
                     if self._state == TERMINATE:
                         return
