@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 import global_buffer as gb
+
 from conftest import START_METHODS
 
 TIMEOUT = 30          # bound on every call that should succeed
@@ -308,7 +309,8 @@ def test_parity_with_stdlib(pools):
     assert ours["imap_sequence"] == [0, 1, 2, "Boom", 4, 5]
     # we carry lambdas where the stdlib cannot
     assert bounded(pools("gb").map, lambda x: x + 1, [1]) == [2]
-    with pytest.raises(Exception):
+    import pickle
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         bounded(pools("mp").map, lambda x: x + 1, [1])
 
 
@@ -558,6 +560,36 @@ def test_worker_killed_during_map_and_imap(pools, shm_name):
     ring.close()
 
 
+def quick_or_die(x, die_at=-1):
+    if x == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_worker_killed_with_batched_results_in_hand(pools):
+    """A worker sends the plain results of a long run of quick tasks in
+    batches; killed before sending one, each task of that batch fails with
+    WorkerLost (none hangs, none is answered twice) and the pool goes on
+    (issue 12 item 1)."""
+    from global_buffer.multiprocessing import pool as gbpool
+    p = pools(processes=1)
+    n = 4 * gbpool._STREAK
+    it = p.imap(functools.partial(quick_or_die, die_at=n), range(n + 1), chunksize=1)
+    got = []
+    for _ in range(n + 1):
+        try:
+            got.append(it.next(TIMEOUT))
+        except gb.WorkerLost:
+            got.append("lost")
+    with pytest.raises(StopIteration):
+        it.next(TIMEOUT)
+    assert got[-1] == "lost"
+    answered = [g for g in got if g != "lost"]
+    assert answered == list(range(len(answered)))  # a prefix answered, the rest lost
+    assert got[:gbpool._STREAK] == list(range(gbpool._STREAK))  # not batched yet
+    assert p.map_async(square, range(50), 1).get(TIMEOUT) == [x * x for x in range(50)]
+
+
 @pytest.mark.parametrize("how, code, match", [(exit_now, 0, "exited with code 0"),
                                               (sys_exit, 3, "exited with code 3")])
 def test_worker_exiting_mid_task(pools, how, code, match):
@@ -701,6 +733,7 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_interpreter_exit_with_a_running_pool(tmp_path, method):
     import subprocess
+
     from global_buffer import segment
     script = tmp_path / "exit_without_close.py"
     script.write_text(EXIT_WITHOUT_CLOSE)

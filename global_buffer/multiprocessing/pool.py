@@ -26,12 +26,15 @@ iterators); what changes is the transport and the three handler threads.
   only when the pool's state or cache changes (the stdlib also waits on its
   result pipe; a ring needs no descriptor).  The result handler sleeps on the
   result ring in slices, to notice ``terminate()``.
-- **Lost workers.**  Before running a task a worker writes ``(job, index)``
-  into its slot of a small shared table (the *board*).  When a worker exits,
-  the worker handler replaces it and puts a notice on the result ring; the
+- **Lost workers.**  Before running a task a worker appends ``(job,
+  index)`` to its slot of a small shared table (the *board*), and clears
+  the slot once the results of those tasks are in the result ring (plain
+  results go in batches: see :func:`worker`).  When a worker exits, the
+  worker handler replaces it and puts a notice on the result ring; the
   notice follows everything the worker sent (the ring is FIFO and the worker
-  is gone), so if the task on the board has no result by then, the result
-  handler fails it with :class:`gb.WorkerLost` naming the worker.  The
+  is gone), so every task on the board after the last result the pool got
+  from that worker is failed by the result handler with
+  :class:`gb.WorkerLost` naming the worker.  The
   stdlib pool waits for that result forever.
 """
 import functools
@@ -46,8 +49,7 @@ import time
 import traceback
 import weakref
 from _thread import allocate_lock as _allocate_lock
-from multiprocessing import get_context, reduction, util
-from multiprocessing import pool as _mp_pool
+from multiprocessing import get_context, pool as _mp_pool, reduction, util
 from multiprocessing.connection import wait
 from multiprocessing.pool import (
     INIT,
@@ -59,12 +61,10 @@ from multiprocessing.pool import (
     _PoolCache,
 )
 
-from .. import _core
-from .. import reduction as _reduction
+from .. import _core, reduction as _reduction
 from ..errors import BufferClosed, Empty, Full, WorkerLost
 from ..ring import Ring
-from ..segment import Segment, list_names, process_alive, self_start_time
-from ..segment import unlink as _unlink_name
+from ..segment import Segment, list_names, process_alive, self_start_time, unlink as _unlink_name
 
 __all__ = ["Pool", "ThreadPool", "WorkerLost"]
 
@@ -105,8 +105,12 @@ _TERM_GRACE = 2.0
 # the receiver still knows which task to fail.
 
 _EXITED, _FINISHED, _BATCH = -1, -2, -3
-#: Longest a worker keeps a finished plain result while it runs more tasks.
+#: Longest a worker keeps a finished plain result while it runs more tasks,
+#: once it has run _STREAK tasks of one function in a row, each quicker than
+#: _QUICK seconds (see worker()).
 _BATCH_AGE = 1e-3
+_QUICK = 1e-4
+_STREAK = 16
 _FINISHED_ITEM = (_FINISHED,)
 _SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
 _FN_CACHE = 256  # functions a worker keeps loaded (and a pool keeps pickled)
@@ -381,12 +385,14 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
            wrap_exception=False, board=None, slot=-1):
     """Body of a pool worker process (cf. ``multiprocessing.pool.worker``).
 
-    Plain-data results are sent in batches: kept while the next task is
-    already waiting, and sent together once none is, or after ``BATCH``
-    results or ``_BATCH_AGE`` seconds (one ring item and one wake-up of the
-    pool's result handler for many small tasks).  The board lists the tasks
-    taken and not yet sent, so a worker killed with results still in hand
-    fails each of those tasks with WorkerLost."""
+    Once a worker has run ``_STREAK`` tasks in a row of the same function,
+    each in under ``_QUICK`` seconds, their plain-data results are sent in
+    batches: kept while the next task is already waiting, and sent together
+    once none is, or after ``BATCH`` results or ``_BATCH_AGE`` seconds (one
+    ring item and one wake-up of the pool's result handler for many small
+    tasks).  The board lists the tasks taken and not yet sent, so a worker
+    killed with results still in hand fails each of those tasks with
+    WorkerLost."""
     global _noted
     if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
@@ -405,6 +411,7 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
     first = 0.0  # when the oldest pending result was made
     clock = time.monotonic
     batch = _Board.BATCH if board is not None else 1
+    streak, last_fn = 0, None  # quick tasks of one function in a row
 
     def flush():
         nonlocal taken
@@ -451,6 +458,7 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 board.add(slot, taken, job, i)
                 taken += 1
             func = None
+            started = clock()
             try:
                 if len(task) == 6:
                     args, kwds = task[4], task[5]
@@ -471,11 +479,16 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                     e = ExceptionWithTraceback(e, e.__traceback__)
                 ok, value = False, e
             task = args = kwds = func = None
-            if ok and _plain(value):
+            now = clock()
+            if now - started < _QUICK and fn == last_fn:
+                streak += 1
+            else:
+                streak, last_fn = 0, fn
+            if ok and streak >= _STREAK and _plain(value):
                 if not pending:
-                    first = clock()
+                    first = now
                 pending.append((job, i, ok, value))
-                if len(pending) >= batch or clock() - first > _BATCH_AGE:
+                if len(pending) >= batch or now - first > _BATCH_AGE:
                     flush()
             else:
                 flush()
@@ -1034,7 +1047,8 @@ class Pool(_mp_pool.Pool):
 
     # -- submitting ---------------------------------------------------------------
 
-    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+    def apply_async(self, func, args=(), kwds={}, callback=None,  # noqa: B006 (stdlib)
+                    error_callback=None):
         """Asynchronous version of ``apply()``.  When nothing is queued ahead
         of it the task goes straight into the task ring, without a hop
         through the task handler thread."""
