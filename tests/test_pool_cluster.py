@@ -207,6 +207,20 @@ def test_remote_exception_keeps_type_and_traceback(pool):
     assert pool.apply(square, (5,)) == 25
 
 
+def test_an_iterable_that_raises(pool):
+    def items():
+        yield 1
+        yield 2
+        raise OSError("iterable failed on purpose")
+
+    it = pool.imap(square, items())
+    assert [next(it), next(it)] == [1, 4]
+    with pytest.raises(OSError, match="on purpose"):
+        next(it)
+    with pytest.raises(OSError, match="on purpose"):
+        pool.map(square, items())
+
+
 def test_unpicklable_argument_fails_that_task_only(pool):
     import threading
     with pytest.raises(TypeError):

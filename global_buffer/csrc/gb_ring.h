@@ -106,6 +106,12 @@ typedef struct gb_peer {
 #define GB_ROLE_READER 2u
 #define GB_PEER_FILLING (1ULL << 63) /* in `who`: claimed, start not yet stored */
 
+/* A point inside gb_wait_prepare where a test can run another peer's steps
+ * (tests/c/test_wake_hook.c); nothing in a normal build. */
+#ifndef GB_TEST_HOOK
+#define GB_TEST_HOOK() ((void)0)
+#endif
+
 typedef struct gb_header {
     /* --- line 0: identity, written once by gb_ring_init --- */
     uint64_t magic;
@@ -377,6 +383,7 @@ GB_INLINE uint32_t gb_wait_prepare(gb_waitq *q)
     /* relaxed RMWs: ordered before the re-check by the fence below */
     atomic_fetch_add_explicit(&q->waiters, 1, memory_order_relaxed);
     atomic_fetch_or_explicit(&q->waiters, GB_ARMED, memory_order_relaxed);
+    GB_TEST_HOOK(); /* tests/c/test_wake_hook.c: a waker runs here */
     /* seq_cst: the count and the armed bit are visible before we re-check
      * the condition (pairs with the fence in gb_wake) */
     atomic_thread_fence(memory_order_seq_cst);

@@ -67,6 +67,7 @@ from multiprocessing.pool import (
     TERMINATE,
     ExceptionWithTraceback,
     MaybeEncodingError,
+    _helper_reraises_exception,
     _PoolCache,
     mapstar,
     starmapstar,
@@ -381,6 +382,11 @@ class ClusterPool(_mp_pool.Pool):
                     continue
                 job, i = task[0], task[1]
                 func = task[2]
+                if func is _helper_reraises_exception:
+                    # the job's iterable raised: fail here, as the stdlib's
+                    # worker would, without a trip to the cluster
+                    self._deliver(job, i, (False, task[3][0]))
+                    continue
                 if func is mapstar or func is starmapstar:
                     func = task[3][0][0]
                 try:
