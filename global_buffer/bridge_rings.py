@@ -40,6 +40,7 @@ toward the home is not built yet).
 """
 import json
 import logging
+import mmap
 import pickle
 import queue
 import struct
@@ -50,10 +51,84 @@ from .errors import BridgeError, BufferCorrupt, BufferExists, Empty, Full
 
 log = logging.getLogger("global_buffer.bridge")
 
+import os
+
 ITEM_MAGIC = b"GBi1"
 ITEM_HEADER = struct.Struct("<4s8sQ")
 DEFAULT_WINDOW = 16
-PEER_SILENCE = 3.0  # seconds without credit before an importer counts as gone
+PEER_SILENCE = 10.0  # seconds without credit before an importer counts as gone
+LEDGER_DIR = "/dev/shm"  # host-local, like the rings themselves
+
+
+class _Counter:
+    """One u64 in a host-local memory-mapped file: stored right after the
+    item it counts moved (a plain store, so a SIGKILL between the move and
+    the count is a window of a few bytecodes, not a file write)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.mm = None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.ftruncate(fd, 8)
+                self.mm = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.debug("bridge: counter %s: %r", path, e)
+
+    def set(self, v):
+        if self.mm is not None:
+            struct.pack_into("<Q", self.mm, 0, v)
+
+    @staticmethod
+    def read(path):
+        try:
+            with open(path, "rb") as f:
+                b = f.read(8)
+        except OSError:
+            return None
+        return struct.unpack("<Q", b)[0] if len(b) == 8 else None
+
+    def remove(self):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class _Ledger:
+    """A bridge's record for one ring, kept in a host-local file so that a
+    restarted bridge can settle what its killed predecessor had in flight:
+    who it was and where its counters (``_Counter``) are.  Written
+    atomically when that changes, not per item."""
+
+    def __init__(self, name, role):
+        self.path = os.path.join(LEDGER_DIR, f"gbbridge.{name}.{role}.json")
+        try:
+            with open(self.path) as f:
+                self.old = json.load(f)
+            if not isinstance(self.old, dict):
+                self.old = {}
+        except (OSError, ValueError):
+            self.old = {}
+        self.data = {}
+
+    def save(self):
+        tmp = f"{self.path}.{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.data, f)
+            os.replace(tmp, self.path)
+        except OSError as e:  # no /dev/shm (not Linux): no settling after a kill
+            log.debug("bridge: ledger %s: %r", self.path, e)
+
+    def remove(self):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
 
 def encode_item(item, dumps=pickle.dumps):
@@ -124,6 +199,22 @@ class RingExport:
         self.dumps, _ = _serializer(self.serializer)
         self.stats = stats_cls("export", "ring", self.sid)
         self.peers = {}  # importer zid -> _Peer
+        # what a killed predecessor of this bridge took for each importer,
+        # settled when that importer reports what it received
+        self.ledger = _Ledger(name, "home")
+        old = self.ledger.old
+        self.prior = {}
+        if old.get("sid") == self.sid and isinstance(old.get("peers"), dict):
+            for z, path in old["peers"].items():
+                taken = _Counter.read(path) if isinstance(path, str) else None
+                if taken is not None:
+                    self.prior[z] = taken
+                    os.unlink(path)
+        self.prior_home = old.get("home") if self.prior else None
+        self.counters = {}  # importer zid -> _Counter of items taken for it
+        self.ledger.data = {"sid": self.sid, "home": bridge.zid, "peers": {},
+                            "prior_home": self.prior_home, "prior": dict(self.prior)}
+        self.ledger.save()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.stop = threading.Event()
@@ -146,6 +237,7 @@ class RingExport:
                 and isinstance(received, int) and 0 <= received <= granted):
             raise BridgeError(f"malformed credit for ring {self.name!r}")
         with self.cond:
+            self._settle(frm, msg)
             p = self.peers.get(frm)
             if p is None:
                 p = self.peers[frm] = _Peer()
@@ -158,6 +250,33 @@ class RingExport:
             p.seen = time.monotonic()
             self.cond.notify()
 
+    def _count_lost(self, n, why):
+        if n > 0:
+            self.stats.lost += n
+            log.error("bridge: ring %r: %d item(s) lost: %s", self.name, n, why)
+
+    def _settle(self, frm, msg):
+        """Exact losses of killed bridges, from the importer's report."""
+        prev = msg.get("prev_home")
+        if isinstance(prev, dict) and prev.get("home") == self.prior_home \
+                and frm in self.prior and isinstance(prev.get("received"), int):
+            taken = self.prior.pop(frm)
+            self._count_lost(taken - prev["received"],
+                             f"taken by the killed home bridge {self.prior_home}, never "
+                             f"delivered to {frm}")
+            self.ledger.data["prior"] = dict(self.prior)
+            self.ledger.save()
+        prev = msg.get("prev_self")
+        if isinstance(prev, dict) and isinstance(prev.get("from"), str) \
+                and isinstance(prev.get("received"), int) and prev.get("home") == self.bridge.zid:
+            p = self.peers.pop(prev["from"], None)
+            if p is not None:
+                self._count_lost(p.sent - prev["received"],
+                                 f"sent to the killed importing bridge {prev['from']}, never "
+                                 "put into its ring")
+                self.ledger.data["peers"].pop(prev["from"], None)
+                self.ledger.save()
+
     def in_flight(self):
         with self.lock:
             return sum(p.sent - p.acked for p in self.peers.values())
@@ -166,12 +285,9 @@ class RingExport:
         now = time.monotonic()
         for zid, p in list(self.peers.items()):
             if now - p.seen > PEER_SILENCE:
-                lost = p.sent - p.acked
                 del self.peers[zid]
-                if lost:
-                    self.stats.lost += lost
-                    log.error("bridge: ring %r: importer %s went silent with %d item(s) in "
-                              "flight; counted as lost", self.name, zid, lost)
+                self._count_lost(p.sent - p.acked, f"importer {zid} went silent with them in "
+                                 "flight (an upper bound: it may have received some)")
         best = None
         for zid, p in self.peers.items():
             if p.sent < p.granted and (best is None or p.sent - p.acked
@@ -191,8 +307,15 @@ class RingExport:
                     if zid is None:
                         self.cond.wait(0.05)
                         continue
+                cnt = self.counters.get(zid)
+                if cnt is None:
+                    cnt = self.counters[zid] = _Counter(
+                        f"{self.ledger.path[:-5]}.{self.bridge.zid}.{zid}")
+                    self.ledger.data["peers"][zid] = cnt.path
+                    self.ledger.save()
                 try:
                     item = self.ring.get(timeout=0.05)
+                    cnt.set(self.peers[zid].sent + 1 if zid in self.peers else 0)
                 except Empty:
                     continue
                 except (OSError, ValueError):  # the ring was closed under us
@@ -269,7 +392,27 @@ class RingImport:
         self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
         self.granted = self.received = 0
         self.next_k = 0
-        self.lost_pairs = 0
+        self.gen = 0
+        self.prev_home = None
+        self.ledger = _Ledger(name, "import")
+        old = self.ledger.old
+        self.prev_self = None
+        if old.get("sid") == sid and old.get("me") != bridge.zid:
+            # a killed predecessor: tell the home what it put into the ring
+            self.prev_self = {"from": old.get("me"), "home": old.get("home"),
+                              "received": None}
+        old_cnt = old.get("counter")
+        if self.prev_self is not None:
+            got = _Counter.read(old_cnt) if isinstance(old_cnt, str) else None
+            if got is None:
+                self.prev_self = None
+            else:
+                self.prev_self["received"] = got
+                os.unlink(old_cnt)
+        self.counter = _Counter(f"{self.ledger.path[:-5]}.{bridge.zid}")
+        self.ledger.data = {"sid": sid, "me": bridge.zid, "home": self.home,
+                            "counter": self.counter.path}
+        self.ledger.save()
         self.inbox = queue.Queue()
         self.lock = threading.Lock()
         self.closed = False
@@ -295,14 +438,16 @@ class RingImport:
         """The home bridge restarted (a new instance): what it had in
         flight to us is lost; start a new pair."""
         with self.lock:
-            lost = self.granted - self.received - self.inbox.qsize()
-            lost = max(lost, 0)
-            self.stats.lost += lost
+            log.warning("bridge: ring %r: home bridge %s replaced by %s; it had %d credit "
+                        "unused or in flight (the home counts what it lost)", self.name,
+                        self.home, ann["zid"], self.granted - self.next_k)
+            self.prev_home = {"home": self.home, "received": self.next_k}
             self.home = ann["zid"]
-            self.granted = self.received = self.next_k = 0
-        if lost:
-            log.error("bridge: ring %r: home bridge restarted; up to %d item(s) it had in "
-                      "flight are lost", self.name, lost)
+            self.granted = self.next_k = self.received = 0
+            self.gen += 1  # items still in the inbox belong to the old pair
+            self.counter.set(0)
+            self.ledger.data.update(home=self.home)
+            self.ledger.save()
 
     def on_item(self, payload, att):
         if len(att) != ITEM_HEADER.size:
@@ -320,18 +465,21 @@ class RingImport:
                                   f"granted ({self.granted}); dropped")
             item = decode_item(payload, self.loads)
             self.next_k += 1
-        self.inbox.put(item)
+            gen = self.gen
+        self.inbox.put((gen, item))
         self.stats.bytes += len(payload) + len(att)
 
     def _run(self):
         while not self.stop.is_set():
             try:
-                item = self.inbox.get(timeout=0.05)
+                gen, item = self.inbox.get(timeout=0.05)
             except queue.Empty:
                 continue
             while not self.stop.is_set():
                 try:
                     self.ring.put(item, timeout=0.1)
+                    if gen == self.gen:
+                        self.counter.set(self.received + 1)
                     break
                 except Full:
                     continue
@@ -340,8 +488,9 @@ class RingImport:
                     self.stats.lost += 1  # stopped holding it
                 return
             with self.lock:
-                self.received += 1
                 self.stats.items += 1
+                if gen == self.gen:
+                    self.received += 1
 
     def credit(self):
         """Grant what the local ring has room for (called often)."""
@@ -363,6 +512,10 @@ class RingImport:
             msg = {"v": WIRE_VERSION, "sid": self.sid, "to": self.home,
                    "from": self.bridge.zid, "granted": self.granted,
                    "received": self.received}
+            if self.prev_home is not None:
+                msg["prev_home"] = self.prev_home
+            if self.prev_self is not None:
+                msg["prev_self"] = self.prev_self
             self.stats.state = f"up, {self.granted - self.received} in flight"
         data = json.dumps(msg, separators=(",", ":")).encode()
         self.bridge._session.put(f"{PREFIX}/{self.name}/credit", data)

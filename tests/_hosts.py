@@ -98,8 +98,10 @@ class Host:
                                  f"{err.decode(errors='replace')}")
         return out.decode()
 
-    def bridge(self, listen=(), connect=(), exports=(), imports=(), stats=None, extra=()):
-        """Start ``python -m global_buffer bridge`` in this host."""
+    def bridge(self, listen=(), connect=(), exports=(), imports=(), stats=None, extra=(),
+               log=None):
+        """Start ``python -m global_buffer bridge`` in this host (its output
+        appended to the file ``log`` if given, else piped)."""
         argv = [PY, "-m", "global_buffer", "bridge", "-v"]
         for flag, vals in (("--listen", listen), ("--connect", connect),
                            ("--export", exports), ("--import", imports)):
@@ -107,7 +109,12 @@ class Host:
                 argv += [flag, v]
         if stats:
             argv += ["--stats", stats]
-        return self.spawn(argv + list(extra))
+        if log is None:
+            return self.spawn(argv + list(extra))
+        with open(log, "ab") as f:
+            p = self.spawn(argv + list(extra), stdout=f)
+        p.log = log
+        return p
 
     def shm(self):
         """Names in this host's /dev/shm."""
@@ -147,6 +154,9 @@ def stop(p, timeout=10):
     except subprocess.TimeoutExpired:
         kill(p)
         raise AssertionError(f"process {p.args} ignored SIGTERM for {timeout} s")
+    if getattr(p, "log", None):
+        with open(p.log, "rb") as f:
+            out = f.read()
     return p.returncode, (out or b"").decode(errors="replace")
 
 
