@@ -485,6 +485,31 @@ GB_INLINE void gb_stream_commit(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t
     gb_stream_commit_at(r, pid, pos, len, gb_now_ns());
 }
 
+/* Start writing sample pos >= tail: a mirror that keeps its source's
+ * sequence numbers (SPEC §9) jumps over the samples it never received.  The
+ * slot may still hold a sample inside the readable window; a reader of it
+ * sees the WRITING mark (stale) and finds itself lapped once pos commits.
+ * The skipped positions keep older words: see gb_stream_skipped. */
+GB_INLINE uint8_t *gb_stream_begin_at(gb_ring *r, uint32_t pid, uint64_t pos)
+{
+    gb_slot *s = gb_slot_at(r, pos);
+    /* relaxed store + release fence: as in gb_stream_begin */
+    atomic_store_explicit(&s->word, gb_word(pos, pid, GB_WRITING), memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    return gb_payload(s);
+}
+
+/* 1 if committed position pos (< tail) holds no sample because the writer
+ * jumped over it (gb_stream_begin_at): its slot's word names an older
+ * position.  A sample that was written names pos, or a newer position once
+ * overwritten, so a plain stream never reports a skip. */
+GB_INLINE int gb_stream_skipped(const gb_ring *r, uint64_t pos)
+{
+    /* acquire: pairs with the release stores of the slot word */
+    uint64_t w = atomic_load_explicit(&gb_slot_at(r, pos)->word, memory_order_acquire);
+    return gb_pos_diff(gb_word_pos(w), pos) < 0;
+}
+
 /* Abandon the sample begun at pos: tail never moved, so no reader can ask
  * for it, and the slot's old sample was already out of every window. */
 GB_INLINE void gb_stream_abort(gb_ring *r, uint64_t pos)
