@@ -117,6 +117,8 @@ cdef extern from "csrc/gb_ring.h" nogil:
     void gb_stream_commit_at(gb_ring *r, uint32_t pid, uint64_t pos, uint64_t len,
                              int64_t now_ns)
     void gb_stream_abort(gb_ring *r, uint64_t pos)
+    uint8_t *gb_stream_begin_at(gb_ring *r, uint32_t pid, uint64_t pos)
+    int gb_stream_skipped(const gb_ring *r, uint64_t pos)
     uint64_t gb_stream_tail(const gb_ring *r)
     uint64_t gb_stream_clamp(const gb_ring *r, uint64_t *cursor, uint64_t *overruns)
     int gb_read_begin(const gb_ring *r, uint64_t pos, uint64_t *word,

@@ -19,8 +19,9 @@ three threads:
   a call of :func:`_run` on two byte strings made here: the function (pickle,
   or cloudpickle for lambdas and closures; made once per function and shared
   by the batch) and the chunk of arguments;
-- the *collector* is woken by each future's done callback and fetches every
-  finished result waiting in one ``client.gather``, then hands
+- the *collector* is woken as each future is done (a watcher on the
+  client's event loop) and fetches finished results, many per
+  ``client.gather``, then hands
   ``(success, value)`` to the result object, which runs the callbacks.
 
 A task's exception travels as the stdlib pool's does: re-raised in the
@@ -50,6 +51,7 @@ plugin registered for the pool's lifetime (removed at ``join()`` after
 worker, whichever pool's tasks they run.  If it raises on a worker present
 at construction, the constructor raises it.
 """
+import asyncio
 import itertools
 import os
 import pickle
@@ -75,6 +77,7 @@ from multiprocessing.pool import (
 
 try:
     import distributed
+    from distributed.client import done_callback as _done_callback
     from distributed.diagnostics.plugin import WorkerPlugin
 except ImportError as e:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
@@ -197,6 +200,17 @@ class _Workers:
 
     def __iter__(self):
         return iter(())
+
+
+def _watch(futures, put):
+    """On the client's event loop: ``put(future)`` as each one is done.
+
+    ``Future.add_done_callback`` does the same through one more thread (a
+    hand-off per task, and an error at interpreter exit once that thread's
+    executor is shut down); ``put`` is a ``SimpleQueue.put``, which never
+    blocks, so it may run on the loop itself."""
+    for f in futures:
+        asyncio.ensure_future(_done_callback(f, put))
 
 
 def _key_name(func):
@@ -409,7 +423,7 @@ class ClusterPool(_mp_pool.Pool):
                 continue
             for (job, i), f in zip(ids, futures):
                 self._futures[f.key] = (job, i, f)
-                f.add_done_callback(self._doneq.put)
+            self._client.loop.add_callback(_watch, futures, self._doneq.put)
             futures = None
         self._doneq.put(_STOP)
 
