@@ -574,6 +574,25 @@ def _close_fds(*fds):
             pass
 
 
+def _set_run(cache, job, run):
+    """Hand ``run``, results ``[(i, (ok, value))]`` of one job, to its result
+    object (all at once if it can take them so)."""
+    if not run:
+        return
+    result = cache.get(job)
+    if result is None:
+        return
+    try:
+        set_many = getattr(result, "_set_many", None)
+        if set_many is not None and len(run) > 1:
+            set_many(run)
+        else:
+            for i, obj in run:
+                result._set(i, obj)
+    except Exception:
+        traceback.print_exc()  # a callback raised: the pool keeps serving
+
+
 def _lost_message(pid, exitcode, job, i):
     if exitcode < 0:
         try:
@@ -676,6 +695,61 @@ class _ApplyResult(_mp_pool.ApplyResult):
         self._callback = callback
         self._error_callback = error_callback
         self._cache[self._job] = self
+
+
+class _IMapIterator(_mp_pool.IMapIterator):
+    """``multiprocessing.pool.IMapIterator`` whose ``next()`` takes a waiting
+    result without the lock (a deque's popleft is atomic), and whose results
+    can be set many at a time (one lock and one notify per batch)."""
+
+    def next(self, timeout=None):
+        try:
+            success, value = self._items.popleft()
+        except IndexError:
+            return _mp_pool.IMapIterator.next(self, timeout)
+        if success:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _set_many(self, results):
+        with self._cond:
+            start = self._index
+            for i, obj in results:
+                if self._index == i:
+                    self._items.append(obj)
+                    self._index += 1
+                    while self._index in self._unsorted:
+                        self._items.append(self._unsorted.pop(self._index))
+                        self._index += 1
+                else:
+                    self._unsorted[i] = obj
+            if self._index != start:
+                # only then, as _set: the stdlib's next() takes a wake-up
+                # without an item for its timeout
+                self._cond.notify()
+            if self._index == self._length:
+                del self._cache[self._job]
+                self._pool = None
+
+
+class _IMapUnorderedIterator(_mp_pool.IMapUnorderedIterator):
+    """``multiprocessing.pool.IMapUnorderedIterator``, as
+    :class:`_IMapIterator`."""
+
+    next = _IMapIterator.next
+    __next__ = next
+
+    def _set_many(self, results):
+        with self._cond:
+            for _, obj in results:
+                self._items.append(obj)
+            self._index += len(results)
+            self._cond.notify()
+            if self._index == self._length:
+                del self._cache[self._job]
+                self._pool = None
 
 
 class Pool(_mp_pool.Pool):
@@ -977,13 +1051,13 @@ class Pool(_mp_pool.Pool):
             job = item[0]
             if job == _BATCH:
                 pid, results = item[1], item[2]
+                run, run_job = [], None  # consecutive results of one job
                 for job, i, ok, value in results:
-                    try:
-                        cache[job]._set(i, (ok, value))
-                    except KeyError:
-                        pass
-                    except Exception:
-                        traceback.print_exc()  # a callback raised
+                    if job != run_job:
+                        _set_run(cache, run_job, run)
+                        run, run_job = [], job
+                    run.append((i, (ok, value)))
+                _set_run(cache, run_job, run)
                 last_done[pid] = results[-1][:2]
                 return
             if job >= 0:
@@ -1066,6 +1140,32 @@ class Pool(_mp_pool.Pool):
                 pass  # unpicklable: the task handler tries cloudpickle, or reports it
         self._taskqueue.put(([task], None))
         return result
+
+    def imap(self, func, iterable, chunksize=1):
+        """As ``multiprocessing.pool.Pool.imap`` (whose iterator this is)."""
+        return self._imap(_IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func, iterable, chunksize=1):
+        """As ``multiprocessing.pool.Pool.imap_unordered``."""
+        return self._imap(_IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(self, cls, func, iterable, chunksize):
+        # the stdlib's imap / imap_unordered, with our iterator classes
+        self._check_running()
+        if chunksize == 1:
+            result = cls(self)
+            self._taskqueue.put(
+                (self._guarded_task_generation(result._job, func, iterable),
+                 result._set_length))
+            return result
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        task_batches = _mp_pool.Pool._get_tasks(func, iterable, chunksize)
+        result = cls(self)
+        self._taskqueue.put(
+            (self._guarded_task_generation(result._job, _mp_pool.mapstar, task_batches),
+             result._set_length))
+        return (item for chunk in result for item in chunk)
 
     # -- shutdown --------------------------------------------------------------------
 
