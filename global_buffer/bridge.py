@@ -256,20 +256,25 @@ class _Mirror:
         self.slot_size = ann["slot_size"]
         self.writer = _make_mirror(name, ann, bridge.mode)
         self.write_seq = getattr(self.writer, "_write_seq", None)
+        self.next_seq = 0
         self.last_hb = time.monotonic()
 
     def write(self, payload, seq):
         with self.lock:
             if self.closed:
                 return False
-            if self.spec is not None:
-                sample = np.frombuffer(payload, dtype=self.spec.dtype).reshape(self.spec.shape)
-            else:
-                sample = payload
             if self.write_seq is not None:
-                self.write_seq(sample, seq)
-            else:
-                self.writer.write(sample)
+                # the writer's own numbers; a gap counts as far readers'
+                # overruns, a repeat (a restarted exporter re-sends its
+                # latest sample) is dropped
+                if seq < self.next_seq:
+                    return False
+                self.write_seq(payload, seq)
+                self.next_seq = seq + 1
+                return True
+            if self.spec is not None:
+                payload = np.frombuffer(payload, dtype=self.spec.dtype).reshape(self.spec.shape)
+            self.writer.write(payload)
             return True
 
     def heartbeat(self):
@@ -620,7 +625,8 @@ class Bridge:
             with self._lock:
                 self._exports[name] = e
             if e.kind == "ring":
-                log.info("bridge: exporting queue ring %r (capacity %d)", name, e.capacity)
+                log.info("bridge: exporting %s ring %r (capacity %d)",
+                         "broadcast" if e.ring.broadcast else "queue", name, e.capacity)
             else:
                 log.info("bridge: exporting stream %r (%s, capacity %d, %d-byte slots)",
                          name, e.kind, e.capacity, e.slot_size)
@@ -661,11 +667,12 @@ class Bridge:
             elif what == "data":
                 att = sample.attachment
                 self._on_data(name, payload, att.to_bytes() if att is not None else b"")
-            elif what == "item":
+            elif what in ("item", "bdata"):
                 att = sample.attachment
                 with self._lock:
                     m = self._mirrors.get(name)
-                if not isinstance(m, bridge_rings.RingImport) or m.closed:
+                want = bridge_rings.RingImport if what == "item" else bridge_rings.BroadcastImport
+                if not isinstance(m, want) or m.closed:
                     raise BridgeError(f"ring item for {name!r}, which is not a ring "
                                       "imported here; dropped")
                 m.on_item(payload, att.to_bytes() if att is not None else b"")
@@ -727,8 +734,8 @@ class Bridge:
 
     def _open_ring(self, name, sid, msg, old):
         if old is not None and old.sid == sid:
-            if isinstance(old, bridge_rings.RingImport) and msg.get("zid") != old.home \
-                    and isinstance(msg.get("zid"), str):
+            if isinstance(old, (bridge_rings.RingImport, bridge_rings.BroadcastImport)) \
+                    and msg.get("zid") != old.home and isinstance(msg.get("zid"), str):
                 old.rehome(msg)
             return
         refused = self._refused.get(name)
@@ -753,13 +760,17 @@ class Bridge:
             with self._lock:
                 self._mirrors.pop(name, None)
         try:
-            m = bridge_rings.RingImport(self, name, sid, msg, _Stats)
+            if msg.get("broadcast") is True:
+                m = bridge_rings.BroadcastImport(self, name, sid, msg, _Stats)
+            else:
+                m = bridge_rings.RingImport(self, name, sid, msg, _Stats)
         except (BridgeError, BufferCorrupt) as e:
             self._refused[name] = (sid, "clash")
             raise BridgeError(f"far ring {name!r}: {e}") from None
         with self._lock:
             self._mirrors[name] = m
-        log.info("bridge: sharing queue ring %r with %s (capacity %d, %s local ring)", name,
+        log.info("bridge: sharing %s ring %r with %s (capacity %d, %s local ring)",
+                 "broadcast" if msg.get("broadcast") is True else "queue", name,
                  msg.get("host"), cap, "new" if m.created else "existing")
 
     def _open_mirror(self, name, sid, msg, old):

@@ -544,14 +544,133 @@ def try_export(bridge, name, stats_cls):
     except (BufferCorrupt, ValueError, TypeError) as e:
         log.debug("bridge: not exporting %r: %s", name, e)
         return None
-    if ring.broadcast or ring.schema is not None:
-        log.warning("bridge: ring %r is a broadcast or typed ring; only object queue "
-                    "rings cross hosts yet", name)
+    if ring.schema is not None:
+        log.warning("bridge: ring %r is a typed ring; only object rings cross hosts yet",
+                    name)
         ring.close()
         return None
     try:
+        if ring.broadcast:
+            return BroadcastExport(bridge, name, ring, stats_cls)
         return RingExport(bridge, name, ring, stats_cls)
     except BridgeError as e:
         log.warning("bridge: %s", e)
         ring.close()
         return None
+
+
+# -- broadcast rings: like streams --------------------------------------------
+
+BCAST_MAGIC = b"GBb1"
+
+
+class BroadcastExport(RingExport):
+    """A broadcast ring crosses like a stream: one handle of the bridge
+    reads every item (from its own cursor) and publishes it once on
+    ``gb/<name>/bdata``; each importing host puts it into its local
+    broadcast ring, whose readers each read every item.  Items the
+    bridge's handle missed (producers lapped it) count as ``lost``."""
+
+    def announce(self):
+        a = super().announce()
+        a["broadcast"] = True
+        return a
+
+    def on_credit(self, msg):
+        pass  # no credit: a broadcast ring never blocks its producers
+
+    def poll(self):
+        self.stats.lost = self.ring.overruns
+        self.stats.state = "up"
+
+    def _run(self):
+        from .bridge import PREFIX
+        z = self.bridge._zenoh
+        pub = self.bridge._session.declare_publisher(
+            f"{PREFIX}/{self.name}/bdata", congestion_control=z.CongestionControl.BLOCK,
+            reliability=z.Reliability.RELIABLE)
+        k = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = self.ring.get(timeout=0.1)
+                except Empty:
+                    continue
+                except (OSError, ValueError):
+                    break
+                data = encode_item(item, self.dumps)
+                att = ITEM_HEADER.pack(BCAST_MAGIC, self.tag, k)
+                k += 1
+                pub.put(data, attachment=att)
+                self.stats.items += 1
+                self.stats.bytes += len(data) + len(att)
+                self.bridge._count_out(len(data) + len(att))
+        except Exception as e:
+            if not self.stop.is_set():
+                log.error("bridge: forwarding broadcast ring %r stopped: %r", self.name, e)
+        finally:
+            try:
+                pub.undeclare()
+            except Exception:
+                pass
+
+
+class BroadcastImport:
+    """The local broadcast ring of a far one: every item put once."""
+
+    def __init__(self, bridge, name, sid, ann, stats_cls):
+        from .ring import Ring
+        from .bridge import _sid_tag
+        self.bridge, self.name, self.sid, self.tag = bridge, name, sid, _sid_tag(sid)
+        self.kind = "ring"
+        self.home = ann["zid"]
+        _, self.loads = _serializer(ann["serializer"])
+        try:
+            self.ring = Ring(broadcast=True, capacity=ann["capacity"],
+                             max_bytes=ann["max_bytes"], serializer=ann["serializer"],
+                             name=name, mode=bridge.mode)
+            self.created = True
+        except BufferExists:
+            self.ring = Ring.attach(name)
+            self.created = False
+            if not self.ring.broadcast:
+                self.ring.close()
+                raise BridgeError(f"far broadcast ring {name!r} clashes with a local queue "
+                                  "ring of that name; nothing written")
+        self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
+        self.next_k = None
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def rehome(self, ann):
+        with self.lock:
+            self.home = ann["zid"]
+            self.next_k = None  # the restarted exporter numbers from 0
+
+    def on_item(self, payload, att):
+        if len(att) != ITEM_HEADER.size:
+            raise BridgeError(f"broadcast item for {self.name!r} with a {len(att)}-byte "
+                              "header; dropped")
+        magic, tag, k = ITEM_HEADER.unpack(att)
+        if magic != BCAST_MAGIC or tag != self.tag:
+            raise BridgeError(f"broadcast item for {self.name!r} with a bad header; dropped")
+        item = decode_item(payload, self.loads)
+        with self.lock:
+            if self.closed:
+                return
+            if self.next_k is not None and k > self.next_k:
+                self.stats.lost += k - self.next_k
+            self.next_k = k + 1
+            self.ring.put(item)
+            self.stats.items += 1
+            self.stats.bytes += len(payload) + len(att)
+
+    def close(self, unlink=False):
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self.ring.close()
+        except Exception:
+            pass

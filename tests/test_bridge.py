@@ -695,3 +695,61 @@ def test_ring_bridges_killed_lose_at_most_window_and_count_it(link):
             print(f, (link.tmp / f).read_text())
     assert len(missing) <= 2 * DEFAULT_WINDOW, missing
     assert len(missing) == lost, f"{len(missing)} items missing, the bridge reports {lost}"
+
+
+BCAST_HOLDER = PRELUDE + textwrap.dedent('''
+    name, go, n, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    ring = gb.Ring(broadcast=True, capacity=256, name=name)
+    wait_file(go)
+    time.sleep(0.5)
+    for i in range(n):
+        # (broadcast items must fit a slot in this core: no out-of-line ones yet)
+        ring.put((i, np.full(3000, i % 256, np.uint8) if i % 10 == 0 else "x" * i))
+        time.sleep(0.002)
+    wait_file(stop, 120)
+    ring.close()
+''')
+
+BCAST_READER = PRELUDE + textwrap.dedent('''
+    name, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ring = gb.Ring.attach(name)
+            break
+        except gb.BufferNotFound:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    touch(go)
+    got, bad = [], 0
+    while len(got) < n:
+        try:
+            i, x = ring.get(timeout=10)
+        except gb.Empty:
+            break
+        ok = (x == i % 256).all() if i % 10 == 0 else x == "x" * i
+        bad += not ok
+        got.append(i)
+    print(json.dumps({"got": got, "bad": bad, "overruns": ring.overruns}))
+''')
+
+
+def test_broadcast_ring_crosses_like_a_stream(link):
+    """§9: a broadcast ring crosses hosts like a stream: every far reader
+    reads every item, in order, numpy arrays too."""
+    n = 200
+    go, stop_file = str(link.tmp / "go"), str(link.tmp / "stop")
+    holder = link.a.python(BCAST_HOLDER, "events", go, n, stop_file)
+    try:
+        readers = [link.b.python(BCAST_READER, "events", go + str(k), n) for k in range(2)]
+        deadline = time.monotonic() + 30
+        while not all(os.path.exists(go + str(k)) for k in range(2)):
+            assert time.monotonic() < deadline, "far readers never attached"
+            time.sleep(0.05)
+        open(go, "w").close()
+        results = [last_json(communicate(r, 60)) for r in readers]
+    finally:
+        open(stop_file, "w").close()
+    communicate(holder, 30)
+    for res in results:
+        assert res["bad"] == 0 and res["got"] == list(range(n)), res
