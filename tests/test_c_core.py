@@ -111,7 +111,8 @@ def _probe(d, flags, cc=None, wrapper=(), source=None):
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"cannot build or run: {e}"
     if p.returncode != 0:
-        return f"built, but the program fails to run: {(p.stderr.strip() or str(p.returncode))[:300]}"
+        why = (p.stderr.strip() or str(p.returncode))[:300]
+        return f"built, but the program fails to run: {why}"
     return None
 
 
