@@ -143,6 +143,8 @@ def segment_info(name):
             h._unbind()
         if info["queue"]:
             info["waiting"] = max(0, info["items"] - info["head"])
+        from .bridge import bridge_info  # across hosts (SPEC §9): mirrors and exports
+        info["bridge"] = bridge_info(name)
         return info
     except struct.error:
         raise BufferCorrupt(f"segment {name!r} is too small to be a segment") from None
@@ -286,7 +288,10 @@ def cmd_ls(args, out):
             table.append((r["name"], "?", "-", "-", "-", "-", f"unreadable: {r['error']}"))
             continue
         owner = f"{r['owner_pid']} {_alive(r['owner_alive'])}" if r["owner_pid"] else "-"
-        table.append((r["name"], r["kind"], _dash(r["capacity"]), _size(r["slot_size"]),
+        b = r.get("bridge")
+        kind = r["kind"] + (f" (mirror of {b['peer']}, link {b['link']}, lost {b['lost']})"
+                            if b and b["role"] == "import" else "")
+        table.append((r["name"], kind, _dash(r["capacity"]), _size(r["slot_size"]),
                       owner, _dash(r["items"]), _dash(r["readers"])))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
     for row in table:
@@ -340,6 +345,12 @@ def cmd_stat(args, out):
         lines.append(("readers", info["readers"]))
         lines.append(("wake calls", info["wake_calls"]))
         lines.append(("schema hash", info["schema_hash"]))
+        b = info.get("bridge")
+        if b:  # across hosts (SPEC §9)
+            what = f"mirror of {b['peer']}" if b["role"] == "import" else "exported"
+            lines.append(("bridge", f"{what} by bridge pid {b['bridge_pid']}, link {b['link']}, "
+                                    f"{b['state']}; moved {b['items']} items, {b['bytes']} "
+                                    f"bytes; lost {b['lost']}"))
         if "rate_items_per_s" in info:
             lines.append(("rate", f"{info['rate_items_per_s']:.1f} items/s, "
                                   f"{info['rate_bytes_per_s'] / 1e6:.1f} MB/s "

@@ -352,7 +352,7 @@ def test_a_task_whose_workers_keep_dying_fails_with_worker_lost(pool, client):
     old = client.run_on_scheduler(allow, 0)
     try:
         r = pool.apply_async(kill_own_worker)
-        with pytest.raises(gb.WorkerLost, match="died running this task") as info:
+        with pytest.raises(gb.WorkerLost, match="died running this task: 1 worker") as info:
             r.get(2 * T)
     finally:
         client.run_on_scheduler(allow, old)

@@ -287,8 +287,6 @@ class ClusterPool(_mp_pool.Pool):
         self._submitq = queue.SimpleQueue()
         self._doneq = queue.SimpleQueue()
         self._futures = {}  # key -> (job, index, future); the collector removes
-        self._released = False
-        self._release_lock = threading.Lock()
 
         self._task_handler = self._start(self._feed, "feeder")
         self._submitter = self._start(self._submit, "submitter")
@@ -503,11 +501,11 @@ class ClusterPool(_mp_pool.Pool):
             ws = exc.last_worker
             pid = getattr(ws, "pid", None)
             addr = getattr(ws, "address", ws)
+            n = exc.allowed_failures
             lost = WorkerLost(pid, None, (
-                f"Dask worker {addr} (pid {pid}) died running this task, after "
-                f"{exc.allowed_failures} earlier workers died running it "
-                f"(Dask retries a task whose worker dies up to "
-                f"distributed.scheduler.allowed-failures times)"))
+                f"Dask worker {addr} (pid {pid}) died running this task: {n + 1} "
+                f"worker(s) died running it, and Dask retries such a task only "
+                f"distributed.scheduler.allowed-failures = {n} time(s)"))
             lost.__cause__ = exc
             return lost
         if exc is None or future.status == "cancelled":
