@@ -63,7 +63,7 @@ from .schema import ArraySpec
 from .segment import Segment, list_names, process_alive, self_start_time, validate_name
 from .segment import unlink as _unlink_name
 
-__all__ = ["Bridge", "zenoh_config", "WIRE_VERSION"]
+__all__ = ["Bridge", "zenoh_config", "bridge_info", "WIRE_VERSION"]
 
 log = logging.getLogger("global_buffer.bridge")
 
@@ -107,6 +107,39 @@ def zenoh_config(listen=(), connect=(), config_file=None):
     conf.insert_json5("connect/retry",
                       '{"period_init_ms": 100, "period_max_ms": 1000, "period_increase_factor": 2}')
     return conf
+
+
+STATE_DIR = "/dev/shm"  # host-local: what `ls`/`stat` read of running bridges
+
+
+def _state_path(pid):
+    return os.path.join(STATE_DIR, f"gbbridge.{pid}.state.json")
+
+
+def bridge_info(name):
+    """What a running bridge on this host says about ``name`` (for
+    ``python -m global_buffer ls``/``stat``): a dict with ``bridge_pid``,
+    ``role`` ("import": a mirror; "export"), ``peer`` (the source host of a
+    mirror), ``link`` ("up"/"down"), ``state``, ``items``, ``bytes`` and
+    ``lost``; None if no live bridge handles the name."""
+    import glob
+    from .segment import process_alive
+    for path in glob.glob(os.path.join(STATE_DIR, "gbbridge.*.state.json")):
+        try:
+            pid = int(os.path.basename(path).split(".")[1])
+            if not process_alive(pid):
+                continue
+            with open(path) as f:
+                st = json.load(f)
+            entry = st["names"].get(name)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            continue
+        if isinstance(entry, dict):
+            return {"bridge_pid": pid, "role": entry.get("role"), "peer": entry.get("peer"),
+                    "link": "up" if st.get("peers") else "down",
+                    "state": entry.get("state"), "items": entry.get("items"),
+                    "bytes": entry.get("bytes"), "lost": entry.get("lost")}
+    return None
 
 
 def _sid_tag(sid):
@@ -478,6 +511,10 @@ class Bridge:
             self._session.close()
         except Exception:
             pass
+        try:
+            os.unlink(_state_path(os.getpid()))
+        except OSError:
+            pass
         log.info("bridge %s stopped", self.zid)
 
     def __enter__(self):
@@ -563,10 +600,23 @@ class Bridge:
 
     # -- the service thread ----------------------------------------------
 
+    def _write_state(self):
+        path = _state_path(os.getpid())
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.stats(), f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # no /dev/shm (not Linux): ls/stat just show no bridge
+
     def _serve(self):
-        next_ann = 0.0
+        next_ann = next_state = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_state:
+                    next_state = time.monotonic() + 0.5
+                    self._write_state()
                 self._scan()
                 now = time.monotonic()
                 announce = now >= next_ann

@@ -533,11 +533,19 @@ def test_bridge_killed_and_restarted(link):
 
 
 def test_sigterm_stops_cleanly_and_removes_mirrors(link):
-    """§9: SIGTERM stops a bridge cleanly (exit 0, its mirrors removed)."""
+    """§9: ls/stat show a mirror and its source; SIGTERM stops a bridge
+    cleanly (exit 0, its mirrors removed)."""
     stop_file = str(link.tmp / "stop")
     try:
         link.a.python(FLOW_WRITER, "flow", stop_file)
         _wait_shm(link.b, "flow")
+        # §9 operability: ls and stat show the mirror, its source and link
+        time.sleep(1.0)
+        cli = "import sys; from global_buffer.cli import main; sys.exit(main(sys.argv[1:]))"
+        ls = link.b.run(cli, "ls", timeout=30)
+        assert re.search(r"^flow +stream:array \(mirror of \S+, link up, lost 0\)", ls, re.M), ls
+        st = link.b.run(cli, "stat", "flow", "--interval", "0", timeout=30)
+        assert re.search(r"bridge +mirror of \S+ by bridge pid \d+, link up", st), st
         rc, out = stop(link.bb)
         assert rc == 0 and "bridge stopped" in out, out
         assert "gb.flow" not in link.b.shm()
