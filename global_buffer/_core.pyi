@@ -11,10 +11,12 @@ The docs site's API reference renders the docstrings of the public members
 of ``StreamWriter`` and ``StreamReader`` from this stub (``gb.GlobalBuffer``
 and ``gb.Reader`` inherit them): keep them in step with ``_core.pyx``.
 """
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
+from typing_extensions import disjoint_base
 
 # ---------------------------------------------------------------------------
 # constants (csrc/gb_ring.h)
@@ -60,6 +62,7 @@ def init_segment(buffer: Any, kind: int, flags: int, capacity: int, slot_size: i
 # Handle: one validated mapping of one segment
 # ---------------------------------------------------------------------------
 
+@disjoint_base
 class Handle:
     _poll_min_ns: int
     _poll_max_ns: int
@@ -120,6 +123,7 @@ class Handle:
 # streams (gb.GlobalBuffer / gb.Reader subclass these)
 # ---------------------------------------------------------------------------
 
+@disjoint_base
 class StreamWriter(Handle):
     def _setup_writer(self, heartbeat_interval: float,
                       encode: Optional[Callable[[Any], bytes]]) -> None: ...
@@ -145,6 +149,7 @@ class StreamWriter(Handle):
     def _reserve_begin(self) -> int: ...
     def _reserve_end(self, pos: int, commit: bool) -> None: ...
 
+@disjoint_base
 class StreamReader(Handle):
     _cursor: int
     overruns: int
@@ -192,28 +197,142 @@ class StreamReader(Handle):
 # ---------------------------------------------------------------------------
 # queue and broadcast rings (_queue.pxi; gb.Ring subclasses these)
 # ---------------------------------------------------------------------------
-# Owners of _queue.pxi: add the stubs of QueueHandle, BroadcastHandle, the
-# blob_* and peer_* functions and the AUX_* / ROLE_* constants here, then
-# delete the __getattr__ below, which until then types every name not
-# stubbed yet as Any (a partial stub, PEP 484).
 
-# out-of-line items read in place, and the reducers' pickler (stubbed)
-MAX_LEASES: int
-class BlobView:
-    """An out-of-line item taken in place; the blob is freed when it goes."""
-    def __len__(self) -> int: ...
-    def __buffer__(self, flags: int) -> memoryview: ...
-def blob_lease(mm: Any) -> Optional[BlobView]: ...
-def leases() -> int:
-    """How many items this process holds in place (live BlobViews)."""
+FULL_GRACE: float
+"""Seconds an unbounded put waits for a slot before deferring the item."""
+
+def _reset_start() -> None: ...
+
+@disjoint_base
+class _Scratch:
+    """A reusable output file for pickling large items (buffer protocol)."""
+    def write(self, data: Any) -> int: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+
+@disjoint_base
 class PicklerDumps:
     """``dumps(obj, protocol=5, buffer_callback=None)`` through one reusable pickler."""
     def __init__(self, cls: type, refresh: Callable[[], None],
                  tables: Tuple[Dict[Any, Any], ...]) -> None: ...
+    def _forward(self, pb: Any) -> Any: ...
     def __call__(self, obj: Any, protocol: int = 5,
                  buffer_callback: Optional[Callable[[Any], Any]] = None) -> bytes: ...
 
-# peer table and fd signalling (pipes; stubbed)
+@disjoint_base
+class _Serial:
+    """Serialisation state shared by queue and broadcast handles."""
+    def __init__(self, dumps: Optional[Callable[..., Any]],
+                 loads: Optional[Callable[[Any], Any]],
+                 encode: Optional[Callable[[Any], bytes]], oob: List[Any],
+                 pickler: Optional[type] = None) -> None: ...
+
+@disjoint_base
+class _Parts:
+    """An item serialised for copying into a slot (data and out-of-band buffers)."""
+    @property
+    def total(self) -> int: ...
+
+def unframe(ba: Any, loads: Callable[[Any], Any]) -> Any:
+    """Rebuild an object from a frame (``ba``: a writable bytes-like object)."""
+def decode_pickled(raw: Any) -> Any:
+    """An item of a pickle or cloudpickle ring from its bytes."""
+def _plain_dumps(obj: Any, cap: int = ...) -> Optional[bytes]:
+    """``obj``'s plain-data pickle, or None if the ring would pickle it."""
+def _plain_loads(data: Any) -> Any:
+    """Decode a plain-data pickle; ``ValueError`` for anything else."""
+
+@disjoint_base
+class QueueHandle(Handle):
+    """Compiled half of a queue ring: each item goes to exactly one get()."""
+    _closed_put: bool
+    _pending: Any
+    _feeder: Any
+    _feeder_lock: Any
+    _flush_lock: Any
+
+    def _setup_queue(self, maxsize: int, ser: _Serial, spill: Callable[..., Any],
+                     unspill: Callable[[bytes], Any], alive: Callable[..., bool],
+                     unframe: Callable[..., Any], decode: Optional[Callable[[bytes], Any]]
+                     ) -> None: ...
+    def _put_obj(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> bool:
+        """Serialise and put one item; False if it did not fit in time."""
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None: ...
+    def _defer(self, item: Any) -> None: ...
+    def _flush(self) -> Optional[bool]:
+        """True once nothing waits, False if the ring is full, None if
+        another thread flushes."""
+    def _put_parts(self, parts: _Parts, block: bool = True,
+                   timeout: Optional[float] = None) -> bool: ...
+    def _put_each(self, items: Any, grace: float) -> int:
+        """Put ``items`` in order; how many were put."""
+    def _serialize(self, obj: Any) -> Any: ...
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+    def _get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+    def _get_many(self, max_items: int, block: bool = True,
+                  timeout: Optional[float] = None) -> List[Any]: ...
+    def _reserve_begin(self, block: bool = True,
+                       timeout: Optional[float] = None) -> Optional[int]: ...
+    def _reserve_end(self, pos: int, commit: bool) -> None: ...
+    def _debug_claim(self, put: bool, timeout: Optional[float] = None) -> int:
+        """Testing only: claim a slot and never commit it."""
+    def _wait_ready(self, put: bool, timeout: Optional[float]) -> bool: ...
+    def _wake_data(self) -> None: ...
+    def _qsize(self) -> int: ...
+    def _latest(self, peek: Optional[Callable[..., Any]] = None,
+                decode_blob: Optional[Callable[..., Any]] = None) -> Any: ...
+    def _task_add(self, n: int) -> int: ...
+    def _task_done(self) -> int: ...
+    def _join(self, timeout: Optional[float] = None) -> bool: ...
+
+@disjoint_base
+class BroadcastHandle(StreamReader):
+    """Compiled half of a broadcast ring: every handle puts, each reads
+    from its own cursor."""
+    _closed_put: bool
+
+    def _setup_broadcast(self, ser: _Serial, alive: Callable[..., bool]) -> None: ...
+    def _reserve_begin(self, block: bool = True,
+                       timeout: Optional[float] = None) -> Optional[int]: ...
+    def _reserve_end(self, pos: int, commit: bool) -> None: ...
+    def _debug_lock(self) -> int:
+        """Testing only: take the producers' lock and never release it."""
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None: ...
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+    def _put_obj(self, obj: Any, block: bool = True,
+                 timeout: Optional[float] = None) -> bool: ...
+
+# out-of-line items (blobs): the caller maps the blob segment ``mm``
+def blob_init(mm: Any, size: int) -> None: ...
+def blob_acquire(mm: Any, expect: int) -> bool:
+    """Take a free blob for writing (its state becomes our pid)."""
+def blob_release(mm: Any) -> None: ...
+def blob_state(mm: Any) -> int:
+    """The pid holding the blob, 0 if free."""
+def blob_peek(mm: Any) -> bytearray:
+    """Copy the item out of a blob without taking it."""
+def blob_write(mm: Any, parts: _Parts) -> None:
+    """Copy a serialised item into a blob this process holds."""
+def blob_hold(mm: Any) -> Tuple[int, int]:
+    """Mark the blob ours and return ``(offset, len)`` of its item in ``mm``."""
+def blob_read(mm: Any) -> bytearray:
+    """Copy the item out of a blob and free the blob for its producer."""
+
+# out-of-line items read in place
+MAX_LEASES: int
+
+@disjoint_base
+class BlobView:
+    """An out-of-line item taken in place; the blob is freed when it goes."""
+    def __len__(self) -> int: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+
+def blob_lease(mm: Any) -> Optional[BlobView]: ...
+def leases() -> int:
+    """How many items this process holds in place (live BlobViews)."""
+
+# peer table and fd signalling (pipes)
 ROLE_WRITER: int
 ROLE_READER: int
 def peer_add(h: Handle, role: int) -> Tuple[int, int]:
@@ -228,5 +347,3 @@ def peer_held(h: Handle, role: int) -> bool:
 def pending_add(h: Handle, n: int) -> int: ...
 def arm_fd(h: Handle) -> None: ...
 def fd_armed(h: Handle) -> bool: ...
-
-def __getattr__(name: str) -> Any: ...

@@ -25,6 +25,7 @@ import stat
 import struct
 import sys
 import time
+from typing import Any, Set
 
 __all__ = ["main", "segment_info"]
 
@@ -238,7 +239,7 @@ def _in_use(paths):
     /proc/*/fd and /proc/*/maps; processes we may not inspect are skipped
     -- they cannot open our 0600 files either, unless root)."""
     paths = set(paths)
-    used = set()
+    used: Set[str] = set()
     if not paths or not os.path.isdir("/proc"):
         return used
     for pid in os.listdir("/proc"):
@@ -922,7 +923,7 @@ class _RingDemo:
         self.nconsumers = args.readers
         self.stats = ctx.RawArray("q", 2 + _RING_FIELDS * self.nconsumers)
         self.go, self.stop_p, self.stop_c = ctx.Event(), ctx.Event(), ctx.Event()
-        self.ring = None
+        self.ring: Any = None  # the Ring, once start() made it
         self.procs = []
         self.readies = []
 

@@ -33,14 +33,15 @@ import pickle
 import sys
 from collections import ChainMap
 from multiprocessing.reduction import ForkingPickler
+from typing import Any, Dict
 
 from . import _core
 
 # CloudPickler: made on first use by __getattr__ below
 __all__ = ["Pickler", "dumps", "CloudPickler", "cloud_dumps"]  # noqa: F822
 
-_extra = ForkingPickler._extra_reducers
-_ours = {}      # type -> our reducer replacing the registered one
+_extra: Dict[type, Any] = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
+_ours: Dict[type, Any] = {}  # type -> our reducer replacing the registered one
 _key = None     # (len(copyreg.dispatch_table), len(_extra)) the table was built from
 
 
@@ -49,7 +50,7 @@ class Pickler(pickle.Pickler):
     ``dispatch_table`` is refreshed by :func:`dumps`; call :func:`refresh`
     before making one directly)."""
 
-    dispatch_table = {}
+    dispatch_table: Dict[type, Any] = {}
 
 
 def refresh():

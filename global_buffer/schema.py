@@ -6,6 +6,7 @@ lets ``attach(name, model=M)`` refuse an incompatible model at once.
 """
 import hashlib
 import json
+from typing import Tuple
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class ArraySpec:
     """
 
     __slots__ = ("dtype", "shape")
+    dtype: np.dtype
+    shape: Tuple[int, ...]
 
     def __init__(self, dtype, shape):
         dt = np.dtype(dtype)

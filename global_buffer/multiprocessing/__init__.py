@@ -47,8 +47,9 @@ from multiprocessing import (  # noqa: E402, F401
 
 from . import connection, managers, queues  # noqa: E402, F401
 
-SUBDEBUG = _mp.SUBDEBUG
-SUBWARNING = _mp.SUBWARNING
+# not in typeshed's multiprocessing, but in CPython's
+SUBDEBUG = _mp.SUBDEBUG  # type: ignore[attr-defined]
+SUBWARNING = _mp.SUBWARNING  # type: ignore[attr-defined]
 
 
 def __getattr__(name):

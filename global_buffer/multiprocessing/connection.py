@@ -32,6 +32,7 @@ import time
 import weakref
 from multiprocessing import BufferTooShort, connection as _std, util as _util
 from multiprocessing.util import Finalize
+from typing import Any, Dict, List
 
 from .. import _core
 from ..errors import BufferClosed, Empty
@@ -207,7 +208,7 @@ def _unlink_at_exit(names, pid, fds=()):
 # Connections pickled while spawning a child: if the child dies before it
 # attaches them, their pending entries are dropped (else the other end would
 # wait for a holder that never comes).
-_spawned = []
+_spawned: List[Any] = []  # (Popen, tokens)
 _spawned_lock = threading.Lock()
 
 
@@ -231,7 +232,7 @@ def _child_gone(popen):
     return not process_alive(pid, start)
 
 
-_child_starts = {}  # id(popen) -> its child's start time, while in _spawned
+_child_starts: Dict[int, int] = {}  # id(popen) -> its child's start time, while in _spawned
 
 
 def _sweep_spawned():
@@ -269,7 +270,7 @@ def _unpend(ring, idx, who):
         _core.pending_add(ring, -1)
 
 
-_live = weakref.WeakSet()
+_live: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 
 
 def _before_fork():
@@ -344,6 +345,14 @@ class Connection:
     ``OSError``, and a one-way end refuses the other direction with
     ``OSError``, as the stdlib does.  A context manager that closes on exit.
     """
+
+    # the rings and FIFO descriptors of a direction this end does not have
+    # (or has not opened yet) are None; _check_readable()/_check_writable()
+    # and the None checks guard every use
+    _rx: Any
+    _tx: Any
+    _fifo_r: Any
+    _fifo_w: Any
 
     def __init__(self, rx_name, tx_name, readable, writable, owner=None, _tokens=None):
         self._rx = Ring.attach(rx_name) if readable else None
@@ -972,7 +981,7 @@ def Pipe(duplex=True):
     a = Ring(PIPE_CAPACITY, capacity=PIPE_CAPACITY)
     b = Ring(PIPE_CAPACITY, capacity=PIPE_CAPACITY) if duplex else None
     owner = _Owner([a] + ([b] if b is not None else []))
-    if duplex:
+    if b is not None:  # duplex
         c1 = Connection(a.name, b.name, True, True, owner)
         c2 = Connection(b.name, a.name, True, True, owner)
     else:
@@ -991,7 +1000,7 @@ def wait(object_list, timeout=None):
         left = None if deadline is None else max(deadline - time.monotonic(), 0)
         if ours:
             left = _SLICE if left is None else min(left, _SLICE)
-        ready = _std.wait(object_list, left)
+        ready: List[Any] = _std.wait(object_list, left)
         ready = [o for o in ready if not isinstance(o, Connection) or o.closed or o.poll(0)]
         if not ready and ours:
             ready = [o for o in ours if not o.closed and o.readable and o.poll(0)]

@@ -63,10 +63,10 @@ def _ours(std_ctx):
         raise ValueError(f"cannot find context for {std_ctx._name!r}") from None
 
 
+_std_contexts = _std._concrete_contexts  # type: ignore[attr-defined]  # private, not in typeshed
 _concrete = {}
 for _method in ("fork", "spawn", "forkserver"):
-    _base = type(_std._concrete_contexts[_method]) if _method in _std._concrete_contexts \
-        else None
+    _base = type(_std_contexts[_method]) if _method in _std_contexts else None
     if _base is None:
         continue
     _cls = type(_base.__name__, (_RingFactories, _base), {"__module__": __name__})

@@ -12,6 +12,7 @@ import os
 import pickle
 import threading
 from multiprocessing import managers as _std
+from typing import Any, Callable
 
 from ..ring import JoinableRing as _JoinableRing, Ring as _Ring, _remove_ring
 from .connection import Pipe as _Pipe
@@ -117,6 +118,8 @@ class GBManager(_std.SyncManager):
     as before.
     """
 
+    _gb_segments: Callable[[], Any]  # registered below: the server's segment table
+
     def _segments(self):
         proxy = self._gb_segments()
         return proxy
@@ -141,16 +144,18 @@ class GBManager(_std.SyncManager):
     def _finalize_manager(process, address, authkey, state, _Client, *args):
         # shutdown(): have the server remove its segments first, so they go
         # even if the server process is then terminated for exiting slowly
-        if state.value == _std.State.STARTED and process.is_alive():
+        if state.value == _std.State.STARTED and process.is_alive():  # type: ignore[attr-defined]
             try:
                 _release_remote(address, authkey, _Client)
             except Exception:
                 pass
-        _std.SyncManager._finalize_manager(process, address, authkey, state, _Client, *args)
+        _std.SyncManager._finalize_manager(  # type: ignore[attr-defined]
+            process, address, authkey, state, _Client, *args)
 
 
 def _release_remote(address, authkey, client):
-    serializer = next((k for k, (_, c) in _std.listener_client.items() if c is client), "pickle")
+    clients = _std.listener_client.items()  # type: ignore[attr-defined]
+    serializer = next((k for k, (_, c) in clients if c is client), "pickle")
     m = GBManager(address=address, authkey=authkey, serializer=serializer)
     m.connect()
     proxy = m._gb_segments()

@@ -43,6 +43,7 @@ the factories ``multiprocessing.Queue()`` / ``JoinableQueue()`` of
 import sys
 import types
 from multiprocessing import context as _context, queues as _std
+from typing import Any
 
 from .connection import _counted_pipe
 
@@ -116,4 +117,4 @@ class SimpleQueue:
             with self._wlock:
                 self._writer.send(obj)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
