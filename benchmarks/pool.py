@@ -14,7 +14,9 @@ Four cases (issue 12), the same calls on every pool of 2 workers by default:
   result transport.
 
 Each peer runs in its own interpreter (``_util.run_peer``) and times
-``repeats`` calls on one warm pool (workers started, one small map done);
+``repeats`` calls on one warm pool (workers started, one untimed call of
+the case done: the first frames call of a gb.Pool also makes the blobs that
+later calls reuse);
 rounds alternate the peers so load drift on a shared machine hits all of
 them.  Figures are medians of every timed call.  loky always starts its
 workers with its own context (fork+exec); it refuses ``fork``.  loky is a benchmark
@@ -103,6 +105,9 @@ def peer(kind, case, n, repeats, processes, start):
     times = []
     try:
         list(pool.map(_ident, range(4 * processes)))  # workers up and serving
+        # one untimed call of the case: a warm pool (gb.Pool's senders have
+        # made the shared-memory blobs a large item needs, and reuse them)
+        _call(pool, pooled, case, min(n, 2000) if case != "frames" else n, processes)
         for _ in range(repeats):
             t0 = time.perf_counter()
             out = _call(pool, pooled, case, n, processes)
