@@ -47,6 +47,11 @@ def pid_then_sleep(ring, delay):
     return os.getpid()
 
 
+def sleep_then(delay):
+    time.sleep(delay)
+    return delay
+
+
 def kill_own_worker():
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -152,6 +157,14 @@ def test_every_method_in_order(pool):
     assert pool.map_async(square, range(n)).get(T) == [x * x for x in range(n)]
     assert pool.apply(add, (1,), {"b": 41}) == 42
     assert pool.apply_async(add, (2, 3)).get(T) == 5
+
+
+def test_results_keep_their_order_when_tasks_finish_out_of_order(pool):
+    # the first items sleep longest, so later ones finish first
+    delays = [0.4, 0.3, 0.2, 0.1, 0.0, 0.0]
+    assert pool.map(sleep_then, delays, chunksize=1) == delays
+    assert list(pool.imap(sleep_then, delays)) == delays
+    assert pool.starmap(add, [(d, 1) for d in delays], chunksize=1) == [d + 1 for d in delays]
 
 
 def test_lambdas_and_closures(pool):
