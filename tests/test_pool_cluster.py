@@ -281,6 +281,24 @@ def test_context_manager_terminates_with_tasks_in_flight(client):
     assert client.submit(square, 3).result(T) == 9
 
 
+def test_a_pool_dropped_unclosed_is_terminated_with_a_warning(client):
+    import gc
+    import threading
+    p = gb.Pool(cluster=client, initializer=square, initargs=(1,))
+    assert p.map(square, range(4)) == [0, 1, 4, 9]
+    assert plugins(client)
+    with pytest.warns(ResourceWarning, match="unclosed running"):
+        del p
+        gc.collect()
+    deadline = time.monotonic() + T
+    while (any(t.name.startswith("gb-cluster-pool") for t in threading.enumerate())
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("gb-cluster-pool")]
+    assert plugins(client) == []
+    assert client.submit(square, 6).result(T) == 36  # the client was given: still open
+
+
 def test_bad_arguments(client):
     with pytest.raises(ValueError, match="cluster must be"):
         gb.Pool(cluster=42)

@@ -60,7 +60,9 @@ import socket
 import threading
 import time
 import traceback
+import types
 import warnings
+import weakref
 from multiprocessing import pool as _mp_pool, util
 from multiprocessing.pool import (
     CLOSE,
@@ -68,6 +70,7 @@ from multiprocessing.pool import (
     RUN,
     TERMINATE,
     ExceptionWithTraceback,
+    MapResult,
     MaybeEncodingError,
     _helper_reraises_exception,
     _PoolCache,
@@ -218,6 +221,42 @@ def _key_name(func):
     return "".join(c for c in name if c.isalnum() or c == "_")[:40] or "task"
 
 
+def _thread_main(method, pool):
+    try:
+        method(pool)
+    except ReferenceError:
+        pass  # the pool was collected; its finalizer stops the other threads
+
+
+class _Batch:
+    """Finished futures the collector has taken, and whether any of them is
+    wanted now (``urgent``: not a chunk of a map that is still running) or is
+    a marker."""
+
+    __slots__ = ("items", "counts", "urgent", "marker", "futures", "cache")
+
+    def __init__(self, futures, cache):
+        self.items, self.counts = [], {}
+        self.urgent = self.marker = False
+        self.futures, self.cache = futures, cache
+
+    def add(self, f):
+        self.items.append(f)
+        if f is _HALT or f is _STOP:
+            self.marker = True
+            return
+        entry = self.futures.get(f.key)
+        if entry is None:
+            self.urgent = True
+            return
+        job = entry[0]
+        n = self.counts[job] = self.counts.get(job, 0) + 1
+        r = self.cache.get(job)
+        # a MapResult is ready only once every chunk is in
+        if type(r) is not MapResult or n >= r._number_left:
+            self.urgent = True
+
+
 _STOP = object()   # collector: the submitter is done
 _HALT = object()   # collector: terminate now
 
@@ -250,9 +289,11 @@ class ClusterPool(_mp_pool.Pool):
 
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, cluster):
-        # what __del__, repr() and the error paths use, first
+        # what __del__, repr() and the error paths use, first; _shared holds
+        # what the finalizer needs (it must not hold the pool: a pool dropped
+        # unclosed is collected and terminated, as the stdlib's)
+        self._shared = types.SimpleNamespace(state=INIT)
         self._pool = []
-        self._state = INIT
         self._change_notifier = None
         self._own_client = self._own_cluster = None
         if processes is not None and processes < 1:
@@ -281,18 +322,32 @@ class ClusterPool(_mp_pool.Pool):
             raise
 
         self._token = f"gb-{os.getpid():x}-{os.urandom(4).hex()}"
-        self._taskqueue = queue.SimpleQueue()
-        self._change_notifier = queue.SimpleQueue()  # the stdlib's __del__ puts to it
+        self._change_notifier = queue.SimpleQueue()
         self._cache = _PoolCache(notifier=self._change_notifier)
-        self._submitq = queue.SimpleQueue()
-        self._doneq = queue.SimpleQueue()
-        self._futures = {}  # key -> (job, index, future); the collector removes
+        sh = self._shared
+        sh.taskqueue = self._taskqueue = queue.SimpleQueue()
+        sh.submitq = self._submitq = queue.SimpleQueue()
+        sh.doneq = self._doneq = queue.SimpleQueue()
+        # key -> (job, index, future); the collector removes
+        sh.futures = self._futures = {}
+        sh.client, sh.plugin = self._client, self._plugin
+        sh.own_client, sh.own_cluster = self._own_client, self._own_cluster
 
-        self._task_handler = self._start(self._feed, "feeder")
-        self._submitter = self._start(self._submit, "submitter")
-        self._result_handler = self._start(self._collect, "collector")
-        self._terminate = util.Finalize(self, self._terminate_pool, exitpriority=15)
+        self._task_handler = self._start(ClusterPool._feed, "feeder")
+        self._submitter = self._start(ClusterPool._submit, "submitter")
+        self._result_handler = self._start(ClusterPool._collect, "collector")
+        sh.threads = (self._task_handler, self._submitter, self._result_handler)
+        self._terminate = util.Finalize(self, ClusterPool._terminate_pool, args=(sh,),
+                                        exitpriority=15)
         self._state = RUN
+
+    @property
+    def _state(self):
+        return self._shared.state
+
+    @_state.setter
+    def _state(self, value):
+        self._shared.state = value
 
     def _connect(self, cluster, processes):
         if isinstance(cluster, distributed.Client):
@@ -317,8 +372,11 @@ class ClusterPool(_mp_pool.Pool):
         raise ValueError(f"cluster must be a distributed.Client, a scheduler address "
                          f"('tcp://host:port') or 'local', not {cluster!r}")
 
-    def _start(self, target, what):
-        t = threading.Thread(target=target, name=f"gb-cluster-pool-{what}", daemon=True)
+    def _start(self, method, what):
+        # the thread sees the pool through a weak proxy, so that it does not
+        # keep the pool alive
+        t = threading.Thread(target=_thread_main, args=(method, weakref.proxy(self)),
+                             name=f"gb-cluster-pool-{what}", daemon=True)
         t.start()
         return t
 
@@ -429,35 +487,47 @@ class ClusterPool(_mp_pool.Pool):
         """Fetch finished results, many per gather, and hand them to their
         result objects.
 
-        A gather is a round trip through the scheduler whose cost hardly
-        depends on how many results it carries (tens of ms on a busy
-        2-core host), so while other tasks are still running the collector
-        waits for more of them, up to about four times what a gather has
-        been costing, before it gathers: at most a fifth of its time goes
-        to gathers and their CPU stays with the workers.  When nothing else
-        is running (an ``apply``, the end of a ``map``) it gathers at once."""
+        A gather is a round trip through the scheduler costing tens of ms on
+        a busy 2-core host, so the collector gathers as few times as it can
+        without delaying a result anyone waits for:
+
+        - finished chunks of a ``map``/``starmap`` (a ``MapResult``, ready
+          only once every chunk is in) wait until their job can complete,
+          then go in one gather, as a plain ``client.gather(client.map(...))``
+          does;
+        - any other result (``apply``, ``imap``) waits for more finished
+          tasks up to about four times what a gather has been costing, so at
+          most a fifth of the time goes to gathers and their CPU stays with
+          the workers; at once when nothing else is running."""
         stopping = False
         cost = 0.0  # recent seconds per gather (moving average)
         while not (stopping and not self._futures):
-            batch = [self._doneq.get()]
+            b = _Batch(self._futures, self._cache)
+            add, batch = b.add, b.items
+            add(self._doneq.get())
             deadline = time.monotonic() + min(1.0, 4 * cost)
             while True:
                 try:
-                    batch.append(self._doneq.get_nowait())
-                    continue
+                    while True:
+                        add(self._doneq.get_nowait())
                 except queue.Empty:
                     pass
-                left = deadline - time.monotonic()
-                if (left <= 0 or len(batch) >= len(self._futures)
-                        or any(f is _HALT or f is _STOP for f in batch)):
+                if b.marker or len(batch) >= min(len(self._futures), _BATCH * 4):
                     break
+                if b.urgent:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                else:
+                    left = 0.5  # only unfinished maps so far: nothing to hurry
                 try:
-                    batch.append(self._doneq.get(timeout=left))
+                    add(self._doneq.get(timeout=left))
                 except queue.Empty:
-                    break
+                    if b.urgent or self._state == TERMINATE:
+                        break
             if self._state == TERMINATE or any(f is _HALT for f in batch):
                 return
-            if any(f is _STOP for f in batch):
+            if b.marker and any(f is _STOP for f in batch):
                 stopping = True
             futures = [f for f in batch if f is not _STOP]
             finished = {f.key: f for f in futures if f.status == "finished"}
@@ -553,27 +623,28 @@ class ClusterPool(_mp_pool.Pool):
             t.join()
         self._terminate()
 
-    def _terminate_pool(self):
+    @staticmethod
+    def _terminate_pool(sh):
         # once: by terminate(), join(), the garbage collector or at exit
-        if self._state != TERMINATE and self._result_handler.is_alive():
+        if sh.state != TERMINATE and any(t.is_alive() for t in sh.threads):
             # finalized while running (collected or at exit): stop the threads
-            self._state = TERMINATE
-        if self._state == TERMINATE:
-            self._taskqueue.put(None)
-            self._submitq.put(None)
-            self._doneq.put(_HALT)
-            pending = [f for _, _, f in list(self._futures.values())]
-            self._futures.clear()
+            sh.state = TERMINATE
+        if sh.state == TERMINATE:
+            sh.taskqueue.put(None)
+            sh.submitq.put(None)
+            sh.doneq.put(_HALT)
+            pending = [f for _, _, f in list(sh.futures.values())]
+            sh.futures.clear()
             if pending:
                 try:
-                    self._client.cancel(pending, force=True)
+                    sh.client.cancel(pending, force=True)
                 except Exception:
                     pass
             current = threading.current_thread()
-            for t in (self._task_handler, self._submitter, self._result_handler):
+            for t in sh.threads:
                 if t is not current:
                     t.join(10)
-        self._release(self._client, self._plugin, self._own_client, self._own_cluster)
+        ClusterPool._release(sh.client, sh.plugin, sh.own_client, sh.own_cluster)
 
     @staticmethod
     def _release(client, plugin, own_client, own_cluster):
