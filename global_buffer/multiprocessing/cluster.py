@@ -21,7 +21,7 @@ three threads:
   by the batch) and the chunk of arguments;
 - the *collector* is woken as each future is done (a watcher on the
   client's event loop) and fetches finished results, many per
-  ``client.gather``, then hands
+  ``client.gather`` (see :meth:`ClusterPool._collect`), then hands
   ``(success, value)`` to the result object, which runs the callbacks.
 
 A task's exception travels as the stdlib pool's does: re-raised in the
