@@ -84,6 +84,7 @@ from .errors import (
     GlobalBufferError,
     SchemaMismatch,
     StaleView,
+    WriterGone,
     WorkerLost,
 )
 from .multiprocessing.pool import Pool
@@ -121,6 +122,7 @@ __all__ = [
     "Ring",
     "SchemaMismatch",
     "StaleView",
+    "WriterGone",
     "WorkerLost",
     "attach",
     "create",

@@ -66,6 +66,7 @@ def init_segment(buffer: Any, kind: int, flags: int, capacity: int, slot_size: i
 class Handle:
     _poll_min_ns: int
     _poll_max_ns: int
+    def _writer_dead(self) -> bool: ...
 
     def _bind(self, mm: Any, what: str) -> None:
         """Validate the segment in ``mm``; ``gb.BufferCorrupt`` if invalid."""
@@ -148,6 +149,12 @@ class StreamWriter(Handle):
     def _drop_views(self) -> None: ...
     def _reserve_begin(self) -> int: ...
     def _reserve_end(self, pos: int, commit: bool) -> None: ...
+    def _write_seq(self, sample: Any, seq: int) -> None:
+        """Publish ``sample`` as sequence number ``seq`` (>= the next one),
+        for a mirror keeping its source's numbers (SPEC §9); the numbers
+        jumped over count as readers' overruns.  ``sample``: an ndarray, or
+        the sample's stored bytes."""
+    def _mark_gone(self) -> None: ...
 
 @disjoint_base
 class StreamReader(Handle):
@@ -155,6 +162,7 @@ class StreamReader(Handle):
     overruns: int
     """Samples this reader missed because the writer lapped it."""
 
+    def _watch_writer_of_stream(self) -> None: ...
     def _setup_reader(self, decode: Optional[Callable[[bytes], Any]],
                       from_oldest: bool) -> None: ...
     def next(self, timeout: Optional[float] = None) -> Any:
@@ -163,8 +171,11 @@ class StreamReader(Handle):
 
         Waits up to ``timeout`` seconds (forever if None) and raises
         ``gb.Empty`` if none came; the wait sleeps in the kernel and Ctrl-C
-        interrupts it.  If the writer lapped this reader, ``overruns`` grows
-        by the samples lost and reading resumes at the oldest one held.
+        interrupts it.  Once the writer closed the stream or died and every
+        sample was read, raises ``gb.WriterGone`` instead of waiting.  If
+        the writer lapped this reader, ``overruns`` grows by the samples
+        lost and reading resumes where the writer is not about to
+        overwrite.
         """
     def _next_seq(self, timeout: Optional[float] = None) -> Tuple[Any, int]: ...
     def latest(self) -> Any:

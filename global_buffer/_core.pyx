@@ -29,6 +29,7 @@ from global_buffer.errors import (
     Full,
     GlobalBufferError,
     StaleView,
+    WriterGone,
 )
 
 cnp.import_array()
@@ -66,6 +67,8 @@ cdef int64_t _spin_ns = 20000          # spin before parking (measured: benchmar
 # wake-ups at all (benchmarks/wake.py measures 0/s).
 cdef int64_t _SLICE_NS = 10000000000    # 10 s
 cdef int64_t _CORRUPT_NS = 1000000000  # a slot that never validates for this long is corrupt
+cdef int64_t _WATCH_NS = 200000000     # a blocked stream reader re-checks its writer this often
+cdef int64_t _PROBE_NS = 100000000     # ... probing the writer's process at most this often
 
 HAVE_FUTEX = bool(GB_HAVE_FUTEX)
 HEADER_SIZE = GB_HEADER_SIZE
@@ -208,6 +211,8 @@ cdef class Handle:
     cdef cnp.npy_intp _dims[32]
     cdef uint64_t _nbytes
     cdef bint _nt           # large items go in with streaming stores (_copy_in)
+    cdef bint _watch_writer # stream readers: blocking reads end in WriterGone
+    cdef int64_t _gone_checked  # when the writer's process was last probed
 
     def __cinit__(self):
         self._bound = False
@@ -432,14 +437,19 @@ cdef class Handle:
         return 0
 
     cdef int _wait_tail(self, uint64_t seen, int64_t deadline) except -1:
-        """Wait until the stream tail passes ``seen``.  1 on timeout."""
+        """Wait until the stream tail passes ``seen``.  1 on timeout.  A
+        stream reader's wait ends in ``WriterGone`` once the writer closed
+        or died with nothing left past ``seen`` (SPEC §2.2)."""
         cdef gb_waitq *q = &self.r.hdr.data
         cdef int64_t poll = self._poll_min_ns
+        cdef int64_t until
         cdef uint32_t ev
         cdef int got
         if gb_stream_tail(&self.r) > seen:
             return 0
         if deadline >= 0 and gb_now_ns() >= deadline:
+            if self._watch_writer:
+                self._check_writer(seen)
             return 1
         if _spin_ns > 0:
             # spin without the GIL: other threads of this process run on
@@ -452,10 +462,50 @@ cdef class Handle:
             if gb_stream_tail(&self.r) > seen:
                 gb_wait_done(q)
                 return 0
+            if self._watch_writer:
+                try:
+                    self._check_writer(seen)
+                except BaseException:
+                    gb_wait_done(q)
+                    raise
+                # sleep in slices short enough to notice a dead writer in time
+                until = gb_now_ns() + _WATCH_NS
+                if deadline < 0 or deadline > until:
+                    if self._park(q, ev, until, &poll):
+                        continue  # a slice ended: probe the writer again
+                    if not self._bound:
+                        raise BufferClosed("handle closed while waiting")
+                    continue
             if self._park(q, ev, deadline, &poll):
-                return 0 if gb_stream_tail(&self.r) > seen else 1
+                if gb_stream_tail(&self.r) > seen:
+                    return 0
+                if self._watch_writer:
+                    self._check_writer(seen)
+                return 1
             if not self._bound:
                 raise BufferClosed("handle closed while waiting")
+
+    cdef int _check_writer(self, uint64_t seen) except -1:
+        """Raise WriterGone if the stream's writer closed it (at once) or
+        its process is gone (probed at most every _PROBE_NS), and nothing
+        was committed past ``seen`` meanwhile."""
+        cdef uint64_t pid = gb_load_u64(&self.r.hdr.writer_pid)
+        cdef int64_t now
+        if pid != 0:
+            now = gb_now_ns()
+            if now - self._gone_checked < _PROBE_NS:
+                return 0
+            self._gone_checked = now
+            if not self._writer_dead():
+                return 0
+        if gb_stream_tail(&self.r) > seen:
+            return 0  # its last samples landed meanwhile: read them first
+        raise WriterGone(
+            "the stream's writer " + ("closed it" if pid == 0 else f"(pid {pid}) died")
+            + " and every sample it wrote has been read")
+
+    def _writer_dead(self):
+        return False
 
 
 # ---------------------------------------------------------------------------
@@ -525,6 +575,53 @@ cdef class StreamWriter(Handle):
             gb_stream_commit_at(&self.r, _pid, pos, <uint64_t>n, now)
         self._beat(now)
 
+    def _write_seq(self, sample, unsigned long long seq):
+        """Publish ``sample`` as sequence number ``seq`` (>= the next one):
+        a mirror of a stream on another host keeps its writer's numbers, and
+        the numbers it jumps over count as its readers' overruns (SPEC §9).
+        ``sample``: an ndarray as for ``write``, or for either kind of
+        stream the sample's bytes exactly as stored (an array's C-order
+        bytes, a message's msgpack)."""
+        cdef uint64_t t, n
+        cdef uint8_t *p
+        cdef cnp.ndarray a
+        cdef const uint8_t[::1] raw
+        cdef int64_t now
+        self._live()
+        if self._reserving:
+            raise RuntimeError("_write_seq() inside an open reserve() block")
+        t = gb_stream_tail(&self.r)
+        if seq < t:
+            raise ValueError(f"sequence number {seq} is behind the stream's next ({t})")
+        if self._ndim >= 0 and cnp.PyArray_Check(sample):
+            self._check_array(sample)
+            a = cnp.PyArray_GETCONTIGUOUS(<cnp.ndarray>sample)
+            p = gb_stream_begin_at(&self.r, _pid, seq)
+            _copy_in(self._nt, p, cnp.PyArray_DATA(a), self._nbytes)
+            n = self._nbytes
+        else:
+            raw = memoryview(sample).cast("B")
+            n = <uint64_t>raw.shape[0]
+            if self._ndim >= 0 and n != self._nbytes:
+                raise ValueError(f"a sample of this stream is {self._nbytes} bytes, got {n}")
+            if n > self.r.slot_size:
+                raise ValueError(f"sample of {n} bytes is larger than the stream's "
+                                 f"max_bytes={self.r.slot_size}")
+            p = gb_stream_begin_at(&self.r, _pid, seq)
+            if n:
+                _copy_in(self._nt, p, &raw[0], n)
+        now = gb_now_ns()
+        gb_stream_commit_at(&self.r, _pid, seq, n, now)
+        self._beat(now)
+
+    def _mark_gone(self):
+        """The writer is done (its ``close()``): readers that have read
+        everything get ``WriterGone`` at once.  Only the writing process
+        marks it (a forked child's copy of the handle does not)."""
+        if self._bound and gb_load_u64(&self.r.hdr.writer_pid) == _pid:
+            gb_set_writer(&self.r, 0, 0)
+            gb_wake_force(&self.r, &self.r.hdr.data)
+
     cdef uint64_t _begin_view_copy(self, cnp.ndarray a) except? 0xFFFFFFFFFFFFFFFF:
         # non-contiguous input: let numpy do the strided copy into the slot
         cdef uint64_t pos
@@ -582,6 +679,13 @@ cdef class StreamReader(Handle):
     cdef public uint64_t overruns
     cdef uint64_t _stale_tail
     cdef object _decode
+    cdef uint64_t _guard    # lapped-reader back-off: samples kept clear of the writer
+    cdef uint32_t _okrun    # reads since the last one the writer overwrote
+
+    def _watch_writer_of_stream(self):
+        """Blocking reads end in ``WriterGone`` once the stream's writer is
+        gone (stream readers; a broadcast ring has no single writer)."""
+        self._watch_writer = True
 
     def _setup_reader(self, decode, bint from_oldest):
         self._decode = decode
@@ -590,6 +694,44 @@ cdef class StreamReader(Handle):
             self._cursor = t - self.r.capacity if t > self.r.capacity else 0
         else:
             self._cursor = t
+
+    cdef inline uint64_t _clamp(self):
+        """Move the cursor into the part of the window the writer is not
+        about to overwrite; returns the tail seen.  A reader never lapped
+        keeps the whole window (capacity samples of backlog).  Each read
+        the writer overwrote under it doubles ``_guard``, the samples it
+        stays clear of, up to "just the newest" (SPEC §2.2: a lapped reader
+        resumes at or close behind the newest and keeps reading at its own
+        copy rate instead of losing every race); 64 clean reads in a row
+        halve it again.  Skipped samples count in ``overruns``, exactly."""
+        cdef uint64_t t = gb_stream_tail(&self.r)
+        cdef uint64_t keep = self.r.capacity - self._guard
+        if t > self._cursor and t - self._cursor > keep:
+            self.overruns += t - keep - self._cursor
+            self._cursor = t - keep
+        return t
+
+    cdef inline void _read_ok(self) noexcept:
+        if self._guard:
+            self._okrun += 1
+            if self._okrun >= 64:
+                self._guard >>= 1
+                self._okrun = 0
+
+    cdef inline void _read_lost(self) noexcept:
+        # the writer overwrote the sample under us: keep further clear of it
+        cdef uint64_t g = self._guard * 2 if self._guard else 1
+        self._guard = g if g < self.r.capacity else self.r.capacity - 1
+        self._okrun = 0
+
+    cdef inline bint _skip_gap(self, uint64_t pos) noexcept:
+        """A mirror's writer jumped over ``pos`` (samples the link lost):
+        count it and move on."""
+        if gb_stream_skipped(&self.r, pos):
+            self.overruns += 1
+            self._cursor = pos + 1
+            return True
+        return False
 
     cdef object _copy_out(self, uint64_t pos, bint *ok):
         """Copy sample ``pos`` into a new object; ok=False if it went stale."""
@@ -642,13 +784,17 @@ cdef class StreamReader(Handle):
         while True:
             if self._wait_tail(self._cursor, deadline):
                 raise Empty()
-            gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+            self._clamp()
             pos = self._cursor
             raw = self._copy_out(pos, &ok)
             if ok:
                 self._cursor = pos + 1
+                self._read_ok()
                 seq[0] = pos
                 return self._finish(raw)
+            if self._skip_gap(pos):
+                continue
+            self._read_lost()
             self._stale(pos, &since, deadline)
 
     def next(self, timeout=None):
@@ -730,12 +876,16 @@ cdef class StreamReader(Handle):
         while True:
             if self._wait_tail(self._cursor, deadline):
                 raise Empty()
-            gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+            self._clamp()
             pos = self._cursor
             if gb_read_copy(&self.r, pos, cnp.PyArray_DATA(<cnp.ndarray>out),
                             self._nbytes, &n) == GB_OK:
                 self._cursor = pos + 1
+                self._read_ok()
                 return pos
+            if self._skip_gap(pos):
+                continue
+            self._read_lost()
             self._stale(pos, &since, deadline)
 
     def next_batch_into(self, out, timeout=None):
@@ -756,14 +906,18 @@ cdef class StreamReader(Handle):
         while got == 0:
             if self._wait_tail(self._cursor, deadline):
                 raise Empty()
-            t = gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+            t = self._clamp()
             while got < k and self._cursor < t:
                 pos = self._cursor
                 if gb_read_copy(&self.r, pos, dst + got * self._nbytes,
                                 self._nbytes, &n) != GB_OK:
+                    if self._skip_gap(pos):
+                        continue
+                    self._read_lost()
                     self._stale(pos, &since, deadline)
                     break  # lapped: re-clamp (counts the overrun)
                 self._cursor = pos + 1
+                self._read_ok()
                 got += 1
         return got
 
@@ -778,7 +932,7 @@ cdef class StreamReader(Handle):
             if take_next:
                 if self._wait_tail(self._cursor, deadline):
                     raise Empty()
-                gb_stream_clamp(&self.r, &self._cursor, &self.overruns)
+                self._clamp()
                 pos = self._cursor
             else:
                 t = gb_stream_tail(&self.r)
@@ -789,13 +943,21 @@ cdef class StreamReader(Handle):
                 if take_next:
                     self._cursor = pos + 1
                 return pos, w
+            if take_next:
+                if self._skip_gap(pos):
+                    continue
+                self._read_lost()
             self._stale(pos, &since, deadline if take_next else -1)
 
     def _view_check(self, uint64_t pos, uint64_t word):
         """True if the slot still holds the sample a view started on."""
         if not self._bound:
             return False
-        return gb_read_check(&self.r, pos, word) != 0
+        if gb_read_check(&self.r, pos, word) != 0:
+            self._read_ok()
+            return True
+        self._read_lost()
+        return False
 
 
 include "_plain.pxi"

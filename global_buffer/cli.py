@@ -582,6 +582,8 @@ def _demo_reader(name, index, stats, ready, stop, parent, limit):
                 draining = True  # writer has finished: take what is left, then go
             try:
                 r.next_into(out, timeout=0.02 if draining else 0.1)
+            except gb.WriterGone:
+                break  # the writer closed the stream and we have read it all
             except gb.Empty:
                 if draining:
                     break

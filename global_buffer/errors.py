@@ -17,6 +17,7 @@ __all__ = [
     "BufferNotFound",
     "BufferCorrupt",
     "StaleView",
+    "WriterGone",
     "WorkerLost",
     "BridgeError",
 ]
@@ -56,6 +57,14 @@ class BufferCorrupt(GlobalBufferError):
 
 class StaleView(GlobalBufferError):
     """The writer overwrote a slot while a zero-copy view of it was open."""
+
+
+class WriterGone(GlobalBufferError, EOFError):
+    """A stream's writer closed it or died, and this reader has read every
+    sample it committed (also ``EOFError``): a blocking read raises this
+    instead of waiting forever.  Not an ``Empty``: a loop that retries on
+    ``gb.Empty`` ends.  A writer that re-creates the name makes a new
+    stream: attach again."""
 
 
 class WorkerLost(GlobalBufferError, multiprocessing.ProcessError):

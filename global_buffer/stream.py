@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from .codec import MessageCodec, is_model
-from .errors import BufferClosed, BufferCorrupt, Empty, SchemaMismatch, StaleView
+from .errors import BufferClosed, BufferCorrupt, Empty, SchemaMismatch, StaleView, WriterGone
 from .schema import ArraySpec, decode_meta, encode_meta, model_schema, schema_hash
 from .segment import Segment, process_alive, self_start_time, unlink as _unlink_name
 
@@ -160,6 +160,7 @@ class GlobalBuffer(_Mapped, _core.StreamWriter):
 
     def _before_close(self):
         self._drop_views()
+        self._mark_gone()  # readers that read everything get WriterGone at once
 
     def unlink(self):
         """Remove the segment's name now.  Readers already attached keep
@@ -242,8 +243,13 @@ class Reader(_Mapped, _core.StreamReader):
 
     Each reader has its own cursor.  ``next()`` and its variants read
     every sample in order; when the writer laps the reader, the reader
-    jumps to the oldest sample still held and ``overruns`` grows by the
-    number skipped.  ``latest()`` and ``view("latest")`` never move the
+    resumes where the writer is not about to overwrite (at first the
+    oldest sample held; closer to the newest each time the writer
+    overwrites a sample under it, so a slow reader of a fast writer keeps
+    reading at its own rate) and ``overruns`` grows by the number skipped.
+    Once the writer closed the stream or died and every sample was read,
+    blocking reads raise ``gb.WriterGone`` (also ``EOFError``) and
+    iteration ends.  ``latest()`` and ``view("latest")`` never move the
     cursor.  Iterating a reader yields samples in order (blocking); a
     ``close()`` from another thread ends the loop.
 
@@ -283,10 +289,17 @@ class Reader(_Mapped, _core.StreamReader):
         given to ``attach``, or the stored JSON schema (a dict) without one."""
         return self._schema
 
+    def _writer_dead(self):
+        # the core's probe while a blocking read waits (SPEC §2.2): the
+        # writer's process is gone (pid and start time, so pid reuse does not
+        # fool it); a healthy writer that is merely idle is not dead
+        pid, start = self._writer
+        return not process_alive(pid, start)
+
     @property
     def writer_alive(self):
-        """False once the writer's heartbeat is older than 2 s or its
-        process is gone (pid and start time checked)."""
+        """False once the writer's heartbeat is older than 2 s, its process
+        is gone (pid and start time checked), or it closed the stream."""
         if self.closed:
             raise BufferClosed("Reader is closed")
         age = (_core.now_ns() - self._heartbeat_ns) / 1e9
@@ -332,11 +345,12 @@ class Reader(_Mapped, _core.StreamReader):
         return self._iter()
 
     def _iter(self):
-        # a close() from another thread ends the loop instead of raising
+        # a close() from another thread, or the writer gone with every
+        # sample read (WriterGone), ends the loop instead of raising
         while True:
             try:
                 yield self.next()
-            except BufferClosed:
+            except (BufferClosed, WriterGone):
                 return
 
     def on_data(self, fn, mode="latest"):
@@ -452,6 +466,7 @@ def attach(name, model=None, *, start="newest", poll_min=None, poll_max=None):
         else:
             raise BufferCorrupt(f"segment {name!r} has unknown kind {kind!r}")
         r._setup_reader(decode, start == "oldest")
+        r._watch_writer_of_stream()
         r._poll_min_ns, r._poll_max_ns = pmin, pmax
         r._add_readers(1)
     except BaseException:
@@ -480,8 +495,10 @@ def unlink(name):
 
 
 class CallbackHandle:
-    """Runs ``fn(sample, seq)`` on a daemon thread until ``stop()``;
-    returned by ``Reader.on_data()``.  A context manager that stops on exit.
+    """Runs ``fn(sample, seq)`` on a daemon thread until ``stop()``, or
+    until the stream's writer is gone and every sample was delivered
+    (``writer_gone`` is then True); returned by ``Reader.on_data()``.  A
+    context manager that stops on exit.
     """
 
     def __init__(self, reader, fn, mode):
@@ -489,6 +506,7 @@ class CallbackHandle:
         self._fn = fn
         self._mode = mode
         self._stop = threading.Event()
+        self.writer_gone = False
         self._thread = threading.Thread(target=self._run, name=f"gb-on_data-{reader.name}",
                                         daemon=True)
         self._thread.start()
@@ -519,6 +537,9 @@ class CallbackHandle:
                 except Empty:
                     continue
                 except BufferClosed:
+                    return
+                except WriterGone:
+                    self.writer_gone = True  # every sample was delivered
                     return
                 try:
                     fn(sample, seq)
@@ -596,6 +617,12 @@ class Consumer:
         follow."""
         if self._handle is not None:
             self._handle.stop(timeout)
+
+    @property
+    def writer_gone(self):
+        """True once the thread stopped because the stream's writer closed
+        it or died and every sample had been delivered (SPEC §2.2)."""
+        return self._handle.writer_gone if self._handle is not None else False
 
     @property
     def dropped(self):

@@ -53,26 +53,26 @@ def busy_writer(name, ready):
 
 
 def surviving_reader(name, attached, results):
-    """Reads in order through the writer's death; stops once the stream is
-    quiet and writer_alive is False."""
+    """Reads in order through the writer's death; its loop, which retries on
+    gb.Empty, ends with gb.WriterGone once everything committed was read
+    (§2.2).  ``gone`` counts that end (1), never a timeout."""
     r = gb.attach(name, start="oldest")
     attached.set()
-    last, n, empties, bad = None, 0, 0, 0
+    last, n, gone, bad = None, 0, 0, 0
     deadline = time.monotonic() + JOIN
     while time.monotonic() < deadline:
         try:
             a = r.next(timeout=0.2)
         except gb.Empty:
-            if not r.writer_alive:
-                empties += 1
-                if empties >= 2:
-                    break
             continue
+        except gb.WriterGone:
+            gone += 1
+            break
         n += 1
         if not _uniform(a) or (last is not None and int(a[0]) <= last):
             bad += 1
         last = int(a[0])
-    results.put((n, last, bad, empties, r.writer_alive, r.overruns))
+    results.put((n, last, bad, gone, r.writer_alive, r.overruns))
     r.close()
 
 
@@ -121,9 +121,9 @@ def test_sigkill_writer_mid_write(shm_name, children, method):
         newest = r.latest()
         assert _uniform(newest) and int(newest[0]) == tail - 1
 
-        n, last, bad, empties, alive, overruns = results.get(timeout=JOIN)
+        n, last, bad, gone, alive, overruns = results.get(timeout=JOIN)
         assert children.join(rp, JOIN) == 0
-        assert bad == 0 and alive is False and empties >= 2
+        assert bad == 0 and alive is False and gone == 1
         assert last == tail - 1 and n >= 1
 
         with gb.attach(shm_name, start="oldest") as old:
@@ -131,16 +131,16 @@ def test_sigkill_writer_mid_write(shm_name, children, method):
             assert all(_uniform(v) for v in vals)
             assert [int(v[0]) for v in vals] == list(range(tail - CAPACITY, tail))
             t0 = time.monotonic()
-            with pytest.raises(gb.Empty):
+            with pytest.raises(gb.WriterGone):
                 old.next(timeout=0.3)      # the half-written sample never appears
             assert time.monotonic() - t0 < 3
-        # the parent's own reader drains what was committed, then times out
+        # the parent's own reader drains what was committed, then WriterGone
         out = np.empty((4, ELEMS), np.int64)
         got = []
         while True:
             try:
-                k = r.next_batch_into(out, timeout=0.1)
-            except gb.Empty:
+                k = r.next_batch_into(out, timeout=None)
+            except gb.WriterGone:
                 break
             assert all(_uniform(row) for row in out[:k])
             got.extend(int(x) for x in out[:k, 0])

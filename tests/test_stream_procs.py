@@ -236,7 +236,7 @@ def test_child_writer_parent_reader_wakes_and_messages(ctx, shm_name, new_name, 
         assert children.join(wp, TIMEOUT) == 0
         assert children.join(dict_reader, TIMEOUT) == 0
         assert r.latest() == Tick(n=N - 1, name=f"t{N - 1}", values=[N - 1, N])
-        with pytest.raises(gb.Empty):
+        with pytest.raises(gb.WriterGone):  # §2.2: the writer exited, all was read
             r.next(timeout=0.05)
 
 

@@ -121,6 +121,8 @@ def array_reader(name, ready, start, stop, results):
                 c["checked"] += 1
             except gb.Empty:
                 c["empty"] += 1
+            except gb.WriterGone:
+                break  # the writer stopped first and everything was read (§2.2)
         c["overruns"] = r.overruns
     finally:
         r.close()
@@ -159,6 +161,8 @@ def message_reader(name, ready, start, stop, results):
             except gb.Empty:
                 c["empty"] += 1
                 continue
+            except gb.WriterGone:
+                break  # the writer stopped first and everything was read (§2.2)
             except Exception:          # a torn message would fail to decode
                 c["errors"] += 1
                 continue
