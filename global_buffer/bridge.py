@@ -680,7 +680,7 @@ class Bridge:
             else:
                 log.info("bridge: exporting stream %r (%s, capacity %d, %d-byte slots)",
                          name, e.kind, e.capacity, e.slot_size)
-            e.thread.start()
+            (e.start if hasattr(e, "start") else e.thread.start)()
             self._ctl(name, e.announce())
 
     # -- the importing side (Zenoh's callback thread) --------------------
@@ -689,7 +689,7 @@ class Bridge:
         try:
             key = str(sample.key_expr)
             parts = key.split("/")
-            if len(parts) == 4 and parts[2] == "item" and parts[0] == PREFIX:
+            if len(parts) == 4 and parts[2] in ("item", "up") and parts[0] == PREFIX:
                 if parts[3] != self.zid:
                     return  # another host's ring items
             elif len(parts) != 3 or parts[0] != PREFIX:
@@ -701,6 +701,15 @@ class Bridge:
                 raise BridgeError(f"invalid stream name in key {key!r}") from None
             if what == "credit":
                 self._on_credit(name, sample.payload.to_bytes())
+                return
+            if what == "up":
+                with self._lock:
+                    e = self._exports.get(name)
+                if not isinstance(e, bridge_rings.RingExport):
+                    raise BridgeError(f"ring item sent up for {name!r}, which is not a ring "
+                                      "exported here; dropped")
+                att = sample.attachment
+                e.on_up(sample.payload.to_bytes(), att.to_bytes() if att is not None else b"")
                 return
             if not _matches(name, self.imports):
                 if not self.imports:
@@ -717,6 +726,17 @@ class Bridge:
             elif what == "data":
                 att = sample.attachment
                 self._on_data(name, payload, att.to_bytes() if att is not None else b"")
+            elif what == "upcredit":
+                with self._lock:
+                    m = self._mirrors.get(name)
+                if isinstance(m, bridge_rings.RingImport) and not m.closed:
+                    try:
+                        msg = json.loads(payload.decode())
+                    except Exception:
+                        raise BridgeError(f"malformed up-credit for {name!r}") from None
+                    if isinstance(msg, dict) and msg.get("to") == self.zid \
+                            and msg.get("sid") == m.sid:
+                        m.on_upcredit(msg)
             elif what in ("item", "bdata"):
                 att = sample.attachment
                 with self._lock:

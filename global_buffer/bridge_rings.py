@@ -55,6 +55,9 @@ import os
 
 ITEM_MAGIC = b"GBi1"
 ITEM_HEADER = struct.Struct("<4s8sQ")
+UP_MAGIC = b"GBu1"
+UP_HEADER = struct.Struct("<4s8sQ32s")  # magic, sid tag, number, sender zid
+HUNGRY = 1.0  # seconds a ring counts as drained by consumers after its head moved
 DEFAULT_WINDOW = 16
 PEER_SILENCE = 10.0  # seconds without credit before an importer counts as gone
 LEDGER_DIR = "/dev/shm"  # host-local, like the rings themselves
@@ -175,11 +178,70 @@ def _serializer(tag):
 
 
 class _Peer:
-    __slots__ = ("granted", "sent", "acked", "seen")
+    __slots__ = ("granted", "sent", "acked", "seen", "mode", "up_granted", "up_next",
+                 "up_received", "t_up", "last_up_credit")
 
     def __init__(self):
         self.granted = self.sent = self.acked = 0
         self.seen = time.monotonic()
+        self.mode = "down"
+        self.up_granted = self.up_next = self.up_received = 0
+        self.t_up = 0  # home ring tail after the last item this importer sent up
+        self.last_up_credit = 0.0
+
+
+_WAITERS_OFFSET = 260   # gb_header.data.waiters in csrc/gb_ring.h, layout version 1
+_WAITERS_LAYOUT = 1
+
+
+def consumers_waiting(ring):
+    """Consumers parked in ``get()`` on ``ring`` (its wait queue's sleeper
+    count), or None where this cannot be read.  The bridge's own gets never
+    park, so they are not counted."""
+    from . import _core
+    f = getattr(ring, "_waiting", None)  # the core's own accessor, where it has one
+    if f is not None:
+        return f() if callable(f) else f
+    if _core.LAYOUT_VERSION != _WAITERS_LAYOUT:
+        return None
+    try:
+        return struct.unpack_from("<I", ring._segment.mm, _WAITERS_OFFSET)[0] & 0x7FFFFFFF
+    except (AttributeError, TypeError, ValueError, struct.error):
+        return None
+
+
+def _get_nowait(ring, timeout, stop):
+    """``ring.get`` without parking in the ring's wait queue (so that a
+    bridge waiting for items never looks like a consumer): polls."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0002
+    while True:
+        try:
+            return ring.get_nowait()
+        except Empty:
+            if time.monotonic() >= deadline or stop.is_set():
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+
+
+class _Hunger:
+    """Whether a ring's consumers want items: some are parked in ``get()``,
+    or its head moved by more than this bridge's own gets within the last
+    ``HUNGRY`` seconds."""
+
+    def __init__(self, ring):
+        self.ring = ring
+        self.last_head = ring._head
+        self.takes = 0
+        self.last = -1e9
+
+    def tick(self, now):
+        head = self.ring._head
+        if head - self.last_head - self.takes > 0 or consumers_waiting(self.ring):
+            self.last = now
+        self.last_head, self.takes = head, 0
+        return head, now - self.last < HUNGRY
 
 
 class RingExport:
@@ -221,6 +283,100 @@ class RingExport:
         self.gone = False
         self.thread = threading.Thread(target=self._run, name=f"gb-bridge-ring-{name}",
                                        daemon=True)
+        # items coming up from importers: put here by a thread of their own
+        self.hunger = _Hunger(ring)
+        self.upbox = queue.Queue()
+        self.upthread = threading.Thread(target=self._put_up, daemon=True,
+                                         name=f"gb-bridge-up-{name}")
+        self.tthread = threading.Thread(target=self._tick_loop, daemon=True,
+                                        name=f"gb-bridge-tick-{name}")
+
+    def start(self):
+        self.thread.start()
+        if not self.ring.broadcast:
+            self.upthread.start()
+            self.tthread.start()
+
+    def on_up(self, payload, att):
+        """An item an importer sent up (it holds up-credit from us)."""
+        if len(att) != UP_HEADER.size:
+            raise BridgeError(f"ring item sent up for {self.name!r} with a {len(att)}-byte "
+                              "header; dropped")
+        magic, tag, k, frm = UP_HEADER.unpack(att)
+        frm = frm.rstrip(b"\0 ").decode("ascii", "replace")
+        if magic != UP_MAGIC or tag != self.tag:
+            raise BridgeError(f"ring item sent up for {self.name!r} with a bad header; dropped")
+        with self.lock:
+            p = self.peers.get(frm)
+            if p is None or k != p.up_next or k >= p.up_granted:
+                raise BridgeError(f"ring item {k} sent up for {self.name!r} by {frm} out of "
+                                  "turn or beyond its credit; dropped")
+            item = decode_item(payload, _serializer(self.serializer)[1])
+            p.up_next += 1
+            p.t_up = None  # until it is in the ring
+        self.upbox.put((frm, item))
+        self.stats.bytes += len(payload) + len(att)
+
+    def _put_up(self):
+        while not self.stop.is_set():
+            try:
+                frm, item = self.upbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            while not self.stop.is_set():
+                try:
+                    self.ring.put(item, timeout=0.1)
+                    break
+                except Full:
+                    continue
+            else:
+                return
+            with self.lock:
+                p = self.peers.get(frm)
+                if p is not None:
+                    p.up_received += 1
+                    if self.upbox.empty():
+                        p.t_up = None if self.ring._pending else self.ring._tail
+                self.stats.items += 1
+
+    def _tick_loop(self):
+        while not self.stop.wait(0.005):
+            try:
+                self._tick()
+            except Exception as e:
+                if not self.stop.is_set():
+                    log.error("bridge: ring %r: granting up-credit failed: %r", self.name, e)
+                    self.stop.wait(0.5)
+
+    def _tick(self):
+        """Grant importers that want to send items up what this ring has
+        room for, while its consumers drain it (one at a time otherwise)."""
+        from .bridge import PREFIX, WIRE_VERSION
+        now = time.monotonic()
+        _, hungry = self.hunger.tick(now)
+        q = self.ring.qsize()
+        limit = self.ring.maxsize if self.ring.maxsize > 0 else self.ring.capacity
+        msgs = []
+        with self.lock:
+            for zid, p in self.peers.items():
+                if p.t_up is None and self.upbox.empty() and not self.ring._pending:
+                    p.t_up = self.ring._tail
+                want = 0
+                if p.mode == "up" and q < DEFAULT_WINDOW and hungry:
+                    cap = DEFAULT_WINDOW
+                    want = min(cap, limit - q) - (p.up_granted - p.up_received)
+                if want <= 0 and now - p.last_up_credit < 0.5:
+                    continue
+                if want > 0:
+                    p.up_granted += want
+                p.last_up_credit = now
+                msgs.append({"v": WIRE_VERSION, "sid": self.sid, "to": zid,
+                             "from": self.bridge.zid, "granted": p.up_granted,
+                             "received": p.up_received})
+        for m in msgs:
+            data = json.dumps(m, separators=(",", ":")).encode()
+            self.bridge._session.put(f"{PREFIX}/{self.name}/upcredit", data)
+            self.bridge._count_out(len(data))
 
     def announce(self):
         from .bridge import WIRE_VERSION
@@ -248,6 +404,7 @@ class RingExport:
             p.granted = max(p.granted, granted)
             p.acked = max(p.acked, received)
             p.seen = time.monotonic()
+            p.mode = "up" if msg.get("mode") == "up" else "down"
             self.cond.notify()
 
     def _count_lost(self, n, why):
@@ -289,7 +446,10 @@ class RingExport:
                 self._count_lost(p.sent - p.acked, f"importer {zid} went silent with them in "
                                  "flight (an upper bound: it may have received some)")
         best = None
+        head = self.ring._head
         for zid, p in self.peers.items():
+            if p.t_up is None or head < p.t_up:
+                continue  # items it sent up are not all taken here yet: none go back
             if p.sent < p.granted and (best is None or p.sent - p.acked
                                        < self.peers[best].sent - self.peers[best].acked):
                 best = zid
@@ -314,8 +474,9 @@ class RingExport:
                     self.ledger.data["peers"][zid] = cnt.path
                     self.ledger.save()
                 try:
-                    item = self.ring.get(timeout=0.05)
+                    item = _get_nowait(self.ring, 0.05, self.stop)
                     cnt.set(self.peers[zid].sent + 1 if zid in self.peers else 0)
+                    self.hunger.takes += 1
                 except Empty:
                     continue
                 except (OSError, ValueError):  # the ring was closed under us
@@ -356,8 +517,9 @@ class RingExport:
         self.stop.set()
         with self.cond:
             self.cond.notify_all()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(5)
+        for t in (self.thread, self.upthread, self.tthread):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(5)
         try:
             self.ring.close()
         except Exception:
@@ -377,6 +539,7 @@ class RingImport:
         self.home = ann["zid"]
         self.window = window
         _, self.loads = _serializer(ann["serializer"])
+        self.serializer = ann["serializer"]
         try:
             self.ring = Ring(ann["maxsize"], capacity=ann["capacity"], max_bytes=ann["max_bytes"],
                              serializer=ann["serializer"], name=name, mode=bridge.mode)
@@ -393,6 +556,13 @@ class RingImport:
         self.granted = self.received = 0
         self.next_k = 0
         self.gen = 0
+        # sending items up to the home (mode "up") while this ring backs up
+        # and every item the home sent here has been taken
+        self.mode = "down"
+        self.t_down = 0
+        self.hunger = _Hunger(self.ring)
+        self.up_granted = self.up_sent = 0
+        self.uplinking = False
         self.prev_home = None
         self.ledger = _Ledger(name, "import")
         old = self.ledger.old
@@ -424,6 +594,65 @@ class RingImport:
         self.cthread = threading.Thread(target=self._credit_loop,
                                         name=f"gb-bridge-credit-{name}", daemon=True)
         self.cthread.start()
+        self.uthread = threading.Thread(target=self._uplink, name=f"gb-bridge-upl-{name}",
+                                        daemon=True)
+        self.uthread.start()
+
+    def on_upcredit(self, msg):
+        granted, received = msg.get("granted"), msg.get("received")
+        if not (isinstance(granted, int) and isinstance(received, int)):
+            raise BridgeError(f"malformed up-credit for ring {self.name!r}")
+        with self.lock:
+            if msg.get("from") != self.home:
+                return  # an old home instance
+            self.up_granted = max(self.up_granted, granted)
+
+    def _uplink(self):
+        from .bridge import PREFIX
+        z = self.bridge._zenoh
+        pub, pub_home = None, None
+        while not self.stop.is_set():
+            with self.lock:
+                ok = self.mode == "up" and self.up_sent < self.up_granted
+                home = self.home
+                if ok:
+                    self.uplinking = True
+            if not ok:
+                self.stop.wait(0.005)
+                continue
+            try:
+                try:
+                    item = _get_nowait(self.ring, 0.02, self.stop)
+                except Empty:
+                    continue
+                except (OSError, ValueError):
+                    return
+                with self.lock:
+                    self.hunger.takes += 1
+                    k = self.up_sent
+                    self.up_sent += 1
+            finally:
+                with self.lock:
+                    self.uplinking = False
+            if pub is None or pub_home != home:
+                if pub is not None:
+                    pub.undeclare()
+                pub = self.bridge._session.declare_publisher(
+                    f"{PREFIX}/{self.name}/up/{home}",
+                    congestion_control=z.CongestionControl.BLOCK,
+                    reliability=z.Reliability.RELIABLE)
+                pub_home = home
+            data = encode_item(item, _serializer(self.serializer)[0])
+            att = UP_HEADER.pack(UP_MAGIC, self.tag, k, self.bridge.zid.encode()[:32])
+            pub.put(data, attachment=att)
+            self.stats.items += 1
+            self.stats.bytes += len(data) + len(att)
+            self.bridge._count_out(len(data) + len(att))
+        if pub is not None:
+            try:
+                pub.undeclare()
+            except Exception:
+                pass
 
     def _credit_loop(self):
         while not self.stop.wait(0.005):
@@ -444,6 +673,7 @@ class RingImport:
             self.prev_home = {"home": self.home, "received": self.next_k}
             self.home = ann["zid"]
             self.granted = self.next_k = self.received = 0
+            self.up_granted = self.up_sent = 0
             self.gen += 1  # items still in the inbox belong to the old pair
             self.counter.set(0)
             self.ledger.data.update(home=self.home)
@@ -480,6 +710,7 @@ class RingImport:
                     self.ring.put(item, timeout=0.1)
                     if gen == self.gen:
                         self.counter.set(self.received + 1)
+                    self.t_down = None if self.ring._pending else self.ring._tail
                     break
                 except Full:
                     continue
@@ -498,12 +729,26 @@ class RingImport:
         if self.closed:
             return
         q = self.ring.qsize()
+        now = time.monotonic()
         with self.lock:
+            head, hungry = self.hunger.tick(now)
+            if self.t_down is None and not self.ring._pending and self.inbox.empty():
+                self.t_down = self.ring._tail
             outstanding = self.granted - self.received
+            if self.mode == "down":
+                # items wait here that no local consumer takes (or more than
+                # they keep up with), and nothing the home sent is left here
+                if (q >= self.window or (q > 0 and not hungry)) and outstanding == 0 \
+                        and self.inbox.empty() and self.t_down is not None \
+                        and head >= self.t_down:
+                    self.mode = "up"
+                    self.last_credit = 0.0
+            elif hungry and q < self.window // 2 and not self.uplinking:
+                self.mode = "down"  # local consumers want items again
+                self.last_credit = 0.0
             want = 0
-            if q < self.window:
+            if self.mode == "down" and q < self.window and hungry:
                 want = min(self.window, self.limit - q) - outstanding
-            now = time.monotonic()
             if want <= 0 and now - self.last_credit < 0.5:
                 return
             if want > 0:
@@ -511,7 +756,7 @@ class RingImport:
             self.last_credit = now
             msg = {"v": WIRE_VERSION, "sid": self.sid, "to": self.home,
                    "from": self.bridge.zid, "granted": self.granted,
-                   "received": self.received}
+                   "received": self.received, "mode": self.mode}
             if self.prev_home is not None:
                 msg["prev_home"] = self.prev_home
             if self.prev_self is not None:
@@ -528,6 +773,7 @@ class RingImport:
         self.stop.set()
         self.thread.join(5)
         self.cthread.join(5)
+        self.uthread.join(5)
         try:
             self.ring.close()
             self.ring.join_thread()

@@ -768,3 +768,32 @@ def test_broadcast_ring_crosses_like_a_stream(link):
     communicate(holder, 30)
     for res in results:
         assert res["bad"] == 0 and res["got"] == list(range(n)), res
+
+
+def test_ring_items_put_far_away_reach_home_consumers(link):
+    """§9 rings: items put on the importing host, which has no consumer,
+    travel up to the home's consumers (up-credit from the home), exactly
+    once and in each producer's order."""
+    stop_file = str(link.tmp / "stop")
+    n = 300
+    holder = link.a.python(RING_HOLDER, "jobs", stop_file)
+    try:
+        cons = [link.a.python(RING_CONSUMER, "jobs", stop_file, 0.0)]
+        prods = [link.b.python(RING_PRODUCER, "jobs", "b1", n),
+                 link.a.python(RING_PRODUCER, "jobs", "a1", n)]
+        for p in prods:
+            communicate(p, 120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = link.b.run(PRELUDE + "r = gb.Ring.attach('jobs'); print(r.qsize())",
+                              timeout=30).strip()
+            if left == "0":
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)
+    finally:
+        open(stop_file, "w").close()
+    results = [last_json(communicate(c, 60)) for c in cons]
+    communicate(holder, 30)
+    missing = _check_ring_items(results, ["a1", "b1"], n)
+    assert not missing, f"{len(missing)} items never reached a consumer, e.g. {missing[:5]}"
