@@ -27,6 +27,23 @@ Protocol (wire version 1, beside the stream keys of ``bridge.py``):
     arrays) framed after it: ``u32 nbufs``, ``nbufs`` x ``u64`` lengths, the
     pickle, the buffers.
 
+``gb/<name>/upcredit`` (home to importer) and ``gb/<name>/up/<home zid>``
+    The same, the other way, for items put on an importing host that no
+    consumer there takes: the importer's credit messages carry ``mode``
+    ("up" when it has such items), the home grants up-credit while its own
+    consumers want items, and the importer sends items with
+    ``UP_HEADER`` (magic ``b"GBu1"``, sid tag, number, its zid).  An item
+    never moves back: an importer goes "up" only once every item the home
+    sent it has been taken (its ring's head passed them), and the home
+    sends nothing down to an importer until every item that importer sent
+    up has been taken at the home.
+
+Demand: a bridge grants (up-)credit only while consumers of its ring want
+items: some are parked in ``get()`` (the ring's wait-queue sleeper count)
+or the ring's head moved by more than the bridge's own gets within the last
+second.  The bridge's own gets poll and never park, so they never look like
+demand.
+
 Delivery: the home bridge takes an item from its ring (``get``) only when
 an importer holds credit, sends it once on a reliable ordered Zenoh link,
 and never sends it again; the importer puts items into its ring in number
@@ -34,9 +51,8 @@ order.  So while both bridges run each item reaches exactly one ``get()``,
 and one producer's items stay in its order.  Items taken and not yet
 acknowledged are *in flight* (at most ``window`` per importer); a killed
 bridge loses at most those, never duplicates one, and the surviving side
-counts them as ``lost`` when the peer's instance changes or goes silent.
-Items put on an importing host are consumed on that host (forwarding
-toward the home is not built yet).
+counts them as ``lost`` when the peer's instance changes or goes silent
+(items lost on their way up are not counted yet).
 """
 import json
 import logging
