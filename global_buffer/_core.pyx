@@ -407,6 +407,31 @@ cdef class Handle:
         gb_set_writer(&self.r, pid, start)
         gb_set_heartbeat(&self.r, gb_now_ns())
 
+    cdef int _check_out(self, object out, bint batch) except -1:
+        cdef cnp.ndarray a
+        cdef int i, off = 1 if batch else 0
+        if self._ndim < 0:
+            raise TypeError("needs an array stream or ring (schema=gb.ArraySpec)")
+        if not cnp.PyArray_Check(out):
+            raise ValueError(f"out must be {self._out_what(batch)}, got {type(out).__name__}")
+        a = <cnp.ndarray>out
+        if not _equiv(cnp.PyArray_DESCR(a), <cnp.PyArray_Descr *>self._descr):
+            raise ValueError(f"out must be {self._out_what(batch)}; its dtype is {(<object>a).dtype}")
+        if cnp.PyArray_NDIM(a) != self._ndim + off:
+            raise ValueError(f"out must be {self._out_what(batch)}; its shape is {(<object>a).shape}")
+        for i in range(self._ndim):
+            if cnp.PyArray_DIMS(a)[i + off] != self._dims[i]:
+                raise ValueError(f"out must be {self._out_what(batch)}; its shape is {(<object>a).shape}")
+        if not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError("out must be writable")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError("out must be C-contiguous")
+        return 0
+
+    def _out_what(self, bint batch):
+        shape = ("k",) + self._shape_tuple() if batch else self._shape_tuple()
+        return f"an array of dtype {self._descr} and shape {shape}"
+
     # -- waiting -----------------------------------------------------------
 
     cdef int _park(self, gb_waitq *q, uint32_t seen, int64_t deadline,
@@ -838,31 +863,6 @@ cdef class StreamReader(Handle):
         """Wait until more than ``seen`` samples were committed; True if so."""
         self._live()
         return not self._wait_tail(seen, _deadline(timeout))
-
-    cdef int _check_out(self, object out, bint batch) except -1:
-        cdef cnp.ndarray a
-        cdef int i, off = 1 if batch else 0
-        if self._ndim < 0:
-            raise TypeError("next_into() needs an array stream")
-        if not cnp.PyArray_Check(out):
-            raise ValueError(f"out must be {self._out_what(batch)}, got {type(out).__name__}")
-        a = <cnp.ndarray>out
-        if not _equiv(cnp.PyArray_DESCR(a), <cnp.PyArray_Descr *>self._descr):
-            raise ValueError(f"out must be {self._out_what(batch)}; its dtype is {(<object>a).dtype}")
-        if cnp.PyArray_NDIM(a) != self._ndim + off:
-            raise ValueError(f"out must be {self._out_what(batch)}; its shape is {(<object>a).shape}")
-        for i in range(self._ndim):
-            if cnp.PyArray_DIMS(a)[i + off] != self._dims[i]:
-                raise ValueError(f"out must be {self._out_what(batch)}; its shape is {(<object>a).shape}")
-        if not cnp.PyArray_ISWRITEABLE(a):
-            raise ValueError("out must be writable")
-        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-            raise ValueError("out must be C-contiguous")
-        return 0
-
-    def _out_what(self, bint batch):
-        shape = ("k",) + self._shape_tuple() if batch else self._shape_tuple()
-        return f"an array of dtype {self._descr} and shape {shape}"
 
     def next_into(self, out, timeout=None):
         """Copy the next sample into ``out`` (no allocation); return its

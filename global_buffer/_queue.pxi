@@ -745,6 +745,59 @@ cdef class QueueHandle(Handle):
                 aux = gb_slot_aux(&self.r, pos)
         return self._read_claimed(pos, aux)
 
+    cdef int _claim_item(self, bint block, object timeout, uint64_t *pos) except -1:
+        """Claim the next item to read (skipping void ones); 1 on timeout."""
+        cdef int64_t deadline
+        if self._claim_now(False, block, timeout, pos):
+            return 1
+        if gb_slot_aux(&self.r, pos[0]) == AUX_VOID:
+            deadline = _deadline(timeout) if block else gb_now_ns()
+            while gb_slot_aux(&self.r, pos[0]) == AUX_VOID:
+                gb_queue_get_commit(&self.r, pos[0])
+                if self._claim(False, deadline, pos):
+                    return 1
+        return 0
+
+    def get_into(self, out, bint block=True, timeout=None):
+        """ArraySpec rings: remove the next item by copying it into ``out``
+        (no allocation) and return ``out``.  ``out`` must have the ring's
+        dtype and shape and be writable and C-contiguous: a wrong one raises
+        ``ValueError`` and consumes nothing.  Waits as ``get()`` (``gb.Empty``
+        on timeout)."""
+        cdef uint64_t pos, n
+        if self._closed_put:
+            raise ValueError(f"Queue {self!r} is closed")
+        self._live()
+        if self._ndim < 0:
+            raise TypeError("get_into() needs a ring with schema=gb.ArraySpec(...)")
+        self._check_out(out, False)
+        if self._claim_item(block, timeout, &pos):
+            raise Empty()
+        n = gb_slot_len(&self.r, pos)
+        if n > self._nbytes:
+            n = self._nbytes
+        memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), gb_payload(gb_slot_at(&self.r, pos)), n)
+        gb_queue_get_commit(&self.r, pos)
+        return out
+
+    def _view_take(self, bint block=True, timeout=None):
+        """Claim the next item of an ArraySpec ring for a zero-copy read;
+        its position (the claim stays until ``_view_done``)."""
+        cdef uint64_t pos
+        if self._closed_put:
+            raise ValueError(f"Queue {self!r} is closed")
+        self._live()
+        if self._ndim < 0:
+            raise TypeError("view() needs a ring with schema=gb.ArraySpec(...)")
+        if self._claim_item(block, timeout, &pos):
+            raise Empty()
+        return pos
+
+    def _view_done(self, uint64_t pos):
+        """Free the slot a view held: the item is consumed."""
+        if self._bound:
+            gb_queue_get_commit(&self.r, pos)
+
     def _get_many(self, Py_ssize_t max_items, bint block=True, timeout=None):
         """Up to ``max_items`` items: the first as ``_get``, then only those
         already committed (no wait, no Empty raised, no liveness probe: a

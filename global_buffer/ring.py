@@ -677,6 +677,53 @@ class Ring:
             raise
         self._reserve_end(pos, True)
 
+    def get_into(self, out, block=True, timeout=None):
+        """ArraySpec rings: remove the next item by copying it into ``out``,
+        an array you own (no allocation), and return ``out``.
+
+        ``out`` must have the ring's dtype and shape and be writable and
+        C-contiguous; a wrong one raises ``ValueError`` and consumes
+        nothing.  Waits as ``get()`` (``gb.Empty`` on timeout).  On a
+        broadcast ring it reads the next item from this handle's cursor.
+        """
+        if self.broadcast:
+            self.next_into(out, timeout if block else 0)
+            return out
+        return _core.QueueHandle.get_into(self, out, block, timeout)
+
+    @contextlib.contextmanager
+    def view(self, block=True, timeout=None):
+        """Zero-copy get for ArraySpec rings: consumes the next item and
+        yields a read-only ndarray view of its slot, which stays claimed
+        (no producer can reuse it) until the block exits; then the slot is
+        freed.  Each item is still delivered exactly once: a consumer killed
+        inside the block is recovered like any dead claimant, its item
+        counted as the one it had in flight.  Do not keep the array past
+        the block (copy what you need).  ``gb.Empty`` if nothing came in
+        time (SPEC §3.1)."""
+        if self.broadcast:
+            raise TypeError("view() consumes a queue ring's item; on a broadcast ring "
+                            "use get_into()/next_into()")
+        pos = self._view_take(block, timeout)
+        try:
+            i = pos % self._nslots
+            views = self._ro_views()
+            v = views[i]
+            if v is None:
+                spec = self._schema
+                v = views[i] = np.frombuffer(
+                    memoryview(self._segment.mm).toreadonly(), dtype=spec.dtype,
+                    count=int(np.prod(spec.shape, dtype=np.int64)),
+                    offset=self._payload_offset(pos)).reshape(spec.shape)
+            yield v
+        finally:
+            self._view_done(pos)
+
+    def _ro_views(self):
+        if getattr(self, "_views_ro", None) is None:
+            self._views_ro = [None] * self._nslots
+        return self._views_ro
+
     def _slot_views(self):
         if getattr(self, "_views", None) is None:
             self._views = [None] * self._nslots
@@ -826,7 +873,7 @@ class Ring:
         if self.closed:
             return
         self._add_readers(-1)
-        self._views = None
+        self._views = self._views_ro = None
         self._unbind()
         if self._blobs is not None:
             self._blobs.close()
