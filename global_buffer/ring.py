@@ -33,6 +33,7 @@ from .segment import (
     process_alive,
     self_start_time,
     unlink as _unlink_name,
+    unlink_if as _unlink_if,
     validate_name,
 )
 
@@ -279,11 +280,14 @@ def _unspill(blobs, full_decode, ref, give_back):
     return blobs.take(ref, give_back, full_decode)
 
 
-def _remove_ring(name, owner_pid):
-    """Finalizer of an owning handle: remove the ring and its blobs."""
+def _remove_ring(name, owner_pid, ident=None):
+    """Finalizer of an owning handle: remove the ring and its blobs -- only
+    while the name is still this ring's segment (``ident``): once it was
+    unlinked, a newer ring may have taken the name (SPEC §3.1 lifetime)."""
     if os.getpid() != owner_pid:
         return
-    _unlink_name(name)
+    if not _unlink_if(name, ident):
+        return
     prefix = name + ".b"
     for n in list_names():
         if n.startswith(prefix):
@@ -451,7 +455,8 @@ class Ring:
         # this process's non-daemonic children (and after the feeder flush,
         # -5), so a child still reading -- or still starting, under spawn --
         # finds the ring and its out-of-line items, as with the stdlib Queue
-        self._finalizer = Finalize(self, _remove_ring, (name, os.getpid()), exitpriority=-10)
+        self._finalizer = Finalize(self, _remove_ring, (name, os.getpid(), seg.ident),
+                                   exitpriority=-10)
 
     # -- opening ----------------------------------------------------------
 
@@ -881,7 +886,10 @@ class Ring:
 
     def unlink(self):
         """Remove the ring's name now (attached handles keep working)."""
-        _remove_ring(self.name, os.getpid())
+        ident = self._segment.ident
+        _remove_ring(self.name, os.getpid(), ident)
+        if self._finalizer is not None and ident is not None:
+            self._finalizer.cancel()  # nothing of ours is left to remove
 
     def __enter__(self):
         return self

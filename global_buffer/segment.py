@@ -20,7 +20,7 @@ import time
 
 from .errors import BufferCorrupt, BufferExists, BufferNotFound, GlobalBufferError
 
-__all__ = ["Segment", "validate_name", "os_name", "unlink", "list_names",
+__all__ = ["Segment", "validate_name", "os_name", "unlink", "unlink_if", "ident_of", "list_names",
            "process_start_time", "process_alive"]
 
 PREFIX = "gb."
@@ -139,14 +139,15 @@ class Segment:
     memory reserved up front; ``Segment.attach(name)`` maps an existing one.
     """
 
-    __slots__ = ("name", "os_name", "size", "mm", "owner_pid", "__weakref__")
+    __slots__ = ("name", "os_name", "size", "mm", "owner_pid", "ident", "__weakref__")
 
-    def __init__(self, name, osname, mm, size, owner_pid):
+    def __init__(self, name, osname, mm, size, owner_pid, ident=None):
         self.name = name
         self.os_name = osname
         self.mm = mm
         self.size = size
         self.owner_pid = owner_pid
+        self.ident = ident  # (st_dev, st_ino) of the segment made by create()
 
     @classmethod
     def create(cls, name, size, mode=0o600):
@@ -168,8 +169,9 @@ class Segment:
             os.close(fd)
             _posixshmem.shm_unlink(osname)
             raise
+        st = os.fstat(fd)
         os.close(fd)
-        return cls(name, osname, mm, size, os.getpid())
+        return cls(name, osname, mm, size, os.getpid(), (st.st_dev, st.st_ino))
 
     @classmethod
     def attach(cls, name, wait_init=0.25):
@@ -233,6 +235,30 @@ def _reserve(fd, size, name):
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
     os.ftruncate(fd, size)  # macOS: no fallocate on shm; unverified
+
+
+def ident_of(name):
+    """``(st_dev, st_ino)`` of the segment now named ``name``, or None if
+    there is none or the OS gives segments no path to stat (Linux has
+    /dev/shm; elsewhere unverified: None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        st = os.stat("/dev/shm" + os_name(name))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def unlink_if(name, ident):
+    """Remove ``name`` only while it is still the segment ``ident`` (from
+    ``Segment.ident``): an owner's late cleanup must not remove a newer
+    segment that took the name after its own was unlinked.  ``ident``
+    None (unknown): remove by name."""
+    if ident is not None and sys.platform.startswith("linux") and ident_of(name) != ident:
+        return False
+    unlink(name)
+    return True
 
 
 def unlink(name):

@@ -633,10 +633,6 @@ def test_full_agrees_with_put_when_capacity_below_maxsize():
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ring.py's owner finalizer (_remove_ring) unlinks the ring's *name* when the "
-    "closed handle is collected, even after unlink() when another ring -- here or "
-    "in another process -- now has that name; SPEC §3.1 lifetime, STYLE 6"))
 def test_collected_ring_leaves_a_newer_ring_of_its_name_alone():
     """§3.1: the creating process removes *its* segment.  A ring closed and
     unlinked, then collected, must not remove a ring made since under the
@@ -927,8 +923,8 @@ def _valid_segments():
         snap(name)
     for kw in (dict(max_bytes=64), dict(schema=gb.ArraySpec("float32", (3,))),
                dict(broadcast=True, max_bytes=64)):
-        # a fresh name each: a collected ring's finalizer removes its name
-        # even once another ring has it (see the xfail below)
+        # a fresh name each (not needed since test_collected_ring_leaves_a_
+        # newer_ring_of_its_name_alone passes, but the names stay readable)
         name = _name("fv")
         r = gb.Ring(capacity=4, name=name, **kw)
         try:
