@@ -54,14 +54,21 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
 from . import _core, bridge_rings
 from .errors import BridgeError, BufferCorrupt, BufferExists, BufferNotFound, SchemaMismatch
 from .schema import ArraySpec
-from .segment import Segment, list_names, process_alive, self_start_time, validate_name
-from .segment import unlink as _unlink_name
+from .segment import (
+    Segment,
+    list_names,
+    process_alive,
+    self_start_time,
+    unlink as _unlink_name,
+    validate_name,
+)
 
 __all__ = ["Bridge", "zenoh_config", "bridge_info", "WIRE_VERSION"]
 
@@ -123,6 +130,7 @@ def bridge_info(name):
     mirror), ``link`` ("up"/"down"), ``state``, ``items``, ``bytes`` and
     ``lost``; None if no live bridge handles the name."""
     import glob
+
     from .segment import process_alive
     for path in glob.glob(os.path.join(STATE_DIR, "gbbridge.*.state.json")):
         try:
@@ -284,7 +292,6 @@ class _Mirror:
         self.lock = threading.Lock()
         self.stats = _Stats("import", self.kind, sid, peer=ann.get("host"))
         self.closed = False
-        self.writer = None
         self.spec = ann["_spec"]
         self.slot_size = ann["slot_size"]
         self.writer = _make_mirror(name, ann, bridge.mode)
@@ -342,8 +349,8 @@ def _make_mirror(name, ann, mode):
         w = GlobalBuffer()
         w._map(seg, name)
         spec = ann["_spec"]
-        w._schema = spec if spec is not None else ann["_meta"].get("schema")
-        w._spec = spec
+        w._schema = spec if spec is not None else ann["_meta"].get("schema")  # type: ignore[attr-defined]
+        w._spec = spec  # type: ignore[attr-defined]
         if spec is not None:
             w._set_array(spec.dtype, spec.shape)
         # message mirrors store the far writer's msgpack bytes as they are
@@ -444,7 +451,7 @@ class Bridge:
         self.announce_interval = float(announce_interval)
         self.scan_interval = float(scan_interval)
         self.host = socket.gethostname()
-        self._session = None
+        self._session: Any = None
         self._lock = threading.RLock()
         self._exports = {}   # name -> _Export
         self._ended = {}     # name -> _Stats of its last finished export
@@ -628,7 +635,7 @@ class Bridge:
                         self._end_export(name, e)
                     elif announce:
                         self._ctl(name, e.announce())
-                for name, m in list(self._mirrors.items()):
+                for m in list(self._mirrors.values()):
                     if isinstance(m, _Mirror) and not m.closed \
                             and time.monotonic() - m.last_hb > ALIVE_WINDOW:
                         m.stats.state = "stale"
@@ -676,7 +683,8 @@ class Bridge:
                 self._exports[name] = e
             if e.kind == "ring":
                 log.info("bridge: exporting %s ring %r (capacity %d)",
-                         "broadcast" if e.ring.broadcast else "queue", name, e.capacity)
+                         "broadcast" if isinstance(e, bridge_rings.BroadcastExport) else "queue",
+                         name, e.capacity)
             else:
                 log.info("bridge: exporting stream %r (%s, capacity %d, %d-byte slots)",
                          name, e.kind, e.capacity, e.slot_size)
@@ -829,6 +837,7 @@ class Bridge:
             old.close(unlink=True)
             with self._lock:
                 self._mirrors.pop(name, None)
+        m: Any
         try:
             if msg.get("broadcast") is True:
                 m = bridge_rings.BroadcastImport(self, name, sid, msg, _Stats)

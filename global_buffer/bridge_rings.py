@@ -57,17 +57,17 @@ counts them as ``lost`` when the peer's instance changes or goes silent
 import json
 import logging
 import mmap
+import os
 import pickle
 import queue
 import struct
 import threading
 import time
+from typing import Optional
 
 from .errors import BridgeError, BufferCorrupt, BufferExists, Empty, Full
 
 log = logging.getLogger("global_buffer.bridge")
-
-import os
 
 ITEM_MAGIC = b"GBi1"
 ITEM_HEADER = struct.Struct("<4s8sQ")
@@ -152,7 +152,7 @@ class _Ledger:
 
 def encode_item(item, dumps=pickle.dumps):
     """Item -> wire bytes: pickle protocol 5 with out-of-band buffers."""
-    bufs = []
+    bufs: list = []
     data = dumps(item, protocol=5, buffer_callback=bufs.append)
     raws = [b.raw() for b in bufs]
     head = struct.pack(f"<I{len(raws)}Q", len(raws), *[r.nbytes for r in raws])
@@ -301,7 +301,7 @@ class RingExport:
                                        daemon=True)
         # items coming up from importers: put here by a thread of their own
         self.hunger = _Hunger(ring)
-        self.upbox = queue.Queue()
+        self.upbox: queue.Queue = queue.Queue()
         self.upthread = threading.Thread(target=self._put_up, daemon=True,
                                          name=f"gb-bridge-up-{name}")
         self.tthread = threading.Thread(target=self._tick_loop, daemon=True,
@@ -395,8 +395,8 @@ class RingExport:
             self.bridge._count_out(len(data))
 
     def announce(self):
-        from .bridge import WIRE_VERSION
         from . import _core
+        from .bridge import WIRE_VERSION
         r = self.ring
         return {"v": WIRE_VERSION, "op": "announce", "sid": self.sid, "kind": "ring",
                 "maxsize": r.maxsize, "capacity": r.capacity, "max_bytes": r._slot_size,
@@ -475,7 +475,7 @@ class RingExport:
         from .bridge import PREFIX
         session = self.bridge._session
         z = self.bridge._zenoh
-        pubs = {}
+        pubs: dict = {}
         try:
             while not self.stop.is_set():
                 with self.cond:
@@ -566,7 +566,7 @@ class RingImport:
             if self.ring.broadcast:
                 self.ring.close()
                 raise BridgeError(f"far queue ring {name!r} clashes with a local broadcast "
-                                  "ring of that name; nothing written")
+                                  "ring of that name; nothing written") from None
         self.limit = ann["maxsize"] if ann["maxsize"] > 0 else ann["capacity"]
         self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
         self.granted = self.received = 0
@@ -575,7 +575,7 @@ class RingImport:
         # sending items up to the home (mode "up") while this ring backs up
         # and every item the home sent here has been taken
         self.mode = "down"
-        self.t_down = 0
+        self.t_down: Optional[int] = 0
         self.hunger = _Hunger(self.ring)
         self.up_granted = self.up_sent = 0
         self.uplinking = False
@@ -599,7 +599,7 @@ class RingImport:
         self.ledger.data = {"sid": sid, "me": bridge.zid, "home": self.home,
                             "counter": self.counter.path}
         self.ledger.save()
-        self.inbox = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
         self.closed = False
         self.stop = threading.Event()
@@ -726,7 +726,7 @@ class RingImport:
                     self.ring.put(item, timeout=0.1)
                     if gen == self.gen:
                         self.counter.set(self.received + 1)
-                    self.t_down = None if self.ring._pending else self.ring._tail
+                    self.t_down = None if self.ring._pending else self.ring._tail  # type: ignore[attr-defined]
                     break
                 except Full:
                     continue
@@ -749,7 +749,7 @@ class RingImport:
         with self.lock:
             head, hungry = self.hunger.tick(now)
             if self.t_down is None and not self.ring._pending and self.inbox.empty():
-                self.t_down = self.ring._tail
+                self.t_down = self.ring._tail  # type: ignore[attr-defined]
             outstanding = self.granted - self.received
             if self.mode == "down":
                 # items wait here that no local consumer takes (or more than
@@ -881,8 +881,8 @@ class BroadcastImport:
     """The local broadcast ring of a far one: every item put once."""
 
     def __init__(self, bridge, name, sid, ann, stats_cls):
-        from .ring import Ring
         from .bridge import _sid_tag
+        from .ring import Ring
         self.bridge, self.name, self.sid, self.tag = bridge, name, sid, _sid_tag(sid)
         self.kind = "ring"
         self.home = ann["zid"]
@@ -898,7 +898,7 @@ class BroadcastImport:
             if not self.ring.broadcast:
                 self.ring.close()
                 raise BridgeError(f"far broadcast ring {name!r} clashes with a local queue "
-                                  "ring of that name; nothing written")
+                                  "ring of that name; nothing written") from None
         self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
         self.next_k = None
         self.lock = threading.Lock()

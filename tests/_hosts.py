@@ -91,7 +91,7 @@ class Host:
             out, err = p.communicate(timeout=10)
             raise AssertionError(f"host {self.name}: timed out after {timeout} s:\n"
                                  f"{out.decode(errors='replace')}\n"
-                                 f"{err.decode(errors='replace')}")
+                                 f"{err.decode(errors='replace')}") from None
         if p.returncode != 0:
             raise AssertionError(f"host {self.name}: exit {p.returncode}:\n"
                                  f"{out.decode(errors='replace')}\n"
@@ -153,7 +153,7 @@ def stop(p, timeout=10):
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(p)
-        raise AssertionError(f"process {p.args} ignored SIGTERM for {timeout} s")
+        raise AssertionError(f"process {p.args} ignored SIGTERM for {timeout} s") from None
     if getattr(p, "log", None):
         with open(p.log, "rb") as f:
             out = f.read()

@@ -16,6 +16,7 @@ import time
 import pytest
 
 import global_buffer._core as gb_core
+
 from _hosts import Host, free_port, hosts_available, kill, read_stats, stop
 
 pytest.importorskip("zenoh", reason="the bridge needs the zenoh extra: "
@@ -76,7 +77,8 @@ PRELUDE = textwrap.dedent('''
 ''')
 
 FRAME_WRITER = PRELUDE + textwrap.dedent('''
-    name, n, go, done, period = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
+    name, n, go, done = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    period = float(sys.argv[5])
     w = gb.create(name, gb.ArraySpec("uint8", FRAME), 4)
     wait_file(go)
     for i in range(n):
@@ -162,7 +164,7 @@ def communicate(p, timeout=90):
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(p)
-        raise AssertionError(f"{p.args[-3:]} timed out")
+        raise AssertionError(f"{p.args[-3:]} timed out") from None
     out = out.decode(errors="replace")
     assert p.returncode == 0, out
     return out
@@ -408,6 +410,7 @@ CHECK_CLASH = PRELUDE + textwrap.dedent('''
 def _raw_zenoh(port):
     """A plain Zenoh peer on loopback, as a misbehaving host would be."""
     import zenoh
+
     from global_buffer.bridge import zenoh_config
     return zenoh.open(zenoh_config(connect=[f"tcp/127.0.0.1:{port}"]))
 
@@ -427,16 +430,15 @@ def test_bad_input_logged_nothing_written_others_flow(tmp_path):
     is written; garbage, truncated and wrong-version messages on the
     bridge's key space are BridgeErrors in the log, nothing is written,
     and the other names keep flowing."""
-    import struct
     lk = Link(tmp_path, exports=["flow", "clash", "pub-*"])
     stop_file = str(tmp_path / "stop")
     session = None
     try:
-        lw = lk.b.python(LOCAL_CLASH_WRITER, stop_file)
+        lk.b.python(LOCAL_CLASH_WRITER, stop_file)
         _wait_shm(lk.b, "clash")
-        fw = lk.a.python(FLOW_WRITER, "flow", stop_file)
-        cw = lk.a.python(FAR_CLASH_WRITER, stop_file)
-        sw = lk.a.python(FLOW_WRITER, "secret", stop_file)
+        lk.a.python(FLOW_WRITER, "flow", stop_file)
+        lk.a.python(FAR_CLASH_WRITER, stop_file)
+        lk.a.python(FLOW_WRITER, "secret", stop_file)
         _wait_shm(lk.b, "flow")
         reader = lk.b.python(FLOW_READER, "flow", stop_file)
         _readline(reader, 30)  # flowing
