@@ -763,6 +763,29 @@ def test_start_methods_smoke(pools, method, shm_name):
     ring.close()
 
 
+@pytest.mark.parametrize("method", START_METHODS)
+def test_sigkill_after_large_results(pools, method, shm_name):
+    """A worker killed mid-task after it sent results larger than a slot:
+    the arrays the pool holds (views of that worker's blobs) stay valid,
+    the task fails with WorkerLost, the pool goes on, and once it is
+    terminated nothing of it is left in /dev/shm (the Pools fixture checks;
+    SPEC §3.3, issue 12)."""
+    ring = gb.Ring(maxsize=16, name=shm_name)
+    p = pools(processes=1, ctx=mp.get_context(method))
+    held = [p.apply_async(big_array, (i,)).get(TIMEOUT) for i in range(3)]
+    victim = p.apply_async(report_and_sleep, (ring, "v"))
+    pid = _wait_pids(ring, 1)["v"]
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(gb.WorkerLost, match=str(pid)):
+        victim.get(TIMEOUT)
+    assert [float(a.mean()) for a in held] == [0.0, 1.0, 2.0]
+    again = p.apply_async(big_array, (7,)).get(TIMEOUT)
+    assert float(again.min()) == 7.0 and [float(a[5, 5]) for a in held] == [0.0, 1.0, 2.0]
+    bounded(p.terminate)
+    assert float(held[2].max()) == 2.0  # still mapped after the names are gone
+    ring.close()
+
+
 @pytest.mark.skipif("spawn" not in START_METHODS, reason="no spawn")
 def test_sigkill_under_spawn(pools, shm_name):
     ring = gb.Ring(maxsize=16, name=shm_name)
