@@ -107,7 +107,8 @@ def peer(kind, case, n, repeats, processes, start):
         list(pool.map(_ident, range(4 * processes)))  # workers up and serving
         # one untimed call of the case: a warm pool (gb.Pool's senders have
         # made the shared-memory blobs a large item needs, and reuse them)
-        _call(pool, pooled, case, min(n, 2000) if case != "frames" else n, processes)
+        _call(pool, pooled, case, n if case in ("map", "frames") else min(n, 2000),
+              processes)
         for _ in range(repeats):
             t0 = time.perf_counter()
             out = _call(pool, pooled, case, n, processes)
