@@ -264,8 +264,11 @@ class _Export:
         if r.closed:
             return
         hb = r._heartbeat_ns
-        alive = r.writer_alive
-        if not alive:
+        # gone: closed (the core clears the writer) or its process died; an
+        # idle writer whose heartbeat is old is not gone (far readers see
+        # writer_alive False as local ones do, until it writes again)
+        pid, start = r._writer
+        if not pid or not process_alive(pid, start):
             self.gone = True
             return
         if hb != self.last_hb:
@@ -675,7 +678,8 @@ class Bridge:
                 self._skip[name] = now + 2.0
                 log.debug("bridge: not exporting %r: %s", name, err)
                 continue
-            if e.sid in self._done or (e.kind != "ring" and not e.reader.writer_alive):
+            if e.sid in self._done or (e.kind != "ring" and not (
+                    e.writer[0] and process_alive(*e.writer))):
                 e.close()
                 self._skip[name] = now + 1.0
                 continue

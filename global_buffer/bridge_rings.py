@@ -248,15 +248,22 @@ class _Hunger:
 
     def __init__(self, ring):
         self.ring = ring
-        self.last_head = ring._head
-        self.takes = 0
+        self.own = 0             # gets by this bridge, counted *before* each get
+        self.high = ring._head   # most items ever taken by others
         self.last = -1e9
+
+    def before_take(self):
+        self.own += 1
+
+    def not_taken(self):
+        self.own -= 1
 
     def tick(self, now):
         head = self.ring._head
-        if head - self.last_head - self.takes > 0 or consumers_waiting(self.ring):
+        other = head - self.own  # never overstates: own is counted ahead
+        if other > self.high or consumers_waiting(self.ring):
             self.last = now
-        self.last_head, self.takes = head, 0
+        self.high = max(self.high, other)
         return head, now - self.last < HUNGRY
 
 
@@ -489,11 +496,12 @@ class RingExport:
                         f"{self.ledger.path[:-5]}.{self.bridge.zid}.{zid}")
                     self.ledger.data["peers"][zid] = cnt.path
                     self.ledger.save()
+                self.hunger.before_take()
                 try:
                     item = _get_nowait(self.ring, 0.05, self.stop)
                     cnt.set(self.peers[zid].sent + 1 if zid in self.peers else 0)
-                    self.hunger.takes += 1
                 except Empty:
+                    self.hunger.not_taken()
                     continue
                 except (OSError, ValueError):  # the ring was closed under us
                     break
@@ -637,14 +645,15 @@ class RingImport:
                 self.stop.wait(0.005)
                 continue
             try:
+                self.hunger.before_take()
                 try:
                     item = _get_nowait(self.ring, 0.02, self.stop)
                 except Empty:
+                    self.hunger.not_taken()
                     continue
                 except (OSError, ValueError):
                     return
                 with self.lock:
-                    self.hunger.takes += 1
                     k = self.up_sent
                     self.up_sent += 1
             finally:

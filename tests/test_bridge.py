@@ -799,3 +799,39 @@ def test_ring_items_put_far_away_reach_home_consumers(link):
     communicate(holder, 30)
     missing = _check_ring_items(results, ["a1", "b1"], n)
     assert not missing, f"{len(missing)} items never reached a consumer, e.g. {missing[:5]}"
+
+
+IDLE_WRITER = PRELUDE + textwrap.dedent('''
+    w = gb.create(sys.argv[1], gb.ArraySpec("int64", 4), 8)
+    w.write(np.full(4, 0, np.int64))
+    time.sleep(3.5)               # idle, no heartbeat(): reads as not alive
+    for i in range(1, 6):
+        w.write(np.full(4, i, np.int64))
+        time.sleep(0.05)
+    wait_file(sys.argv[2])
+    w.close()
+''')
+
+IDLE_READER = PRELUDE + textwrap.dedent('''
+    r = wait_attach(sys.argv[1], start="oldest")
+    assert r.next(timeout=20)[0] == 0
+    time.sleep(2.8)
+    alive_while_idle = r.writer_alive
+    got = [int(r.next(timeout=20)[0]) for _ in range(5)]
+    print(json.dumps({"got": got, "alive_while_idle": alive_while_idle}))
+''')
+
+
+def test_idle_writer_is_not_gone(link):
+    """§2.2/§9: a writer idle for longer than the heartbeat window reads as
+    not alive on the far host too, but its stream is not ended: samples it
+    writes afterwards still cross."""
+    stop_file = str(link.tmp / "stop")
+    w = link.a.python(IDLE_WRITER, "idle", stop_file)
+    try:
+        res = last_json(communicate(link.b.python(IDLE_READER, "idle"), 60))
+    finally:
+        open(stop_file, "w").close()
+    communicate(w, 30)
+    assert res["got"] == [1, 2, 3, 4, 5], res
+    assert res["alive_while_idle"] is False, res
