@@ -697,6 +697,11 @@ cdef class StreamWriter(Handle):
             gb_stream_abort(&self.r, pos)
 
 
+class _BlobGone(Exception):
+    """An out-of-line broadcast item was overwritten (its blob removed)
+    before this reader opened it: counted as an overrun."""
+
+
 cdef class StreamReader(Handle):
     """Compiled half of the stream reader (``gb.Reader``)."""
 
@@ -816,7 +821,11 @@ cdef class StreamReader(Handle):
                 self._cursor = pos + 1
                 self._read_ok()
                 seq[0] = pos
-                return self._finish(raw)
+                try:
+                    return self._finish(raw)
+                except _BlobGone:
+                    self.overruns += 1  # overwritten before we opened it
+                    continue
             if self._skip_gap(pos):
                 continue
             self._read_lost()
@@ -846,7 +855,10 @@ cdef class StreamReader(Handle):
             raw = self._copy_out(pos, &ok)
             if ok:
                 seq[0] = pos
-                return self._finish(raw)
+                try:
+                    return self._finish(raw)
+                except _BlobGone:
+                    continue  # overwritten meanwhile: there is a newer one
             self._stale(pos, &since)
 
     def latest(self):

@@ -1009,10 +1009,30 @@ cdef class BroadcastHandle(StreamReader):
     cdef _Serial _ser
     cdef object _alive
     cdef public bint _closed_put
+    cdef object _bspill     # (_Parts) -> name of a fresh blob holding the item
+    cdef object _bfree      # (name) -> None: remove a blob whose item was overwritten
 
-    def _setup_broadcast(self, _Serial ser, alive):
+    def _setup_broadcast(self, _Serial ser, alive, bspill=None, bfree=None):
         self._ser = ser
         self._alive = alive
+        self._bspill = bspill
+        self._bfree = bfree
+
+    cdef int _free_overwritten(self, uint64_t pos) except -1:
+        """Before the slot for ``pos`` is rewritten (producers' lock held):
+        if it holds an out-of-line item (pos - nslots, outside every
+        reader's window by now), remove that item's blob.  A reader that
+        mapped it already keeps its copy; one that had not gets BufferNotFound
+        and counts the item as overrun (_BlobGone)."""
+        cdef gb_slot *sl = gb_slot_at(&self.r, pos)
+        cdef uint64_t n
+        if self._bfree is None or gb_slot_aux(&self.r, pos) != AUX_BLOB:
+            return 0
+        n = gb_slot_len(&self.r, pos)
+        gb_slot_set_aux(&self.r, pos, AUX_INLINE)
+        if 1 < n <= self.r.slot_size:
+            self._bfree(PyBytes_FromStringAndSize(<const char *>gb_payload(sl) + 1, n - 1))
+        return 0
 
     cdef int _lock(self) except -1:
         cdef gb_au64 *lock = &self.r.hdr.wlock
@@ -1100,12 +1120,29 @@ cdef class BroadcastHandle(StreamReader):
             parts = _serialize(self._ser, obj, self.r.kind, True)
             total = parts.total
             if total > self.r.slot_size:
-                _scratch_back(self._ser, parts)
-                raise ValueError(
-                    f"item serialises to {total} bytes, larger than the ring's "
-                    f"max_bytes={self.r.slot_size} (broadcast items must fit a slot)")
+                if self._bspill is None or not self._ser.pickle_like:
+                    _scratch_back(self._ser, parts)
+                    raise ValueError(
+                        f"item serialises to {total} bytes, larger than the ring's "
+                        f"max_bytes={self.r.slot_size}")
+                # out of line (SPEC §3.1): a fresh blob per item, never
+                # reused, so a reader can never see it change; the slot
+                # names it
+                try:
+                    ref = b"\x01" + self._bspill(parts)
+                finally:
+                    _scratch_back(self._ser, parts)
+                if <uint64_t>len(ref) > self.r.slot_size:
+                    self._bfree(ref[1:])
+                    raise ValueError(
+                        f"item serialises to {total} bytes, larger than the ring's "
+                        f"max_bytes={self.r.slot_size}, whose slots are too small even "
+                        f"for a reference to an out-of-line item ({len(ref)} bytes)")
+                return self._put_ref(ref)
         self._lock()
         try:
+            pos = gb_stream_tail(&self.r)
+            self._free_overwritten(pos)
             dst = gb_stream_begin(&self.r, _pid, &pos)
             try:
                 if n >= 0:
@@ -1121,6 +1158,26 @@ cdef class BroadcastHandle(StreamReader):
         finally:
             gb_lock_release(&self.r.hdr.wlock)
             _scratch_back(self._ser, parts)
+        return True
+
+    cdef bint _put_ref(self, bytes ref) except -1:
+        cdef uint64_t pos
+        cdef uint8_t *dst
+        cdef Py_ssize_t n = len(ref)
+        self._lock()
+        try:
+            pos = gb_stream_tail(&self.r)
+            self._free_overwritten(pos)
+            dst = gb_stream_begin(&self.r, _pid, &pos)
+            memcpy(dst, PyBytes_AS_STRING(ref), n)
+            # relaxed: published by the commit's release store
+            gb_slot_set_aux(&self.r, pos, AUX_BLOB)
+            gb_stream_commit(&self.r, _pid, pos, <uint64_t>n)
+        except BaseException:
+            self._bfree(ref[1:])
+            raise
+        finally:
+            gb_lock_release(&self.r.hdr.wlock)
         return True
 
 

@@ -5,8 +5,10 @@ A queue ring (``broadcast=False``) delivers each item to exactly one
 from its own cursor.  Both are the same segment layout and slot protocol as
 streams (``csrc/gb_ring.h``); only the claim protocol differs.
 
-Items larger than a slot travel out of line in reusable "blob" segments
-owned by the producing process (see ``_Blobs``).
+Items larger than a slot travel out of line in "blob" segments: reusable
+ones owned by the producing process for queue rings (see ``_Blobs``), a
+fresh one per item for broadcast rings (``_bspill``), removed when its slot
+is overwritten.
 """
 import asyncio
 import collections
@@ -25,7 +27,15 @@ import numpy as np
 
 from . import _core, reduction
 from .codec import MessageCodec, is_model
-from .errors import BufferClosed, BufferCorrupt, Empty, Full, GlobalBufferError, SchemaMismatch
+from .errors import (
+    BufferClosed,
+    BufferCorrupt,
+    BufferNotFound,
+    Empty,
+    Full,
+    GlobalBufferError,
+    SchemaMismatch,
+)
 from .schema import ArraySpec, decode_meta, encode_meta, model_schema, schema_hash
 from .segment import (
     Segment,
@@ -275,6 +285,46 @@ class _Blobs:
         self.pid, self.lock = os.getpid(), threading.Lock()
 
 
+def _bspill(blobs, parts):
+    """A broadcast ring's out-of-line item: a fresh blob (never reused, so
+    readers never see it change), named in the slot; removed when the slot
+    is overwritten (_bfree) or with the ring."""
+    name = blobs._name()
+    cap = _blob_cap(parts.total)
+    seg = Segment.create(name, _core.SLOT_HEADER + cap, blobs.mode)
+    try:
+        _core.blob_init(seg.mm, cap)
+        _core.blob_write(seg.mm, parts)
+    except BaseException:
+        seg.close()
+        _unlink_name(name)
+        raise
+    seg.close()
+    return name.encode()
+
+
+def _bfree(ref):
+    _unlink_name(ref.decode())
+
+
+def _bdecode(blobs, full_decode, raw):
+    """Decode a broadcast item: inline, or (first byte 1) from its blob;
+    _core._BlobGone if the blob was removed before we opened it."""
+    if raw[:1] != b"\x01":
+        return full_decode(raw)
+    try:
+        # not through the mapping cache: each blob is read once, and a
+        # cached mapping would pin an overwritten item's memory
+        seg = Segment.attach(bytes(raw[1:]).decode())
+    except BufferNotFound:
+        raise _core._BlobGone() from None
+    try:
+        data = _core.blob_peek(seg.mm)
+    finally:
+        seg.close()
+    return full_decode(data)
+
+
 def _unspill(blobs, full_decode, ref, give_back):
     """Take the out-of-line item ``ref`` (or give the blob back)."""
     return blobs.take(ref, give_back, full_decode)
@@ -482,8 +532,16 @@ class Ring:
         self._full_decode = full
         self._bcast = self.broadcast  # plain attribute: the property costs ~150 ns per put/get
         if self._bcast:
-            self._setup_broadcast(ser, process_alive)
-            self._setup_reader(full, False)
+            if self._kind == _core.KIND_OBJECT and full is _decode_pickled:
+                # items larger than a slot go out of line, one fresh blob each
+                self._blobs = _Blobs(seg.name, mode)
+                self._setup_broadcast(ser, process_alive,
+                                      functools.partial(_bspill, self._blobs),
+                                      _bfree)
+                self._setup_reader(functools.partial(_bdecode, self._blobs, full), False)
+            else:
+                self._setup_broadcast(ser, process_alive)
+                self._setup_reader(full, False)
         else:
             self._blobs = _Blobs(seg.name, mode) if self._kind == _core.KIND_OBJECT else None
             self._setup_queue(self._maxsize, ser,

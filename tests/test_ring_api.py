@@ -325,17 +325,21 @@ def test_broadcast_qsize_latest_next():
     assert r.latest() == {"i": 19}
 
 
-def test_broadcast_item_larger_than_slot_raises_clearly():
-    """§3.1/§5: broadcast items are carried in their slot: an item larger
-    than max_bytes raises ValueError naming both sizes and publishes nothing."""
+def test_broadcast_item_larger_than_slot_goes_out_of_line():
+    """§3.1: broadcast items may be of any size: one larger than max_bytes
+    travels out of line (tests/test_broadcast_large.py has the rest)."""
     r = gb.Ring(broadcast=True, capacity=4, max_bytes=1000)
-    r.put("small")
-    with pytest.raises(ValueError, match="1000"):
+    try:
+        r.put("small")
         r.put(b"x" * 5000)
-    assert r.latest() == "small"
-    assert r.get(timeout=TIMEOUT) == "small"
-    with pytest.raises(gb.Empty):
-        r.get(timeout=SHORT)
+        assert r.latest() == b"x" * 5000
+        assert r.get(timeout=TIMEOUT) == "small"
+        assert r.get(timeout=TIMEOUT) == b"x" * 5000
+        with pytest.raises(gb.Empty):
+            r.get(timeout=SHORT)
+    finally:
+        r.close()
+        r.unlink()
 
 
 def test_broadcast_arrays_and_messages():
