@@ -141,7 +141,7 @@ def test_slow_and_fast_readers_in_processes(ctx, children):
         assert len(got) == len(procs), "a reader never finished"
         for p in procs:
             assert children.join(p, TIMEOUT) == 0
-        for seen, torn, overruns, last in got:
+        for seen, torn, _overruns, last in got:
             assert torn == 0
             assert seen > 0 and last == n - 1
         assert max(o for _, _, o, _ in got) > 0  # the slow reader was lapped
