@@ -365,6 +365,7 @@ cdef class QueueHandle(Handle):
     cdef object _alive      # (pid, start) -> bool
     cdef object _unframe    # bytearray -> obj
     cdef object _decode     # message rings: bytes -> obj
+    cdef object _held_error # an item get_many took but could not decode: raised next
 
     def _setup_queue(self, long long maxsize, _Serial ser, spill, unspill, alive, unframe,
                      decode):
@@ -732,6 +733,9 @@ cdef class QueueHandle(Handle):
         cdef uint64_t pos, aux
         cdef int64_t deadline
         self._live()
+        if self._held_error is not None:
+            err, self._held_error = self._held_error, None
+            raise err
         if self._claim_now(False, block, timeout, &pos):
             raise Empty()
         aux = gb_slot_aux(&self.r, pos)
@@ -811,7 +815,14 @@ cdef class QueueHandle(Handle):
             if aux == AUX_VOID:
                 gb_queue_get_commit(&self.r, pos)
                 continue
-            out.append(self._read_claimed(pos, aux))
+            try:
+                out.append(self._read_claimed(pos, aux))
+            except Exception as e:
+                # the items already taken are the caller's: return them, and
+                # raise this item's error from the next get (its place in
+                # the order), as get() one at a time would have
+                self._held_error = e
+                break
         return out
 
     cdef object _read_claimed(self, uint64_t pos, uint64_t aux):

@@ -1040,3 +1040,27 @@ def test_reserve_needs_arrayspec():
                 pass
     finally:
         r.close()
+
+
+class _Undecodable:
+    def __reduce__(self):
+        return (int, ("not a number",))  # pickles fine, fails to unpickle
+
+
+def test_get_many_keeps_what_it_took_before_an_undecodable_item():
+    """§3.1: get_many never drops items it already took: an item that fails
+    to decode ends the batch, and its error comes from the next get, in its
+    place in the order (as get() one at a time)."""
+    r = gb.Ring(16)
+    try:
+        for obj in (1, 2, _Undecodable(), 4):
+            r.put(obj)
+        deadline = time.monotonic() + TIMEOUT
+        while r.qsize() < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.get_many(10, timeout=TIMEOUT) == [1, 2]
+        with pytest.raises(ValueError, match="not a number"):
+            r.get(timeout=TIMEOUT)
+        assert r.get_many(10, timeout=TIMEOUT) == [4]
+    finally:
+        r.close()
