@@ -29,7 +29,11 @@ Wire format (version ``WIRE_VERSION``), all under the key prefix ``gb/``:
     Payload: one sample's bytes exactly as the segment stores them (an
     array's C-order bytes, or a message's msgpack).  Attachment:
     ``DATA_HEADER`` = magic ``b"GBd1"``, 8-byte sid tag, the writer's
-    sequence number (u64, little endian).
+    sequence number (u64, little endian).  Several samples already
+    committed when the exporter looks travel in one message: magic
+    ``b"GBd2"`` and their count in place of the sequence number; the
+    payload is ``count`` x ``BATCH_ENTRY`` (u64 sequence number, u32
+    length), then the samples' bytes back to back.
 
 Delivery (streams): the exporting bridge reads the stream in order through
 one ordinary reader and publishes each sample once on a reliable,
@@ -78,6 +82,9 @@ WIRE_VERSION = 1
 PREFIX = "gb"
 DATA_MAGIC = b"GBd1"
 DATA_HEADER = struct.Struct("<4s8sQ")  # magic, sid tag, sequence number
+BATCH_MAGIC = b"GBd2"                  # DATA_HEADER with the count in place of seq
+BATCH_ENTRY = struct.Struct("<QI")     # each sample's sequence number and length
+BATCH_MAX, BATCH_BYTES = 256, 1 << 20  # samples / bytes sent in one message at most
 MAX_META = 1 << 20  # bytes of schema metadata an announce may carry
 MAX_SLOT = 1 << 32  # largest slot a far announce may ask this host to allocate
 ALIVE_WINDOW = 2.0  # as streams: a heartbeat older than this reads as dead
@@ -232,26 +239,49 @@ class _Export:
         st.bytes += n
         self.bridge._count_out(n)
 
+    def _send_batch(self, batch):
+        parts = [b"".join(BATCH_ENTRY.pack(seq, len(p)) for p, seq in batch)]
+        parts += [p for p, _ in batch]
+        payload = b"".join(parts)
+        att = DATA_HEADER.pack(BATCH_MAGIC, self.tag, len(batch))
+        self.pub.put(payload, attachment=att)
+        n = len(payload) + len(att)
+        st = self.stats
+        st.items += len(batch)
+        st.bytes += n
+        self.bridge._count_out(n)
+
     def _run(self):
         r = self.reader
+        gone = False
         try:
             sample, seq = r._latest_seq()
             if sample is not None:  # far latest() has something at once
                 self._send(sample, seq)
                 r._cursor = seq + 1
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not gone:
                 before = r.overruns
+                batch, size = [], 0
                 try:
                     sample, seq = r._next_seq(0.1)
+                    batch.append((bytes(memoryview(sample).cast("B")), seq))
+                    size = len(batch[0][0])
+                    # what else is committed already goes in the same message
+                    while len(batch) < BATCH_MAX and size < BATCH_BYTES:
+                        sample, seq = r._next_seq(0)
+                        batch.append((bytes(memoryview(sample).cast("B")), seq))
+                        size += len(batch[-1][0])
                 except Exception as e:
                     if type(e).__name__ == "WriterGone":
-                        break
-                    if type(e).__name__ == "Empty":
-                        continue
-                    raise
+                        gone = True
+                    elif type(e).__name__ != "Empty":
+                        raise
                 if r.overruns != before:
                     self.stats.lost += r.overruns - before
-                self._send(sample, seq)
+                if len(batch) == 1:
+                    self._send(*batch[0])
+                elif batch:
+                    self._send_batch(batch)
         except Exception as e:
             if not self.stop.is_set():
                 log.error("bridge: exporting %r stopped: %r", self.name, e)
@@ -915,13 +945,9 @@ class Bridge:
         log.info("bridge: replacing the stale local copy of %r (writer gone)", name)
         _unlink_name(name)
 
-    def _on_data(self, name, payload, att):
-        if len(att) != DATA_HEADER.size:
-            raise BridgeError(f"data for {name!r} with a {len(att)}-byte header "
-                              f"(expected {DATA_HEADER.size}); dropped")
-        magic, tag, seq = DATA_HEADER.unpack(att)
-        if magic != DATA_MAGIC:
-            raise BridgeError(f"data for {name!r} with bad magic {magic!r}; dropped")
+    def _mirror_for(self, name, tag):
+        """The mirror data with sid ``tag`` goes to, or None (then the data
+        is dropped: not announced yet, which asks for the announce)."""
         with self._lock:
             m = self._mirrors.get(name)
         if m is None or m.tag != tag or m.closed:
@@ -934,10 +960,14 @@ class Bridge:
                     self._asked[name] = now
                     log.debug("bridge: data for %r before its announce; asking", name)
                     self._ask(f"{PREFIX}/{name}/announce")
-                return
+                return None
             why = f" ({refused[1]})" if refused else " (its writer is gone)"
             raise BridgeError(f"data for {name!r} from a stream not mirrored here{why}; "
                               "dropped")
+        return m
+
+    def _check_sample(self, name, m, payload):
+        """BridgeError unless ``payload`` is a sample ``m`` can hold."""
         if m.spec is not None:
             if len(payload) != m.slot_size:
                 raise BridgeError(f"data for {name!r}: {len(payload)} bytes, a sample is "
@@ -952,9 +982,55 @@ class Bridge:
             except Exception:
                 raise BridgeError(f"data for {name!r}: not a msgpack message; dropped") \
                     from None
+
+    def _on_data(self, name, payload, att):
+        if len(att) != DATA_HEADER.size:
+            raise BridgeError(f"data for {name!r} with a {len(att)}-byte header "
+                              f"(expected {DATA_HEADER.size}); dropped")
+        magic, tag, seq = DATA_HEADER.unpack(att)
+        if magic == BATCH_MAGIC:
+            self._on_batch(name, payload, att, tag, seq)
+            return
+        if magic != DATA_MAGIC:
+            raise BridgeError(f"data for {name!r} with bad magic {magic!r}; dropped")
+        m = self._mirror_for(name, tag)
+        if m is None:
+            return
+        self._check_sample(name, m, payload)
         if m.write(payload, seq):
             st = m.stats
             st.items += 1
             st.bytes += len(payload) + len(att)
             with self._lock:
                 self._items_in += 1
+
+    def _on_batch(self, name, payload, att, tag, count):
+        """Several samples in one message: all are checked before any is
+        written, so a malformed batch writes nothing."""
+        if not 1 <= count <= BATCH_MAX or len(payload) < count * BATCH_ENTRY.size:
+            raise BridgeError(f"data for {name!r}: a batch of {count} samples in "
+                              f"{len(payload)} bytes; dropped")
+        m = self._mirror_for(name, tag)
+        if m is None:
+            return
+        mv = memoryview(payload)
+        off = count * BATCH_ENTRY.size
+        samples = []
+        for i in range(count):
+            seq, n = BATCH_ENTRY.unpack_from(mv, i * BATCH_ENTRY.size)
+            if off + n > len(mv):
+                raise BridgeError(f"data for {name!r}: a truncated batch; dropped")
+            samples.append((bytes(mv[off:off + n]), seq))
+            off += n
+        if off != len(mv):
+            raise BridgeError(f"data for {name!r}: {len(mv) - off} stray bytes after a batch; "
+                              "dropped")
+        for sample, _ in samples:
+            self._check_sample(name, m, sample)
+        written = sum(1 for sample, seq in samples if m.write(sample, seq))
+        st = m.stats
+        st.items += written
+        st.bytes += len(payload) + len(att)
+        with self._lock:
+            self._items_in += written
+

@@ -448,7 +448,7 @@ def test_bad_input_logged_nothing_written_others_flow(tmp_path):
         # between each other, so this peer hears only what it is sent)
         sid = read_stats(lk.stats_b, 10, lambda s: "flow" in s["names"])["names"]["flow"]["sid"]
         from global_buffer._core import LAYOUT_VERSION as LAYOUT
-        from global_buffer.bridge import DATA_HEADER, DATA_MAGIC, _sid_tag
+        from global_buffer.bridge import BATCH_ENTRY, DATA_HEADER, DATA_MAGIC, _sid_tag
         tag = _sid_tag(sid)
         bad = [
             ("gb/junk/ctl", b"\xff\x00 not json", None),
@@ -465,6 +465,9 @@ def test_bad_input_logged_nothing_written_others_flow(tmp_path):
             ("gb/flow/data", b"\x00" * 32, b"GBd1"),                     # truncated header
             ("gb/flow/data", b"\x00" * 32, b"XXXX" + tag + bytes(8)),    # bad magic
             ("gb/flow/data", b"\x01" * 7, DATA_HEADER.pack(DATA_MAGIC, tag, 10**9)),  # short
+            ("gb/flow/data", b"\x00" * 10, DATA_HEADER.pack(b"GBd2", tag, 5)),  # short batch
+            ("gb/flow/data", BATCH_ENTRY.pack(10**9, 32) + b"\x02" * 8,
+             DATA_HEADER.pack(b"GBd2", tag, 1)),                           # truncated batch
             ("gb/flow/nonsense", b"hello", None),
             ("gb/secret/ctl", b"{}", None),
         ]
@@ -491,7 +494,8 @@ def test_bad_input_logged_nothing_written_others_flow(tmp_path):
     assert "SchemaMismatch" in log_b and "'clash'" in log_b, log_b
     for what in ("malformed control message", "wire version 99", "does not match its kind or hash",
                  "layout version -5", "0-byte header", "4-byte header", "bad magic",
-                 "7 bytes, a sample is 32", "unexpected key 'gb/flow/nonsense'"):
+                 "7 bytes, a sample is 32", "unexpected key 'gb/flow/nonsense'",
+                 "a batch of 5 samples in 10 bytes", "a truncated batch"):
         assert what in log_b, f"{what!r} not in the bridge log:\n{log_b}"
     assert "Traceback" not in log_b, log_b
 
