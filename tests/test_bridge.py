@@ -431,6 +431,13 @@ def test_bad_input_logged_nothing_written_others_flow(tmp_path):
     bridge's key space are BridgeErrors in the log, nothing is written,
     and the other names keep flowing."""
     lk = Link(tmp_path, exports=["flow", "clash", "pub-*"])
+    try:
+        _bad_input(lk, tmp_path)
+    finally:
+        lk.close()  # every process of both hosts, whatever failed
+
+
+def _bad_input(lk, tmp_path):
     stop_file = str(tmp_path / "stop")
     session = None
     try:
