@@ -101,6 +101,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
 
     uint32_t gb_wait_prepare(gb_waitq *q)
     void gb_wait_done(gb_waitq *q)
+    uint32_t gb_wait_count(const gb_waitq *q)
     int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int64_t poll_ns,
                       int use_futex)
     void gb_wake(gb_ring *r, gb_waitq *q)

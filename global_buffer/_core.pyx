@@ -393,6 +393,13 @@ cdef class Handle:
         self._live()
         return self.r.hdr.created_ns
 
+    def _waiting(self):
+        """Threads parked waiting for items (a stream's readers, a queue
+        ring's consumers in ``get()``) right now: a hint (the bridge of
+        §9 forwards to a host whose consumers wait)."""
+        self._live()
+        return gb_wait_count(&self.r.hdr.data)
+
     def _add_readers(self, int delta):
         self._live()
         gb_add_u64(&self.r.hdr.readers, delta)

@@ -206,24 +206,10 @@ class _Peer:
         self.last_up_credit = 0.0
 
 
-_WAITERS_OFFSET = 260   # gb_header.data.waiters in csrc/gb_ring.h, layout version 1
-_WAITERS_LAYOUT = 1
-
-
 def consumers_waiting(ring):
     """Consumers parked in ``get()`` on ``ring`` (its wait queue's sleeper
-    count), or None where this cannot be read.  The bridge's own gets never
-    park, so they are not counted."""
-    from . import _core
-    f = getattr(ring, "_waiting", None)  # the core's own accessor, where it has one
-    if f is not None:
-        return f() if callable(f) else f
-    if _core.LAYOUT_VERSION != _WAITERS_LAYOUT:
-        return None
-    try:
-        return struct.unpack_from("<I", ring._segment.mm, _WAITERS_OFFSET)[0] & 0x7FFFFFFF
-    except (AttributeError, TypeError, ValueError, struct.error):
-        return None
+    count).  The bridge's own gets never park, so they are not counted."""
+    return ring._waiting()
 
 
 def _get_nowait(ring, timeout, stop):

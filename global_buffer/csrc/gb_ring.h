@@ -389,6 +389,12 @@ GB_INLINE uint32_t gb_wait_prepare(gb_waitq *q)
     atomic_thread_fence(memory_order_seq_cst);
     return seen;
 }
+/* Sleepers registered on q now (a hint: they come and go). */
+GB_INLINE uint32_t gb_wait_count(const gb_waitq *q)
+{
+    /* relaxed: informational */
+    return atomic_load_explicit(&q->waiters, memory_order_relaxed) & ~GB_ARMED;
+}
 /* Sleep on q until a wake, timeout or signal (see gb_futex_wait). */
 GB_INLINE int gb_wait_sleep(gb_waitq *q, uint32_t seen, int64_t timeout_ns, int64_t poll_ns,
                             int use_futex)
