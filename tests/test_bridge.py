@@ -731,8 +731,9 @@ BCAST_HOLDER = PRELUDE + textwrap.dedent('''
     wait_file(go)
     time.sleep(0.5)
     for i in range(n):
-        # (broadcast items must fit a slot in this core: no out-of-line ones yet)
-        ring.put((i, np.full(3000, i % 256, np.uint8) if i % 10 == 0 else "x" * i))
+        # every 10th an array, every 50th one larger than a slot (out of line)
+        size = 300_000 if i % 50 == 0 else 3000
+        ring.put((i, np.full(size, i % 256, np.uint8) if i % 10 == 0 else "x" * i))
         time.sleep(0.002)
     wait_file(stop, 120)
     ring.close()
@@ -764,7 +765,8 @@ BCAST_READER = PRELUDE + textwrap.dedent('''
 
 def test_broadcast_ring_crosses_like_a_stream(link):
     """§9: a broadcast ring crosses hosts like a stream: every far reader
-    reads every item, in order, numpy arrays too."""
+    reads every item, in order, numpy arrays too, and items larger than a
+    slot (out of line on both hosts, §3.1)."""
     n = 200
     go, stop_file = str(link.tmp / "go"), str(link.tmp / "stop")
     holder = link.a.python(BCAST_HOLDER, "events", go, n, stop_file)
