@@ -490,25 +490,31 @@ cdef class Handle:
             if got:
                 return 0
         while True:
+            if self._watch_writer:
+                # before registering as a sleeper: _check_writer may run
+                # Python code, during which another thread may close this
+                # handle (and unmap the segment)
+                self._check_writer(seen)
+                if not self._bound:
+                    raise BufferClosed("handle closed while waiting")
             ev = gb_wait_prepare(q)
             if gb_stream_tail(&self.r) > seen:
                 gb_wait_done(q)
                 return 0
             if self._watch_writer:
-                try:
-                    self._check_writer(seen)
-                except BaseException:
-                    gb_wait_done(q)
-                    raise
+                if gb_load_u64(&self.r.hdr.writer_pid) == 0:
+                    gb_wait_done(q)  # closed just now: _check_writer says so
+                    continue
                 # sleep in slices short enough to notice a dead writer in time
                 until = gb_now_ns() + _WATCH_NS
                 if deadline < 0 or deadline > until:
-                    if self._park(q, ev, until, &poll):
-                        continue  # a slice ended: probe the writer again
+                    self._park(q, ev, until, &poll)
                     if not self._bound:
                         raise BufferClosed("handle closed while waiting")
                     continue
             if self._park(q, ev, deadline, &poll):
+                if not self._bound:
+                    raise BufferClosed("handle closed while waiting")
                 if gb_stream_tail(&self.r) > seen:
                     return 0
                 if self._watch_writer:
@@ -530,6 +536,8 @@ cdef class Handle:
             self._gone_checked = now
             if not self._writer_dead():
                 return 0
+            if not self._bound:  # closed by another thread while Python ran
+                raise BufferClosed("handle closed while waiting")
         if gb_stream_tail(&self.r) > seen:
             return 0  # its last samples landed meanwhile: read them first
         raise WriterGone(

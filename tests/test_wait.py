@@ -188,7 +188,8 @@ def _frame_writer(name, conn):
 
 
 def _dying_writer_reader(name, timeout, conn):
-    """Read until gb.Empty; report samples, torn ones and when Empty came."""
+    """Read until gb.Empty or gb.WriterGone (§2.2: whichever comes first
+    after the writer's death); report samples, torn ones and when it came."""
     r = gb.attach(name)
     out = np.empty(MIB_F32.shape, np.float32)
     n = torn = 0
@@ -196,7 +197,7 @@ def _dying_writer_reader(name, timeout, conn):
     while True:
         try:
             r.next_into(out, timeout=timeout)
-        except gb.Empty:
+        except (gb.Empty, gb.WriterGone):
             break
         n += 1
         if out[0] != out[-1] or out.min() != out.max():
@@ -474,8 +475,8 @@ def test_timeout_does_not_drift_on_spurious_wakeups(shm_name):
 def test_writer_sigkilled_while_readers_wait(shm_name, children):
     """SPEC §4/§5: a writer SIGKILLed (usually mid-memcpy of a 1 MiB frame)
     while readers wait does not leave them asleep past their timeout: every
-    reader's next(timeout=0.3) raises gb.Empty within 0.3 s + a generous
-    bound after the kill, and no torn frame was ever returned."""
+    reader's next(timeout=0.3) raises gb.Empty or gb.WriterGone within 0.3 s
+    + a generous bound after the kill, and no torn frame was ever returned."""
     timeout = 0.3
     wconn, wchild = FORK.Pipe()
     writer = children.start(FORK, _frame_writer, shm_name, wchild)
@@ -493,10 +494,10 @@ def test_writer_sigkilled_while_readers_wait(shm_name, children):
         t_kill = time.monotonic()
         os.kill(writer.pid, signal.SIGKILL)
         writer.join(5)
-        while True:  # drain what was committed, then time out
+        while True:  # drain what was committed, then time out (or WriterGone, §2.2)
             try:
                 s = r.next(timeout=timeout)
-            except gb.Empty:
+            except (gb.Empty, gb.WriterGone):
                 break
             assert s.min() == s.max(), "torn frame"
         mine = time.monotonic() - t_kill

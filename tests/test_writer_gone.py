@@ -338,3 +338,44 @@ def test_message_mirror_write_seq_takes_encoded_bytes(shm_name):
         for h in (src, w):
             h.unlink()
             h.close()
+
+
+_CLOSE_IN_PROBE = r"""
+import numpy as np, global_buffer as gb, sys
+name = sys.argv[1]
+w = gb.create(name, gb.ArraySpec("int64", (8,)), 4)
+try:
+    for how in ("next", "next_into", "next_batch_into", "view"):
+        r = gb.attach(name)
+        # the writer probe is Python code: another thread may close the
+        # reader (and unmap the segment) while it runs; do it from the probe
+        r._writer_dead = lambda r=r: (r.close(), False)[1]
+        try:
+            if how == "next":
+                r.next(timeout=None)
+            elif how == "next_into":
+                r.next_into(np.empty(8, np.int64), timeout=None)
+            elif how == "next_batch_into":
+                r.next_batch_into(np.empty((2, 8), np.int64), timeout=None)
+            else:
+                with r.view("next", timeout=None):
+                    pass
+        except gb.BufferClosed:
+            print(how, "closed")
+finally:
+    w.unlink()
+    w.close()
+"""
+
+
+def test_reader_closed_while_its_writer_probe_runs(shm_name):
+    """A blocked stream read whose handle is closed while the writer probe
+    (Python) runs raises BufferClosed and touches no unmapped memory (a
+    crash seen once under load: close from another thread during next_into)."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", _CLOSE_IN_PROBE, shm_name], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr[-2000:]
+    assert p.stdout.split() == ["next", "closed", "next_into", "closed", "next_batch_into",
+                                "closed", "view", "closed"], p.stdout
