@@ -8,7 +8,7 @@
 See README.md and docs/ for the whole contract.
 """
 try:
-    from . import _core
+    from . import _core  # noqa: F401 - imported first: a clear error if it is not built
 except ImportError as _error:  # pragma: no cover - depends on how the package was built
     def _no_core_message(error):
         """Say which global_buffer was imported, why it has no usable core and
@@ -73,6 +73,7 @@ except ImportError as _error:  # pragma: no cover - depends on how the package w
 
     raise ImportError(_no_core_message(_error)) from _error
 
+from .bridge import Bridge
 from .errors import (
     BridgeError,
     BufferClosed,
@@ -84,16 +85,15 @@ from .errors import (
     GlobalBufferError,
     SchemaMismatch,
     StaleView,
-    WriterGone,
     WorkerLost,
+    WriterGone,
 )
-from .multiprocessing.pool import Pool
-from .ring import JoinableRing, Ring
 from .multiprocessing.connection import Connection, Pipe
 from .multiprocessing.context import get_context
 from .multiprocessing.managers import GBManager, Manager
+from .multiprocessing.pool import Pool
+from .ring import JoinableRing, Ring
 from .schema import ArraySpec
-from .bridge import Bridge
 from .stream import CallbackHandle, Consumer, GlobalBuffer, Reader, attach, create, unlink
 
 __version__ = "0.1.0"

@@ -67,6 +67,9 @@ from typing import Optional
 
 from .errors import BridgeError, BufferCorrupt, BufferExists, Empty, Full
 
+__all__ = ["RingExport", "RingImport", "BroadcastExport", "BroadcastImport", "try_export",
+           "encode_item", "decode_item", "consumers_waiting"]
+
 log = logging.getLogger("global_buffer.bridge")
 
 ITEM_MAGIC = b"GBi1"

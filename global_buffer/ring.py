@@ -585,7 +585,7 @@ class Ring:
         try:
             h = _core.Handle()
             h._bind(seg.mm, f"segment {name!r}")
-            flags, kind, raw = h._flags, h._kind, h._meta
+            flags, raw = h._flags, h._meta
             stored_hash = h._schema_hash
             h._unbind()
             try:

@@ -8,7 +8,6 @@ lifetime, zero-copy views and background callbacks.
 import contextlib
 import logging
 import threading
-import time
 
 import numpy as np
 
