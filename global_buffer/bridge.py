@@ -382,8 +382,8 @@ def _make_mirror(name, ann, mode):
         w = GlobalBuffer()
         w._map(seg, name)
         spec = ann["_spec"]
-        w._schema = spec if spec is not None else ann["_meta"].get("schema")  # type: ignore[attr-defined]
-        w._spec = spec  # type: ignore[attr-defined]
+        w._schema = spec if spec is not None else ann["_meta"].get("schema")
+        w._spec = spec
         if spec is not None:
             w._set_array(spec.dtype, spec.shape)
         # message mirrors store the far writer's msgpack bytes as they are

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+from typing import Optional, Tuple
 
 from .errors import BufferCorrupt, BufferExists, BufferNotFound, GlobalBufferError
 
@@ -117,7 +118,7 @@ def process_alive(pid, start=0):
     return True
 
 
-_self_start = (None, 0)
+_self_start: Tuple[Optional[int], int] = (None, 0)
 
 
 def self_start_time():

@@ -8,6 +8,7 @@ lifetime, zero-copy views and background callbacks.
 import contextlib
 import logging
 import threading
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -69,6 +70,15 @@ def _meta_hash(meta):
 class _Mapped:
     """Shared lifecycle of stream handles (mixed into the compiled handles)."""
 
+    # provided by the compiled handle this is mixed into (_core.Handle)
+    _segment: Any
+    closed: bool
+    capacity: int
+
+    if TYPE_CHECKING:
+        def _bind(self, mm: Any, what: str) -> None: ...
+        def _unbind(self) -> None: ...
+
     def _map(self, segment, what):
         self._segment = segment
         self._bind(segment.mm, what)
@@ -129,6 +139,9 @@ class GlobalBuffer(_Mapped, _core.StreamWriter):
     closed : bool
         True once ``close()`` was called.
     """
+
+    _schema: Any
+    _spec: Optional[ArraySpec]
 
     def _make_view(self, pos):
         return _view(self._segment, self._payload_offset(pos), self.schema, True)
@@ -263,6 +276,11 @@ class Reader(_Mapped, _core.StreamReader):
     closed : bool
         True once ``close()`` was called.
     """
+
+    _schema: Any
+    _spec: Optional[ArraySpec]
+    _model: Any
+    _views_ro: Any
 
     def _make_view(self, pos):
         return _view(self._segment, self._payload_offset(pos), self._spec, False)
@@ -436,7 +454,7 @@ def attach(name, model=None, *, start="newest", poll_min=None, poll_max=None):
             raise BufferCorrupt(f"segment {name!r} has unreadable schema metadata") from None
         if not hash_ok:
             raise BufferCorrupt(f"segment {name!r}: schema metadata does not match its hash")
-        if _KINDS.get(kind if isinstance(kind, str) else None) != r._kind:
+        if (_KINDS.get(kind) if isinstance(kind, str) else None) != r._kind:
             raise BufferCorrupt(f"segment {name!r}: header kind {r._kind} does not match "
                                 f"its metadata kind {kind!r}")
         r._spec = None
