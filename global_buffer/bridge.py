@@ -69,7 +69,6 @@ from .segment import (
     Segment,
     list_names,
     process_alive,
-    self_start_time,
     unlink as _unlink_name,
     validate_name,
 )
@@ -370,30 +369,14 @@ class _Mirror:
 def _make_mirror(name, ann, mode):
     """Create the mirror segment of a far stream from its (validated)
     announce; return its writer (a ``gb.GlobalBuffer``)."""
-    from .stream import GlobalBuffer
+    from .stream import _new_writer
     kind = _core.KIND_ARRAY if ann["kind"] == "array" else _core.KIND_MESSAGE
-    raw = ann["meta"].encode()
-    size = _core.segment_nbytes(kind, 0, ann["capacity"], ann["slot_size"], len(raw))
-    seg = Segment.create(name, size, mode)
-    try:
-        pid, start = seg.owner_pid, self_start_time()
-        _core.init_segment(seg.mm, kind, 0, ann["capacity"], ann["slot_size"], 0, ann["hash"],
-                           raw, pid, start)
-        w = GlobalBuffer()
-        w._map(seg, name)
-        spec = ann["_spec"]
-        w._schema = spec if spec is not None else ann["_meta"].get("schema")
-        w._spec = spec
-        if spec is not None:
-            w._set_array(spec.dtype, spec.shape)
-        # message mirrors store the far writer's msgpack bytes as they are
-        w._setup_writer(0.1, None if spec is not None else bytes)
-        w._set_writer(pid, start)
-    except BaseException:
-        seg.close()
-        _unlink_name(name)
-        raise
-    return w
+    spec = ann["_spec"]
+    schema = spec if spec is not None else ann["_meta"].get("schema")
+    # message mirrors store the far writer's msgpack bytes as they are
+    return _new_writer(name, kind, ann["capacity"], ann["slot_size"], ann["meta"].encode(),
+                       ann["hash"], schema, spec, 0.1, None if spec is not None else bytes,
+                       mode)
 
 
 def _check_announce(name, msg):

@@ -228,12 +228,22 @@ def create(name, schema, capacity, max_bytes=None, *, mode=0o600, heartbeat_inte
     kind, slot_size, meta, codec, spec = _layout(schema, max_bytes)
     if not isinstance(heartbeat_interval, (int, float)) or heartbeat_interval < 0:
         raise ValueError(f"heartbeat_interval must be a number >= 0, got {heartbeat_interval!r}")
-    raw = encode_meta(meta)
-    size = _core.segment_nbytes(kind, 0, capacity, slot_size, len(raw))
+    return _new_writer(name, kind, capacity, slot_size, encode_meta(meta), _meta_hash(meta),
+                       schema, spec, float(heartbeat_interval),
+                       codec.encode if codec else None, mode)
+
+
+def _new_writer(name, kind, capacity, slot_size, raw_meta, meta_hash, schema, spec,
+                heartbeat_interval, encode, mode):
+    """Create a stream segment and return its writer: ``create()``'s work
+    once the arguments are checked, and a bridge mirror's (SPEC §9), whose
+    layout comes from the far stream's announce.  Nothing is left behind if
+    it fails."""
+    size = _core.segment_nbytes(kind, 0, capacity, slot_size, len(raw_meta))
     seg = Segment.create(name, size, mode)
     try:
         pid, start = seg.owner_pid, self_start_time()
-        _core.init_segment(seg.mm, kind, 0, capacity, slot_size, 0, _meta_hash(meta), raw,
+        _core.init_segment(seg.mm, kind, 0, capacity, slot_size, 0, meta_hash, raw_meta,
                            pid, start)
         w = GlobalBuffer()
         w._map(seg, name)
@@ -241,7 +251,7 @@ def create(name, schema, capacity, max_bytes=None, *, mode=0o600, heartbeat_inte
         w._spec = spec
         if spec is not None:
             w._set_array(spec.dtype, spec.shape)
-        w._setup_writer(float(heartbeat_interval), codec.encode if codec else None)
+        w._setup_writer(heartbeat_interval, encode)
         w._set_writer(pid, start)
     except BaseException:
         seg.close()
