@@ -6,11 +6,12 @@
     python -m benchmarks --json results.json   # every figure and sample as JSON
     python -m benchmarks --plots DIR           # where the plots go (default docs/img)
 
-Runs the stream, ring, payload-sweep, wake-latency, Pipe, Pool and
-stdlib-client benchmarks (``benchmarks.<name>.suite``) one after the other, prints the
-machine, the method, each benchmark's tables and a summary of gb against the
-stdlib as markdown, and plots throughput against payload size and the wake
-latency CDF (PNG and SVG; needs matplotlib, from the ``bench`` extra).
+Runs the stream, ring, payload-sweep, wake-latency, Pipe, Pool,
+stdlib-client and across-hosts benchmarks (``benchmarks.<name>.suite``) one
+after the other, prints the machine, the method, each benchmark's tables
+and a summary of gb against the stdlib as markdown, and plots throughput
+against payload size and the wake latency CDF (PNG and SVG; needs
+matplotlib, from the ``bench`` extra).
 """
 import argparse
 import datetime
@@ -20,7 +21,19 @@ import sys
 import time
 import traceback
 
-from benchmarks import _util, clients, dataloader, pipe, plots, pool, rings, streams, sweep, wake
+from benchmarks import (
+    _util,
+    bridge,
+    clients,
+    dataloader,
+    pipe,
+    plots,
+    pool,
+    rings,
+    streams,
+    sweep,
+    wake,
+)
 from benchmarks._util import LEVELS, fmt_ns, fmt_ratio, format_table, machine_lines, table
 
 BENCHMARKS = {
@@ -34,6 +47,8 @@ BENCHMARKS = {
     # one case per entry of benchmarks.clients.CASES
     "clients": (clients, "stdlib clients (ProcessPoolExecutor, pool.Pool) on our context"),
     "dataloader": (dataloader, "PyTorch DataLoader on our context (needs torch)"),
+    # two simulated hosts (needs root and the zenoh extra): SPEC §9
+    "bridge": (bridge, "across hosts: the Zenoh bridge vs raw Zenoh and a manager queue"),
 }
 DEFAULT_PLOTS = os.path.join(_util.ROOT, "docs", "img")
 
