@@ -17,22 +17,30 @@ Protocol (wire version 1, beside the stream keys of ``bridge.py``):
     bridge instance, importer bridge instance), so a lost or repeated
     credit message changes nothing.  The importer grants only what its
     local ring has room for and at most ``window`` items outstanding
-    (``G - R <= window``); it grants while its ring holds fewer than
-    ``window`` items, i.e. while its consumers drain it.
+    (``G - R <= window``; fewer for large items, ``WINDOW_BYTES``), and
+    only while its ring holds fewer than ``window`` items more than are
+    outstanding, i.e. while its consumers drain it.  It grants as soon as
+    a batch is in its ring, so credit for the next batch is on its way
+    while consumers take the last one.
 
 ``gb/<name>/item/<importer zid>`` (home to importer)
-    Attachment ``ITEM_HEADER``: magic ``b"GBi1"``, sid tag, the item's
-    number ``k`` for the pair (0, 1, ...).  Payload: the item pickled with
-    protocol 5 (or the ring's serializer), its out-of-band buffers (numpy
-    arrays) framed after it: ``u32 nbufs``, ``nbufs`` x ``u64`` lengths, the
-    pickle, the buffers.
+    A batch: the items the home took with one ``get_many`` (at most the
+    credit it holds), up to ``BATCH_MAX`` items or ``BATCH_BYTES`` per
+    message.  Attachment ``ITEM_HEADER``: magic ``b"GBi2"``, sid tag, the
+    number ``k`` of its first item for the pair (0, 1, ...; the next items
+    are ``k + 1``, ...).  Payload: ``u32 count``, ``count`` x ``u64``
+    lengths, then each item: pickled with protocol 5 (or the ring's
+    serializer), its out-of-band buffers (numpy arrays) framed after it
+    (``u32 nbufs``, ``nbufs`` x ``u64`` lengths, ``u64`` pickle length, the
+    pickle, the buffers).  The receiver checks a whole batch (numbering,
+    credit, framing, unpickling) before it puts any item.
 
 ``gb/<name>/upcredit`` (home to importer) and ``gb/<name>/up/<home zid>``
     The same, the other way, for items put on an importing host that no
     consumer there takes: the importer's credit messages carry ``mode``
     ("up" when it has such items), the home grants up-credit while its own
-    consumers want items, and the importer sends items with
-    ``UP_HEADER`` (magic ``b"GBu1"``, sid tag, number, its zid).  An item
+    consumers want items, and the importer sends batches with
+    ``UP_HEADER`` (magic ``b"GBu2"``, sid tag, first number, its zid).  An item
     never moves back: an importer goes "up" only once every item the home
     sent it has been taken (its ring's head passed them), and the home
     sends nothing down to an importer until every item that importer sent
@@ -44,8 +52,11 @@ or the ring's head moved by more than the bridge's own gets within the last
 second.  The bridge's own gets poll and never park, so they never look like
 demand.
 
-Delivery: the home bridge takes an item from its ring (``get``) only when
-an importer holds credit, sends it once on a reliable ordered Zenoh link,
+Delivery: the home bridge takes items from its ring (``get_many``) only
+for an importer that holds credit for them, and right after the call
+stores how many it has taken for that importer in a host-local counter
+(``_Counter``; the importer stores each item's count right after its
+``put``).  It sends them once on a reliable ordered Zenoh link,
 and never sends it again; the importer puts items into its ring in number
 order.  So while both bridges run each item reaches exactly one ``get()``,
 and one producer's items stay in its order.  Items taken and not yet
@@ -933,7 +944,10 @@ class BroadcastExport(RingExport):
     reads every item (from its own cursor) and publishes it once on
     ``gb/<name>/bdata``; each importing host puts it into its local
     broadcast ring, whose readers each read every item.  Items the
-    bridge's handle missed (producers lapped it) count as ``lost``."""
+    bridge's handle missed (producers lapped it) count as ``lost``.
+    Messages are batches as on ``item/`` (magic ``b"GBb2"``: what one
+    ``get_many`` returned, numbered from ``k``); a gap in the numbers is
+    counted as lost on the importing host."""
 
     def announce(self):
         a = super().announce()
