@@ -188,13 +188,14 @@ def encode_item(item, dumps=pickle.dumps):
 def encode_batches(items, dumps=pickle.dumps, max_bytes=BATCH_BYTES):
     """Items -> wire messages, each ``u32 count``, ``count`` x ``u64``
     lengths, then the items' bytes; a message holds as many items as fit
-    in ``max_bytes`` (at least one).  Yields (payload, count)."""
+    in ``max_bytes`` (at least one), ``BATCH_MAX`` at most.  Yields
+    (payload, count)."""
     group: list = []
     lens: list = []
     size = 0
     for item in items:
         parts, n = _item_parts(item, dumps)
-        if lens and size + n > max_bytes:
+        if lens and (size + n > max_bytes or len(lens) == BATCH_MAX):
             yield b"".join([struct.pack(f"<I{len(lens)}Q", len(lens), *lens), *group]), len(lens)
             group, lens, size = [], [], 0
         group += parts

@@ -848,3 +848,34 @@ def test_idle_writer_is_not_gone(link):
     communicate(w, 30)
     assert res["got"] == [1, 2, 3, 4, 5], res
     assert res["alive_while_idle"] is False, res
+
+
+def test_ring_batches_checked_whole():
+    """§9 bad input: a batch of ring items (one Zenoh message) is checked
+    whole before any item is put: truncated, padded, empty or oversized
+    batches and items that do not unpickle are BridgeErrors; large items
+    travel in messages of their own (at most BATCH_BYTES grouped)."""
+    import pickle
+    import struct
+
+    import numpy as np
+
+    import global_buffer as gb
+    from global_buffer import bridge_rings as br
+
+    items = [(i, b"x" * 32) for i in range(300)] + [np.arange(10)]
+    msgs = list(br.encode_batches(items))
+    assert sum(c for _, c in msgs) == len(items) and max(c for _, c in msgs) <= br.BATCH_MAX
+    out = [x for data, _ in msgs for x in br.decode_batch(data)]
+    assert out[:300] == items[:300] and (out[-1] == np.arange(10)).all()
+    big = [np.zeros(br.BATCH_BYTES // 2 + 1, np.uint8)] * 3
+    assert [c for _, c in br.encode_batches(big)] == [1, 1, 1]
+    data = msgs[0][0]
+    bad = [b"", b"\0" * 4, data[:-1], data + b"x", struct.pack("<I", 0),
+           struct.pack("<I", br.BATCH_MAX + 1) + b"\0" * 8 * (br.BATCH_MAX + 1),
+           struct.pack("<IQ", 1, 5) + b"\0" * 5]
+    evil = br.encode_item(("ok",))
+    bad.append(struct.pack("<IQ", 1, len(evil)) + evil[:-2] + b"\0\0")
+    for payload in bad:
+        with pytest.raises(gb.BridgeError):
+            br.decode_batch(payload, pickle.loads)
