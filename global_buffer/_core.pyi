@@ -12,7 +12,7 @@ of ``StreamWriter`` and ``StreamReader`` from this stub (``gb.GlobalBuffer``
 and ``gb.Reader`` inherit them): keep them in step with ``_core.pyx``.
 """
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -321,19 +321,28 @@ class BroadcastHandle(StreamReader):
                  timeout: Optional[float] = None) -> bool: ...
 
 # out-of-line items (blobs): the caller maps the blob segment ``mm``
-def blob_init(mm: Any, size: int) -> None: ...
-def blob_acquire(mm: Any, expect: int) -> bool:
+# and names blob ``idx`` of it (an arena's chunk; 0: the segment's only blob)
+def blob_init(mm: Any, size: int, count: int = 1) -> None: ...
+def blob_count(mm: Any) -> int:
+    """How many blobs segment ``mm`` holds (1, or an arena's chunks)."""
+def blob_acquire(mm: Any, expect: int, idx: int = 0) -> bool:
     """Take a free blob for writing (its state becomes our pid)."""
-def blob_release(mm: Any) -> None: ...
-def blob_state(mm: Any) -> int:
+def blob_take_free(mm: Any, start: int, limit: int = -1) -> int:
+    """Take the first free chunk from ``start`` on; its index, or -1."""
+def blob_holders(mm: Any) -> Set[int]:
+    """The pids holding blobs of segment ``mm``."""
+def blob_free_of(mm: Any, pid: int) -> int:
+    """Free every blob of ``mm`` that (dead) ``pid`` holds; how many."""
+def blob_release(mm: Any, idx: int = 0) -> None: ...
+def blob_state(mm: Any, idx: int = 0) -> int:
     """The pid holding the blob, 0 if free."""
-def blob_peek(mm: Any) -> bytearray:
+def blob_peek(mm: Any, idx: int = 0) -> bytearray:
     """Copy the item out of a blob without taking it."""
-def blob_write(mm: Any, parts: _Parts) -> None:
+def blob_write(mm: Any, parts: _Parts, idx: int = 0) -> None:
     """Copy a serialised item into a blob this process holds."""
-def blob_hold(mm: Any) -> Tuple[int, int]:
+def blob_hold(mm: Any, idx: int = 0) -> Tuple[int, int]:
     """Mark the blob ours and return ``(offset, len)`` of its item in ``mm``."""
-def blob_read(mm: Any) -> bytearray:
+def blob_read(mm: Any, idx: int = 0) -> bytearray:
     """Copy the item out of a blob and free the blob for its producer."""
 
 # out-of-line items read in place
@@ -346,7 +355,7 @@ class BlobView:
     if sys.version_info >= (3, 12):
         def __buffer__(self, flags: int, /) -> memoryview: ...
 
-def blob_lease(mm: Any) -> Optional[BlobView]: ...
+def blob_lease(mm: Any, idx: int = 0) -> Optional[BlobView]: ...
 def leases() -> int:
     """How many items this process holds in place (live BlobViews)."""
 

@@ -1196,58 +1196,161 @@ cdef class BroadcastHandle(StreamReader):
 # Blobs: out-of-line buffers for items larger than a slot (see ring._Blobs)
 # ---------------------------------------------------------------------------
 
-cdef gb_blob *_blob(Py_buffer *b) except NULL:
+cdef gb_blob *_blob(Py_buffer *b, Py_ssize_t idx=0) except NULL:
+    """Blob ``idx`` of a blob segment.  A segment holds one blob (a large
+    item's own) or an arena of equal blobs back to back (chunk ``idx`` at
+    ``idx * (header + size)``, every chunk with its own header), see ring._Blobs."""
     cdef gb_blob *bl
+    cdef uint64_t stride
     if <size_t>b.len < sizeof(gb_blob):
         raise BufferCorrupt("blob segment too small")
     bl = <gb_blob *>b.buf
     if bl.magic != GB_BLOB_MAGIC or bl.size > <uint64_t>b.len - sizeof(gb_blob):
         raise BufferCorrupt("not a global_buffer blob segment")
+    if idx == 0:
+        return bl
+    stride = sizeof(gb_blob) + bl.size
+    if idx < 0 or <uint64_t>idx >= <uint64_t>b.len / stride:
+        raise BufferCorrupt(f"blob {idx} out of the segment's range")
+    bl = <gb_blob *>(<char *>b.buf + <uint64_t>idx * stride)
+    if bl.magic != GB_BLOB_MAGIC or bl.size != (<gb_blob *>b.buf).size:
+        raise BufferCorrupt(f"blob {idx} of the segment is corrupt")
     return bl
 
 
-def blob_init(mm, unsigned long long size):
+cdef inline char *_blob_data(gb_blob *bl):
+    return <char *>bl + sizeof(gb_blob)
+
+
+def blob_init(mm, unsigned long long size, Py_ssize_t count=1):
+    """Make ``mm`` ``count`` blobs of ``size`` bytes each (an arena when
+    more than one): the first held by this process (its first item), the
+    others free."""
     cdef Py_buffer b
+    cdef Py_ssize_t i
+    cdef gb_blob *bl
+    cdef uint64_t stride = sizeof(gb_blob) + size
+    if count < 1:
+        raise ValueError("count must be >= 1")
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        if <uint64_t>b.len < sizeof(gb_blob) + size:
+        if <uint64_t>b.len < stride * <uint64_t>count:
             raise ValueError("blob mapping smaller than its size")
-        (<gb_blob *>b.buf).size = size
-        (<gb_blob *>b.buf).magic = GB_BLOB_MAGIC
-        gb_lock_try(&(<gb_blob *>b.buf).state, _pid)  # new: held by its producer
+        for i in range(count):
+            bl = <gb_blob *>(<char *>b.buf + <uint64_t>i * stride)
+            bl.size = size
+            bl.magic = GB_BLOB_MAGIC
+        gb_lock_try(&(<gb_blob *>b.buf).state, _pid)  # the first: held by its producer
     finally:
         PyBuffer_Release(&b)
 
 
-def blob_acquire(mm, unsigned long long expect):
+def blob_count(mm):
+    """How many blobs segment ``mm`` holds (1, or an arena's chunks)."""
+    cdef Py_buffer b
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        return <Py_ssize_t>(<uint64_t>b.len / (sizeof(gb_blob) + _blob(&b).size))
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_acquire(mm, unsigned long long expect, Py_ssize_t idx=0):
     """Take a free blob for writing (its state becomes our pid)."""
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        return bool(gb_lock_try(&_blob(&b).state, _pid))
+        return bool(gb_lock_try(&_blob(&b, idx).state, _pid))
     finally:
         PyBuffer_Release(&b)
 
 
-def blob_release(mm):
+def blob_take_free(mm, Py_ssize_t start, Py_ssize_t limit=-1):
+    """Take the first free chunk of arena ``mm`` from ``start`` on (round
+    the end), looking at ``limit`` chunks at most (all: -1); its index, or
+    -1 if none was free.  Chunks are freed roughly in the order they were
+    filled, so the one after the last taken is usually free: one CAS."""
+    cdef Py_buffer b
+    cdef gb_blob *first
+    cdef uint64_t stride, n, k, i, n_look
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        first = _blob(&b)
+        stride = sizeof(gb_blob) + first.size
+        n = <uint64_t>b.len / stride
+        if start < 0:
+            start = 0
+        if 0 <= limit < <Py_ssize_t>n:
+            n_look = <uint64_t>limit
+        else:
+            n_look = n
+        for k in range(n_look):
+            i = (<uint64_t>start + k) % n
+            if gb_lock_try(&(<gb_blob *>(<char *>b.buf + i * stride)).state, _pid):
+                return <Py_ssize_t>i
+        return -1
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_holders(mm):
+    """The pids holding blobs of segment ``mm`` (this process's too)."""
+    cdef Py_buffer b
+    cdef gb_blob *first
+    cdef uint64_t stride, n, i, h
+    out = set()
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        first = _blob(&b)
+        stride = sizeof(gb_blob) + first.size
+        n = <uint64_t>b.len / stride
+        for i in range(n):
+            h = gb_lock_holder(&(<gb_blob *>(<char *>b.buf + i * stride)).state)
+            if h != 0:
+                out.add(h)
+        return out
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_free_of(mm, unsigned long long pid):
+    """Free every chunk of ``mm`` that ``pid`` (dead) holds; how many."""
+    cdef Py_buffer b
+    cdef gb_blob *first
+    cdef uint64_t stride, n, i
+    cdef Py_ssize_t freed = 0
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        first = _blob(&b)
+        stride = sizeof(gb_blob) + first.size
+        n = <uint64_t>b.len / stride
+        for i in range(n):
+            if gb_lock_steal(&(<gb_blob *>(<char *>b.buf + i * stride)).state, pid, 0):
+                freed += 1
+        return freed
+    finally:
+        PyBuffer_Release(&b)
+
+
+def blob_release(mm, Py_ssize_t idx=0):
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        gb_lock_release(&_blob(&b).state)
+        gb_lock_release(&_blob(&b, idx).state)
     finally:
         PyBuffer_Release(&b)
 
 
-def blob_state(mm):
+def blob_state(mm, Py_ssize_t idx=0):
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        return gb_lock_holder(&_blob(&b).state)
+        return gb_lock_holder(&_blob(&b, idx).state)
     finally:
         PyBuffer_Release(&b)
 
 
-def blob_peek(mm):
+def blob_peek(mm, Py_ssize_t idx=0):
     """Copy the item out of a blob without taking it (latest(): the caller
     checks afterwards that the item's slot did not change meanwhile)."""
     cdef Py_buffer b
@@ -1255,47 +1358,47 @@ def blob_peek(mm):
     cdef uint64_t n
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        bl = _blob(&b)
+        bl = _blob(&b, idx)
         n = bl.len if bl.len <= bl.size else 0
-        return PyByteArray_FromStringAndSize(<const char *>b.buf + sizeof(gb_blob), n)
+        return PyByteArray_FromStringAndSize(_blob_data(bl), n)
     finally:
         PyBuffer_Release(&b)
 
 
-def blob_write(mm, _Parts parts):
+def blob_write(mm, _Parts parts, Py_ssize_t idx=0):
     """Copy a serialised item into a blob this process holds."""
     cdef Py_buffer b
     cdef gb_blob *bl
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        bl = _blob(&b)
+        bl = _blob(&b, idx)
         if parts.total > bl.size:
             raise ValueError("item larger than the blob")
         # blobs: memcpy (one blob per item in flight; often still cached)
-        _write_parts(parts, <uint8_t *>b.buf + sizeof(gb_blob), False)
+        _write_parts(parts, <uint8_t *>_blob_data(bl), False)
         bl.len = parts.total
     finally:
         PyBuffer_Release(&b)
 
 
-def blob_hold(mm):
+def blob_hold(mm, Py_ssize_t idx=0):
     """Mark the blob ours (as blob_read does) and return ``(offset, len)``
     of its item in ``mm``; the caller reads it in place, then calls
-    blob_release(mm) to free the blob for its producer."""
+    blob_release(mm, idx) to free the blob for its producer."""
     cdef Py_buffer b
     cdef gb_blob *bl
     cdef gb_au64 *state
     cdef uint64_t holder, n
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        bl = _blob(&b)
+        bl = _blob(&b, idx)
         state = &bl.state
         while True:  # handed over from its producer in one atomic step
             holder = gb_lock_holder(state)
             if gb_lock_steal(state, holder, _pid):
                 break
         n = bl.len if bl.len <= bl.size else 0
-        return sizeof(gb_blob), n
+        return <Py_ssize_t>(_blob_data(bl) - <char *>b.buf), n
     finally:
         PyBuffer_Release(&b)
 
@@ -1327,6 +1430,7 @@ cdef class BlobView:
     cdef Py_ssize_t n
     cdef uint32_t pid
     cdef bint held
+    cdef gb_blob *bl
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         PyBuffer_FillInfo(view, self, self.p, self.n, 0, flags)
@@ -1341,11 +1445,11 @@ cdef class BlobView:
             _leases -= 1
             if self.pid == _pid:
                 # release: the item is no longer read; the producer may refill
-                gb_lock_release(&_blob(&self.mb).state)
+                gb_lock_release(&self.bl.state)
             PyBuffer_Release(&self.mb)
 
 
-def blob_lease(mm):
+def blob_lease(mm, Py_ssize_t idx=0):
     """Take the item in blob ``mm`` in place: a :class:`BlobView` of it
     (the blob is freed when the view goes), or None when this process holds
     ``MAX_LEASES`` already (the caller copies the item out instead)."""
@@ -1358,7 +1462,12 @@ def blob_lease(mm):
         return None
     v = BlobView.__new__(BlobView)
     PyObject_GetBuffer(mm, &v.mb, PyBUF_WRITABLE)
-    bl = _blob(&v.mb)
+    try:
+        bl = _blob(&v.mb, idx)
+    except BaseException:
+        PyBuffer_Release(&v.mb)
+        raise
+    v.bl = bl
     state = &bl.state
     while True:  # handed over from its producer in one atomic step
         holder = gb_lock_holder(state)
@@ -1367,12 +1476,12 @@ def blob_lease(mm):
     v.held = True
     v.pid = _pid
     _leases += 1
-    v.p = <char *>v.mb.buf + sizeof(gb_blob)
+    v.p = _blob_data(bl)
     v.n = <Py_ssize_t>(bl.len if bl.len <= bl.size else 0)
     return v
 
 
-def blob_read(mm):
+def blob_read(mm, Py_ssize_t idx=0):
     """Copy the item out of a blob (into a new bytearray) and free the blob
     for its producer."""
     cdef Py_buffer b
@@ -1381,7 +1490,7 @@ def blob_read(mm):
     cdef uint64_t holder
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
-        bl = _blob(&b)
+        bl = _blob(&b, idx)
         state = &bl.state
         # mark it ours while copying (a producer that sees our pid dead may
         # reclaim it), handing it over from its producer in one atomic step:
@@ -1391,7 +1500,7 @@ def blob_read(mm):
             if gb_lock_steal(state, holder, _pid):
                 break
         n = bl.len if bl.len <= bl.size else 0
-        out = PyByteArray_FromStringAndSize(<const char *>b.buf + sizeof(gb_blob), n)
+        out = PyByteArray_FromStringAndSize(_blob_data(bl), n)
         gb_lock_release(state)
         return out
     finally:

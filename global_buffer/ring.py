@@ -5,32 +5,38 @@ A queue ring (``broadcast=False``) delivers each item to exactly one
 from its own cursor.  Both are the same segment layout and slot protocol as
 streams (``csrc/gb_ring.h``); only the claim protocol differs.
 
-Items larger than a slot travel out of line in "blob" segments: reusable
-ones owned by the producing process for queue rings (see ``_Blobs``), a
-fresh one per item for broadcast rings (``_bspill``), removed when its slot
-is overwritten.
+Items larger than a slot travel out of line in "blob" segments (see
+``blobs``): chunks of reusable arenas, or for large items reusable blobs of
+their own, owned by the producing process for queue rings; a fresh blob
+per item for broadcast rings, removed when its slot is overwritten.
 """
 import asyncio
 import collections
 import contextlib
 import functools
-import itertools
 import os
 import pickle
 import secrets
 import threading
-import time
 import weakref
 from multiprocessing.util import Finalize, register_after_fork
 
 import numpy as np
 
 from . import _core, reduction
+from .blobs import (
+    Blobs as _Blobs,
+    bdecode as _bdecode,
+    bfree as _bfree,
+    bspill as _bspill,
+    decode_pickled as _decode_pickled,
+    unframe as _unframe,
+    unspill as _unspill,
+)
 from .codec import MessageCodec, is_model
 from .errors import (
     BufferClosed,
     BufferCorrupt,
-    BufferNotFound,
     Empty,
     Full,
     GlobalBufferError,
@@ -96,238 +102,6 @@ def _put_needs_model(obj):
     # needs the model, so that every message in the ring is validated
     raise TypeError("this handle of a message ring was attached without model=: "
                     "pass the ring's pydantic model (Ring.attach(name, model=M)) to put")
-
-
-# frames, plain-data pickles (see _plain.pxi) and other pickles
-_decode_pickled = _core.decode_pickled
-
-
-def _unframe(raw):
-    return _core.unframe(raw, pickle.loads)
-
-
-# -- out-of-line items ----------------------------------------------------------
-
-_BLOB_MIN = 64 << 10      # smallest blob (sizes are powers of two from here)
-_BLOB_BUDGET = 64 << 20   # bytes of blobs of one size a producer makes ...
-_BLOB_KEEP = (4, 64)      # ... but at least 4 and at most 64 of them, before it
-_BLOB_WAIT = 5e-3         # waits for a consumer to free one, for at most this
-_BLOB_POLL = 20e-6        # long (s), looking this often
-_BLOB_MAPS = 64           # blob mappings a consumer keeps open
-_LEASE_MIN = 1 << 20      # frames this large are read in place (BlobView)
-
-
-def _blob_cap(need):
-    """Size of the blob made for an item of ``need`` bytes."""
-    return max(_BLOB_MIN, 1 << (int(need) - 1).bit_length())
-
-
-def _blob_keep(cap):
-    """Blobs of ``cap`` bytes a producer makes before it waits for a free
-    one: a budget in bytes, so that small items get many in flight (a
-    consumer a few items behind must not stall its producer) and huge ones
-    few (each is a page-faulted segment)."""
-    lo, hi = _BLOB_KEEP
-    return max(lo, min(hi, _BLOB_BUDGET // cap))
-
-
-class _Blobs:
-    """Out-of-line buffers of one ring in this process.
-
-    A producer keeps the blob segments it made and reuses one once the
-    consumer that read it marked it free; consumers cache a few mappings.
-    Names are ``<ring>.b<pid>.<random><n>``; the ring's owner removes any left over
-    (e.g. by a dead producer) when it removes the ring.
-    """
-
-    def __init__(self, ring_name, mode):
-        self.ring = ring_name
-        self.mode = mode
-        self.mine = []                       # [(segment, capacity)]
-        self.maps = collections.OrderedDict()  # name -> Segment (consumer cache)
-        self.counter = itertools.count()
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.next = 0                        # where the search for a free blob starts
-
-    def _name(self):
-        # not <pid>.<counter> alone: once the pid is reused, a later producer
-        # would collide with a dead one's leftover blob (BufferExists) or
-        # reuse a name a consumer still has mapped (stale item, new one lost)
-        return f"{self.ring}.b{os.getpid()}.{secrets.token_hex(4)}{next(self.counter)}"
-
-    def spill(self, parts):
-        need = parts.total
-        with self.lock:
-            if self.pid != os.getpid():  # forked: the parent's blobs are not ours
-                self.mine, self.maps, self.pid = [], collections.OrderedDict(), os.getpid()
-                self.next = 0
-            seg = self._free_blob(need)
-            if seg is None:
-                seg = self._wait_for_free(need)
-            if seg is None:
-                cap = _blob_cap(need)
-                name = self._name()
-                seg = Segment.create(name, _core.SLOT_HEADER + cap, self.mode)
-                _core.blob_init(seg.mm, cap)
-                self.mine.append((seg, cap))
-                self._reclaim_dead()
-        _core.blob_write(seg.mm, parts)
-        return seg.name.encode()
-
-    def _free_blob(self, need):
-        """A blob of ours big enough and free, taken; None if there is none.
-        The search goes round from where the last one was found: blobs are
-        freed roughly in the order they were filled."""
-        mine, n = self.mine, len(self.mine)
-        for k in range(n):
-            i = (self.next + k) % n
-            seg, cap = mine[i]
-            if cap >= need and _core.blob_acquire(seg.mm, 0):
-                self.next = i + 1
-                return seg
-        return None
-
-    def _wait_for_free(self, need):
-        """With _blob_keep() blobs big enough already, wait up to _BLOB_WAIT
-        for a consumer to free one instead of making another (None: make
-        one).  A new blob costs about that long anyway (a zero-filled
-        segment, then a page fault per 4 KiB on both sides, and a consumer
-        cache miss); without the wait a producer slightly ahead of its
-        consumer made one blob per item in flight (measured: 50-70 blobs of
-        8 MiB for 400 frames) and ran several times slower."""
-        fits = [seg for seg, c in self.mine if c >= need]
-        if len(fits) < _blob_keep(_blob_cap(need)):
-            return None
-        deadline = _core.now_ns() + int(_BLOB_WAIT * 1e9)
-        while _core.now_ns() < deadline:
-            time.sleep(_BLOB_POLL)
-            for seg in fits:
-                if _core.blob_acquire(seg.mm, 0):
-                    return seg
-        return None
-
-    def _reclaim_dead(self):
-        # blobs held by a consumer that died stay marked with its pid
-        for seg, _ in self.mine:
-            holder = _core.blob_state(seg.mm)
-            if holder and holder != os.getpid() and not process_alive(holder):
-                _core.blob_release(seg.mm)
-
-    def take(self, ref, give_back, decode):
-        """Decode the item in blob ``ref`` and free the blob (or, with
-        ``give_back``, just free it: a put that failed after spilling)."""
-        name = ref.decode()
-        if give_back:
-            for seg, _ in self.mine:
-                if seg.name == name:
-                    _core.blob_release(seg.mm)
-            return None
-        seg = self.maps.get(name)
-        if seg is None:
-            seg = Segment.attach(name)
-            self.maps[name] = seg
-            while len(self.maps) > _BLOB_MAPS:
-                self.maps.popitem(last=False)[1].close()
-        else:
-            self.maps.move_to_end(name)
-        if decode is not _decode_pickled:
-            return decode(_core.blob_read(seg.mm))
-        # Read in place: a plain pickle is loaded straight from shared
-        # memory (one copy, and for a large item one freshly faulted
-        # allocation, fewer).  A large frame's out-of-band buffers (numpy
-        # arrays, CPU tensors) come back as views of the blob itself, which
-        # stays ours until the last of them is collected; a small frame is
-        # copied out, so that many small items held do not pin blobs.
-        lease = _core.blob_lease(seg.mm)
-        if lease is None:  # MAX_LEASES held already: copy out
-            return _unframe(_core.blob_read(seg.mm))
-        with memoryview(lease) as view:
-            if view[:1] != b"\0":
-                return pickle.loads(view)
-            if view.nbytes < _LEASE_MIN:
-                raw = bytearray(view)
-            else:
-                raw = None
-        if raw is None:
-            return _unframe(lease)
-        del lease  # frees the blob before the item is rebuilt
-        return _unframe(raw)
-
-    def peek(self, ref):
-        """A copy of the item in blob ``ref``, not taken (for latest())."""
-        name = ref.decode()
-        seg = self.maps.get(name)
-        if seg is None:
-            seg = Segment.attach(name)
-            self.maps[name] = seg
-            while len(self.maps) > _BLOB_MAPS:
-                self.maps.popitem(last=False)[1].close()
-        return _core.blob_peek(seg.mm)
-
-    def close(self):
-        with self.lock:
-            for seg, _ in self.mine if self.pid == os.getpid() else ():
-                # a blob holding an item nobody has taken yet keeps its name:
-                # its reader still has to open it (the ring's owner removes
-                # leftovers with the ring)
-                if not _core.blob_state(seg.mm):
-                    _unlink_name(seg.name)
-                seg.close()
-            self.mine = []
-            for seg in self.maps.values():
-                seg.close()
-            self.maps.clear()
-
-    def forget(self):
-        """After fork: the parent's blobs and mappings are not ours."""
-        self.mine, self.maps, self.next = [], collections.OrderedDict(), 0
-        self.pid, self.lock = os.getpid(), threading.Lock()
-
-
-def _bspill(blobs, parts):
-    """A broadcast ring's out-of-line item: a fresh blob (never reused, so
-    readers never see it change), named in the slot; removed when the slot
-    is overwritten (_bfree) or with the ring."""
-    name = blobs._name()
-    cap = _blob_cap(parts.total)
-    seg = Segment.create(name, _core.SLOT_HEADER + cap, blobs.mode)
-    try:
-        _core.blob_init(seg.mm, cap)
-        _core.blob_write(seg.mm, parts)
-    except BaseException:
-        seg.close()
-        _unlink_name(name)
-        raise
-    seg.close()
-    return name.encode()
-
-
-def _bfree(ref):
-    _unlink_name(ref.decode())
-
-
-def _bdecode(blobs, full_decode, raw):
-    """Decode a broadcast item: inline, or (first byte 1) from its blob;
-    _core._BlobGone if the blob was removed before we opened it."""
-    if raw[:1] != b"\x01":
-        return full_decode(raw)
-    try:
-        # not through the mapping cache: each blob is read once, and a
-        # cached mapping would pin an overwritten item's memory
-        seg = Segment.attach(bytes(raw[1:]).decode())
-    except BufferNotFound:
-        raise _core._BlobGone() from None
-    try:
-        data = _core.blob_peek(seg.mm)
-    finally:
-        seg.close()
-    return full_decode(data)
-
-
-def _unspill(blobs, full_decode, ref, give_back):
-    """Take the out-of-line item ``ref`` (or give the blob back)."""
-    return blobs.take(ref, give_back, full_decode)
 
 
 def _remove_ring(name, owner_pid, ident=None):
@@ -543,7 +317,8 @@ class Ring:
                 self._setup_broadcast(ser, process_alive)
                 self._setup_reader(full, False)
         else:
-            self._blobs = _Blobs(seg.name, mode) if self._kind == _core.KIND_OBJECT else None
+            self._blobs = (_Blobs(seg.name, mode, self.capacity)
+                           if self._kind == _core.KIND_OBJECT else None)
             self._setup_queue(self._maxsize, ser,
                               self._blobs.spill if self._blobs else None,
                               # not the bound method: a ring -> method -> ring
