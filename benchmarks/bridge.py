@@ -8,8 +8,9 @@ scouting off).  Needs Linux, root (or CAP_SYS_ADMIN) and the ``zenoh``
 extra; without them the benchmark prints why and measures nothing.
 
 One bridge per host for the whole run (A exports ``bb_*``, B imports it).
-Every case starts its processes afresh on the two hosts: the sender on A,
-the receiver(s) on B, and times at the receiver, from the first item
+Every case starts its processes afresh on the two hosts (forked by a
+per-host agent that imported numpy, global_buffer and zenoh once): the
+sender on A, the receiver(s) on B, and times at the receiver, from the first item
 received to the last, so start-up (imports, announces, routing) is not
 timed: ``items/s = (received - 1) / (t_last - t_first)``.  Peers:
 
@@ -39,6 +40,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,25 +60,76 @@ from benchmarks._util import (
 FRAME = (1080, 1920, 3)
 FRAME_BYTES = 1080 * 1920 * 3
 SMALL_BYTES = 32
-MARK = "@@BRIDGE-BENCH@@"
 AUTHKEY = b"gb-bench"
 # items per case at each level: (small items, frames, fan-out frames)
 COUNTS = {"smoke": (1000, 6, 8), "quick": (5000, 20, 30), "full": (20000, 60, 100)}
 ROUNDS = {"smoke": 1, "quick": 2, "full": 5}
 FAN = {"smoke": 2, "quick": 8, "full": 8}  # far readers against 1 (smoke: fewer processes)
 PEERS = ("gb stream", "gb ring", "zenoh", "mgr queue")
+ROLES = {"gb stream": ("stream_writer", "stream_reader"),  # (sender, receiver) role_*
+         "gb ring": ("ring_producer", "ring_consumer"),
+         "zenoh": ("zenoh_pub", "zenoh_sub"),
+         "mgr queue": ("mgr_producer", "mgr_consumer")}
 CASE_TIMEOUT = 120.0  # seconds a case may take, start-up included
 
-# runs one role of a case in a process of a simulated host
-_BOOT = (
-    "import sys, json\n"
+# a host's fork server (``agent``): imports once, forks a process per role
+_AGENT = (
+    "import sys\n"
     "if sys.path and sys.path[0] == '':\n"
     "    del sys.path[0]\n"
     f"sys.path.append({ROOT!r})\n"
     "from benchmarks import bridge as b\n"
-    "r = getattr(b, 'role_' + sys.argv[1])(**json.loads(sys.argv[2]))\n"
-    f"print({MARK!r} + json.dumps(r), flush=True)\n"
+    "b.agent()\n"
 )
+
+
+def agent():
+    """Run in a simulated host: import what roles need once, then for each
+    command line on stdin (JSON: role, kwargs, out) fork a process that
+    runs ``role_<role>(**kwargs)`` and writes ``{"ok": result}`` or
+    ``{"error": traceback}`` to the file ``out``; print its pid.  Forking
+    saves each case the 1-2 s an interpreter takes to import numpy,
+    global_buffer and zenoh on this machine."""
+    import signal
+    import traceback
+
+    import numpy  # noqa: F401  (preloaded for the children)
+
+    import global_buffer.bridge  # noqa: F401
+    if installed("zenoh"):
+        import zenoh  # noqa: F401
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped for us
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.dup2(2, 1)  # stdout is the command channel: the role's output goes to the log
+            try:
+                res = {"ok": globals()["role_" + cmd["role"]](**cmd["kwargs"])}
+            except BaseException:
+                res = {"error": traceback.format_exc()}
+            with open(cmd["out"] + ".tmp", "w") as f:
+                json.dump(res, f)
+            os.replace(cmd["out"] + ".tmp", cmd["out"])
+            os._exit(0)
+        print(pid, flush=True)
+
+
+class _Proc:
+    """A role's process, forked by a host's agent."""
+
+    def __init__(self, role, pid, out):
+        self.role, self.pid, self.out = role, pid, out
+
+
+def _readline(f, timeout):
+    import select
+    ready, _, _ = select.select([f], [], [], timeout)
+    if not ready:
+        raise RuntimeError(f"no answer from a host's agent in {timeout} s")
+    return f.readline().decode().strip()
 
 
 def _hosts_module():
@@ -376,6 +429,7 @@ class _Bench:
             self.bb = self.b.bridge(listen=[f"tcp/127.0.0.1:{self.hosts.free_port()}"],
                                     connect=[f"tcp/127.0.0.1:{port_a}"], imports=["bb_*"],
                                     stats=self.stats_b, log=os.path.join(self.tmp, "b.log"))
+            self.agents = {h.name: self._agent(h) for h in (self.a, self.b)}
             self.hosts.read_stats(self.stats_b, 30, lambda s: s["peers"])
         except BaseException:
             self.close()
@@ -391,23 +445,46 @@ class _Bench:
         self.k += 1
         return os.path.join(self.tmp, f"{what}{self.k}")
 
-    def start(self, host, role, **kw):
-        p = host.spawn([sys.executable, "-c", _BOOT, role, json.dumps(kw)],
-                       stderr=subprocess.STDOUT)
-        p.role = role
+    def _agent(self, host):
+        """Start ``agent()`` in ``host`` (killed with the host)."""
+        with open(os.path.join(self.tmp, f"agent-{host.name}.log"), "ab") as log:
+            p = subprocess.Popen(host._argv([sys.executable, "-c", _AGENT]), cwd=ROOT,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                 env=dict(os.environ, PYTHONUNBUFFERED="1",
+                                          OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"),
+                                 start_new_session=True)
+        host.procs.append(p)
+        line = _readline(p.stdout, 60)
+        if line != "ready":
+            raise RuntimeError(f"host {host.name}: agent failed to start: {line!r}")
         return p
 
+    def start(self, host, role, **kw):
+        agent = self.agents[host.name]
+        out = self.path(f"result-{role}-")
+        agent.stdin.write((json.dumps({"role": role, "kwargs": kw, "out": out}) + "\n").encode())
+        agent.stdin.flush()
+        return _Proc(role, int(_readline(agent.stdout, 30)), out)
+
+    def kill(self, p):
+        if not os.path.exists(p.out):  # done: exited (or about to), reaped by its agent
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def result(self, p, timeout=CASE_TIMEOUT + 30):
-        try:
-            out, _ = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.hosts.kill(p)
-            raise RuntimeError(f"{p.role} timed out") from None
-        out = (out or b"").decode(errors="replace")
-        for line in reversed(out.splitlines()):
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        raise RuntimeError(f"{p.role} failed (exit {p.returncode}):\n{out[-3000:]}")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(p.out):
+            if time.monotonic() > deadline:
+                self.kill(p)
+                raise RuntimeError(f"{p.role} timed out")
+            time.sleep(0.01)
+        with open(p.out) as f:
+            res = json.load(f)
+        if "error" in res:
+            raise RuntimeError(f"{p.role} failed:\n{res['error'][-3000:]}")
+        return res["ok"]
 
     def _run(self, senders, receivers, done, then=None):
         """Collect the receivers, call ``then()``, then release the senders."""
@@ -424,47 +501,33 @@ class _Bench:
     def case(self, peer, kind, n, readers=1):
         """One run of ``peer`` moving ``n`` items of ``kind`` from A to B;
         the receivers' results."""
+        send_role, recv_role = ROLES[peer]
         done = self.path("done")
         readies = [self.path("ready") for _ in range(readers)]
-        common = {"kind": kind, "n": n}
+        both: dict = {"kind": kind, "n": n}   # arguments of sender and receivers
+        send: dict = {}                        # of the sender only
+        server = None
         if peer == "gb stream":
-            name = f"bb_s{self.k}"
-            cap = n + 8 if kind == "small" else 4
-            senders = [self.start(self.a, "stream_writer", name=name, ready=readies, done=done,
-                                  capacity=cap, **common)]
-            receivers = [self.start(self.b, "stream_reader", name=name, ready=r, **common)
-                         for r in readies]
+            both["name"] = name = f"bb_s{self.k}"
+            send["capacity"] = n + 8 if kind == "small" else 4  # small: nothing lapped
+        elif peer == "gb ring":
+            both["name"] = f"bb_r{self.k}"
+        elif peer == "zenoh":
+            both["endpoint"] = f"tcp/127.0.0.1:{self.hosts.free_port()}"
+        else:
+            both["port"] = self.hosts.free_port()
+            server = self.start(self.a, "mgr_server", port=both["port"])
 
-            def link(got):  # what crossed for this stream, before its writer goes
-                if kind == "frame":
-                    got[0]["link"] = self.mirror_stats(name)
+        def link(got):  # what crossed for a stream, before its writer goes
+            if peer == "gb stream" and kind == "frame":
+                got[0]["link"] = self.mirror_stats(name)
+        try:
+            senders = [self.start(self.a, send_role, ready=readies, done=done, **both, **send)]
+            receivers = [self.start(self.b, recv_role, ready=r, **both) for r in readies]
             return self._run(senders, receivers, done, link)
-        if peer == "gb ring":
-            name = f"bb_r{self.k}"
-            senders = [self.start(self.a, "ring_producer", name=name, ready=readies, done=done,
-                                  **common)]
-            receivers = [self.start(self.b, "ring_consumer", name=name, ready=r, **common)
-                         for r in readies]
-            return self._run(senders, receivers, done)
-        if peer == "zenoh":
-            ep = f"tcp/127.0.0.1:{self.hosts.free_port()}"
-            senders = [self.start(self.a, "zenoh_pub", endpoint=ep, ready=readies, done=done,
-                                  **common)]
-            receivers = [self.start(self.b, "zenoh_sub", endpoint=ep, ready=r, **common)
-                         for r in readies]
-            return self._run(senders, receivers, done)
-        if peer == "mgr queue":
-            port = self.hosts.free_port()
-            server = self.start(self.a, "mgr_server", port=port)
-            try:
-                senders = [self.start(self.a, "mgr_producer", port=port, ready=readies,
-                                      done=done, **common)]
-                receivers = [self.start(self.b, "mgr_consumer", port=port, ready=r, **common)
-                             for r in readies]
-                return self._run(senders, receivers, done)
-            finally:
-                self.hosts.kill(server)
-        raise ValueError(peer)
+        finally:
+            if server is not None:
+                self.kill(server)
 
     def mirror_stats(self, name, timeout=10.0):
         """What B's bridge moved for ``name`` (items, bytes), once steady."""
