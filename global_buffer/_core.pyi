@@ -158,6 +158,10 @@ class StreamWriter(Handle):
         the sample's stored bytes."""
     def _mark_gone(self) -> None: ...
 
+class _BlobGone(Exception):
+    """An out-of-line broadcast item was overwritten (its blob removed)
+    before this reader opened it: counted as an overrun."""
+
 @disjoint_base
 class StreamReader(Handle):
     _cursor: int

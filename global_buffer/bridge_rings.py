@@ -843,7 +843,7 @@ class RingImport:
         # reports it to the home, which counts the rest of its window lost
         if gen == self.gen:
             self.counter.set(self.received + 1)
-        self.t_down = None if self.ring._pending else self.ring._tail  # type: ignore[attr-defined]
+        self.t_down = None if self.ring._pending else self.ring._tail
         with self.lock:
             self.stats.items += 1
             if gen == self.gen:
@@ -863,7 +863,7 @@ class RingImport:
         with self.lock:
             head, hungry = self.hunger.tick(now)
             if self.t_down is None and not self.ring._pending and self.inbox.empty():
-                self.t_down = self.ring._tail  # type: ignore[attr-defined]
+                self.t_down = self.ring._tail
             outstanding = self.granted - self.received
             if self.mode == "down":
                 # items wait here that no local consumer takes (or more than

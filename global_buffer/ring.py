@@ -20,6 +20,7 @@ import secrets
 import threading
 import weakref
 from multiprocessing.util import Finalize, register_after_fork
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def _make_serial(serializer, schema):
     The compiled queue path decodes plain pickles itself; ``full decode``
     handles every payload (frames, custom serializers, messages) and serves
     broadcast rings and out-of-line items."""
-    oob = []
+    oob: List[Any] = []
     if is_model(schema) or schema == "message":
         codec = MessageCodec(schema if is_model(schema) else None)
         encode = codec.encode if is_model(schema) else _put_needs_model
@@ -120,7 +121,7 @@ def _remove_ring(name, owner_pid, ident=None):
 
 # -- the ring -------------------------------------------------------------------
 
-_concrete_cache = {}
+_concrete_cache: Dict[Tuple[type, bool], type] = {}
 
 
 def _concrete(cls, broadcast):
@@ -217,6 +218,83 @@ class Ring:
     """
 
     _used = True  # False while this handle has not put (see _first_put)
+
+    # set by _open() / __init__ (or after fork)
+    _segment: Segment
+    _schema: Any
+    _serializer: Any
+    _mode: int
+    _is_owner: bool
+    _finalizer: Optional[Finalize]
+    _pending: Deque[Any]
+    _feeder: Optional[threading.Thread]
+    _feeder_lock: threading.Lock
+    _flush_lock: threading.Lock
+    _join_cancelled: bool
+    _jointhread: Optional[Finalize]
+    _closed_put: bool
+    _blobs: Optional[_Blobs]
+    _full_decode: Any
+    _bcast: bool
+    _ident: Tuple[int, int]
+    _views: Optional[List[Any]]
+    _views_ro: Optional[List[Any]]
+    _public: type  # the class the user named (set on the class _concrete() makes)
+
+    # provided by the compiled handle _concrete() mixes in: _core.QueueHandle
+    # or _core.BroadcastHandle (which one: self._bcast)
+    closed: bool
+    capacity: int
+    _kind: int
+    _flags: int
+    _nslots: int
+    _maxsize: int
+    _owner: Tuple[int, int]
+    _tail: int
+    _cursor: int  # broadcast only
+
+    if TYPE_CHECKING:
+        def _bind(self, mm: Any, what: str) -> None: ...
+        def _unbind(self) -> None: ...
+        def _set_array(self, dtype: np.dtype, shape: Tuple[int, ...]) -> None: ...
+        def _add_readers(self, delta: int) -> None: ...
+        def _payload_offset(self, pos: int) -> int: ...
+        def _reserve_begin(self, block: bool = True,
+                           timeout: Optional[float] = None) -> Optional[int]: ...
+        def _reserve_end(self, pos: int, commit: bool) -> None: ...
+        def _put_obj(self, obj: Any, block: bool = True,
+                     timeout: Optional[float] = None) -> bool: ...
+        # queue rings (_core.QueueHandle)
+        def _setup_queue(self, maxsize: int, ser: _core._Serial,
+                         spill: Optional[Callable[..., Any]],
+                         unspill: Optional[Callable[..., Any]],
+                         alive: Callable[..., bool], unframe: Callable[..., Any],
+                         decode: Optional[Callable[[bytes], Any]]) -> None: ...
+        def _get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+        def _get_many(self, max_items: int, block: bool = True,
+                      timeout: Optional[float] = None) -> List[Any]: ...
+        def _latest(self, peek: Optional[Callable[..., Any]] = None,
+                    decode_blob: Optional[Callable[..., Any]] = None) -> Any: ...
+        def _view_take(self, block: bool = True, timeout: Optional[float] = None) -> int: ...
+        def _view_done(self, pos: int) -> None: ...
+        def _put_each(self, items: Any, grace: float) -> int: ...
+        def _defer(self, item: Any) -> None: ...
+        def _serialize(self, obj: Any) -> Any: ...
+        def _flush(self) -> Optional[bool]: ...
+        def _wake_data(self) -> None: ...
+        def _wait_ready(self, put: bool, timeout: Optional[float]) -> bool: ...
+        def _qsize(self) -> int: ...
+        def _task_add(self, n: int) -> int: ...
+        def _task_done(self) -> int: ...
+        def _join(self, timeout: Optional[float] = None) -> bool: ...
+        # broadcast rings (_core.BroadcastHandle)
+        def _setup_broadcast(self, ser: _core._Serial, alive: Callable[..., bool],
+                             bspill: Optional[Callable[[Any], bytes]] = None,
+                             bfree: Optional[Callable[[bytes], None]] = None) -> None: ...
+        def _setup_reader(self, decode: Optional[Callable[[bytes], Any]],
+                          from_oldest: bool) -> None: ...
+        def next_into(self, out: Any, timeout: Optional[float] = None) -> int: ...
+        def _wait_new(self, seen: int, timeout: Optional[float]) -> bool: ...
 
     def __new__(cls, *args, **kwargs):
         base = _core.BroadcastHandle if kwargs.get("broadcast") else _core.QueueHandle
@@ -346,6 +424,7 @@ class Ring:
         _mark_unused(self)  # the child's handle is unused, as the stdlib's queue's
 
     def _unspill(self, ref, give_back):
+        assert self._blobs is not None  # only queue rings of objects spill
         return _unspill(self._blobs, self._full_decode, ref, give_back)
 
     @classmethod
@@ -477,14 +556,15 @@ class Ring:
         """``get(timeout=timeout)``: for queue rings the next item of the
         queue, for broadcast rings the next from this handle's cursor."""
         if self.broadcast:
-            return super().next(timeout)
+            # super() is _core.BroadcastHandle here (the base _concrete() mixes in)
+            return super().next(timeout)  # type: ignore[misc]
         return self._get(True, timeout)
 
     def latest(self):
         """The newest item put that is still held, without consuming it
         (``None`` if there is none)."""
         if self.broadcast:
-            return super().latest()
+            return super().latest()  # type: ignore[misc]  # as in next()
         if self._blobs is None:
             return self._latest()
         return self._latest(self._blobs.peek, self._full_decode)
@@ -502,13 +582,14 @@ class Ring:
             raise Full()
         _mark_used(self)
         try:
-            view = self._slot_views()[pos % self._nslots]
+            views = self._slot_views()
+            view = views[pos % self._nslots]
             if view is None:
                 spec = self._schema
                 view = np.frombuffer(self._segment.mm, dtype=spec.dtype,
                                      count=int(np.prod(spec.shape, dtype=np.int64)),
                                      offset=self._payload_offset(pos)).reshape(spec.shape)
-                self._views[pos % self._nslots] = view
+                views[pos % self._nslots] = view
             yield view
         except BaseException:
             self._reserve_end(pos, False)
@@ -527,7 +608,8 @@ class Ring:
         if self.broadcast:
             self.next_into(out, timeout if block else 0)
             return out
-        return _core.QueueHandle.get_into(self, out, block, timeout)
+        # a queue ring's handle is a _core.QueueHandle (the base _concrete() mixes in)
+        return _core.QueueHandle.get_into(self, out, block, timeout)  # type: ignore[arg-type]
 
     @contextlib.contextmanager
     def view(self, block=True, timeout=None):
@@ -822,8 +904,8 @@ class Ring:
 # (``__class__``), so later puts take the compiled method directly; no
 # per-handle object refers back to the ring, so it stays free of cycles.
 
-_unused_cache = {}   # the class of a used handle -> the class of an unused one
-_used_of = {}        # and back
+_unused_cache: Dict[type, type] = {}   # the class of a used handle -> the class of an unused one
+_used_of: Dict[type, Type[Ring]] = {}  # and back
 
 
 def _unused_class(cls):
