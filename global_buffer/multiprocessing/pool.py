@@ -51,7 +51,7 @@ import weakref
 from _thread import allocate_lock as _allocate_lock
 from multiprocessing import get_context, pool as _mp_pool, reduction, util
 from multiprocessing.connection import wait
-from multiprocessing.pool import (
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # undocumented: not in typeshed
     INIT,
     RUN,
     TERMINATE,
@@ -59,6 +59,19 @@ from multiprocessing.pool import (
     MaybeEncodingError,
     _helper_reraises_exception,
     _PoolCache,
+)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+    cast,
 )
 
 from .. import _core, reduction as _reduction
@@ -353,6 +366,7 @@ def _next_task(ring, parent):
 
 
 def _send_result(ring, job, i, pid, ok, value, parent):
+    item: Optional[Tuple[Any, ...]]
     if _plain(value):
         item = (job, i, pid, ok, value)
     else:
@@ -405,8 +419,9 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
     if initializer is not None:
         initializer(*initargs)
     pid = os.getpid()
-    fns = {}  # pickled function -> function
-    pending = []  # plain results not sent yet: (job, i, ok, value)
+    fns: Dict[bytes, Callable[..., Any]] = {}  # pickled function -> function
+    # plain results not sent yet: (job, i, ok, value)
+    pending: List[Tuple[Any, Any, bool, Any]] = []
     taken = 0  # tasks on the board since it was last cleared
     first = 0.0  # when the oldest pending result was made
     clock = time.monotonic
@@ -514,6 +529,9 @@ class _Notifier:
     ``put`` never blocks (a full pipe already says "something changed") and
     is harmless after ``close``."""
 
+    _r: Optional[int]  # the pipe's ends, None once closed
+    _w: Optional[int]
+
     def __init__(self):
         r, w = os.pipe()
         os.set_blocking(r, False)
@@ -605,6 +623,14 @@ def _lost_message(pid, exitcode, job, i):
             "its result is lost (the worker was replaced)")
 
 
+if TYPE_CHECKING:
+    class _Handler(threading.Thread):
+        """A pool handler thread: the pool sets its ``_state`` (as the
+        stdlib's pool does on its handler threads)."""
+
+        _state: str
+
+
 def _put_until(ring, item, thread=None):
     """Put ``item`` on a bounded ring; False if the pool is terminated
     (``thread._state``, default: the calling handler's) first.  Waits for
@@ -690,7 +716,7 @@ class _ApplyResult(_mp_pool.ApplyResult):
     def __init__(self, pool, callback, error_callback):
         self._pool = pool
         self._event = _Flag()
-        self._job = next(_mp_pool.job_counter)
+        self._job = next(_mp_pool.job_counter)  # type: ignore[attr-defined]  # not in typeshed
         self._cache = pool._cache
         self._callback = callback
         self._error_callback = error_callback
@@ -701,6 +727,16 @@ class _IMapIterator(_mp_pool.IMapIterator):
     """``multiprocessing.pool.IMapIterator`` whose ``next()`` takes a waiting
     result without the lock (a deque's popleft is atomic), and whose results
     can be set many at a time (one lock and one notify per batch)."""
+
+    # set by the stdlib's IMapIterator.__init__ (not in typeshed)
+    _pool: Any
+    _cond: threading.Condition
+    _job: int
+    _cache: Dict[int, Any]
+    _items: Deque[Tuple[bool, Any]]
+    _index: int
+    _length: Optional[int]
+    _unsorted: Dict[int, Tuple[bool, Any]]
 
     def next(self, timeout=None):
         try:
@@ -737,6 +773,15 @@ class _IMapIterator(_mp_pool.IMapIterator):
 class _IMapUnorderedIterator(_mp_pool.IMapUnorderedIterator):
     """``multiprocessing.pool.IMapUnorderedIterator``, as
     :class:`_IMapIterator`."""
+
+    # set by the stdlib's IMapUnorderedIterator.__init__ (not in typeshed)
+    _pool: Any
+    _cond: threading.Condition
+    _job: int
+    _cache: Dict[int, Any]
+    _items: Deque[Tuple[bool, Any]]
+    _index: int
+    _length: Optional[int]
 
     next = _IMapIterator.next
     __next__ = next
@@ -784,6 +829,20 @@ class Pool(_mp_pool.Pool):
         (docs/cluster.md; needs ``global_buffer[dask]``).
     """
 
+    # None before _setup_queues() and after join()
+    _inqueue: Optional[Ring]
+    _outqueue: Optional[Ring]
+    _board: Optional[_Board]
+    _change_notifier: Optional[_Notifier]
+
+    if TYPE_CHECKING:  # the stdlib Pool's, not in typeshed
+        _wrap_exception: bool
+        def _check_running(self) -> None: ...
+        def _guarded_task_generation(self, result_job: int, func: Callable[..., Any],
+                                     iterable: Iterable[Any]) -> Iterator[Any]: ...
+        @staticmethod
+        def _get_worker_sentinels(workers: List[Any]) -> List[Any]: ...
+
     def __new__(cls, *args, cluster=None, **kwargs):
         if cluster is not None:
             from .cluster import ClusterPool  # lazy: Dask only when asked for
@@ -793,7 +852,7 @@ class Pool(_mp_pool.Pool):
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, cluster=None):
         # what __del__, repr() and the error paths use, first
-        self._pool = []
+        self._pool: List[Any] = []
         self._state = INIT
         self._inqueue = self._outqueue = self._board = self._change_notifier = None
         if processes is None:
@@ -813,7 +872,7 @@ class Pool(_mp_pool.Pool):
         self._initializer = _Portable(initializer) if initializer is not None else None
         self._initargs = _Portable(tuple(initargs))
         self._setup_queues()
-        self._taskqueue = queue.SimpleQueue()
+        self._taskqueue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         # wakes _handle_workers when the cache empties or the state changes
         self._change_notifier = _Notifier()
         self._cache = _Cache(notifier=self._change_notifier)
@@ -851,7 +910,7 @@ class Pool(_mp_pool.Pool):
 
     @staticmethod
     def _start_handler(target, args):
-        t = threading.Thread(target=target, args=args, daemon=True)
+        t = cast("_Handler", threading.Thread(target=target, args=args, daemon=True))
         t._state = RUN
         t.start()
         return t
@@ -861,7 +920,7 @@ class Pool(_mp_pool.Pool):
     def _setup_queues(self):
         n = self._processes
         base = f"p{os.getpid():x}-{secrets.token_hex(5)}"
-        made = []
+        made: List[Any] = []  # two Rings, then the _Board
         try:
             # tasks: enough queued to keep every worker busy; results: a few
             # per worker, then workers wait for the result handler
@@ -891,6 +950,7 @@ class Pool(_mp_pool.Pool):
                 r.unlink()  # with every blob made on it
 
     def _get_sentinels(self):
+        assert self._change_notifier is not None  # made before the handlers start
         return [self._change_notifier._reader]
 
     @staticmethod
@@ -950,13 +1010,13 @@ class Pool(_mp_pool.Pool):
         """Replace exited workers, each in place (``len(pool)``, which
         ``map`` reads for its chunk size, never drops), and tell the result
         handler about each exit."""
-        thread = threading.current_thread()
+        thread = cast("_Handler", threading.current_thread())
         for i, w in enumerate(pool):
             if w.exitcode is None:
                 continue
             util.debug(f"cleaning up worker {i}")
             w.join()
-            new = []
+            new: List[Any] = []
             try:
                 if thread._state != TERMINATE:
                     cls._repopulate_pool_static(ctx, Process, 1, new, inqueue, outqueue,
@@ -978,7 +1038,7 @@ class Pool(_mp_pool.Pool):
     def _handle_workers(cls, cache, taskqueue, ctx, Process, processes, pool, inqueue,
                         outqueue, initializer, initargs, maxtasksperchild, wrap_exception,
                         sentinels, change_notifier, board=None):
-        thread = threading.current_thread()
+        thread = cast("_Handler", threading.current_thread())
         # keep workers alive until the cache drains, unless terminated
         while thread._state == RUN or (cache and thread._state != TERMINATE):
             try:
@@ -1001,7 +1061,7 @@ class Pool(_mp_pool.Pool):
 
     @staticmethod
     def _handle_tasks(taskqueue, put, outqueue, pool, cache):
-        thread = threading.current_thread()
+        thread = cast("_Handler", threading.current_thread())
         for taskseq, set_length in iter(taskqueue.get, None):
             task = None
             try:
@@ -1044,13 +1104,14 @@ class Pool(_mp_pool.Pool):
 
     @staticmethod
     def _handle_results(outqueue, get, cache, board=None):
-        thread = threading.current_thread()
+        thread = cast("_Handler", threading.current_thread())
         last_done = {}  # worker pid -> (job, i) of the last result it sent
 
         def handle(item):
             job = item[0]
             if job == _BATCH:
                 pid, results = item[1], item[2]
+                run: List[Tuple[Any, Tuple[bool, Any]]]  # [(i, (ok, value))]
                 run, run_job = [], None  # consecutive results of one job
                 for job, i, ok, value in results:
                     if job != run_job:
@@ -1127,6 +1188,7 @@ class Pool(_mp_pool.Pool):
         of it the task goes straight into the task ring, without a hop
         through the task handler thread."""
         self._check_running()
+        assert self._inqueue is not None  # set while the pool runs
         result = _ApplyResult(self, callback, error_callback)
         task = (result._job, 0, func, args, kwds)
         if self._taskqueue.empty():
@@ -1160,10 +1222,13 @@ class Pool(_mp_pool.Pool):
             return result
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        task_batches = _mp_pool.Pool._get_tasks(func, iterable, chunksize)
+        task_batches = _mp_pool.Pool._get_tasks(  # type: ignore[attr-defined]  # not in typeshed
+            func, iterable, chunksize)
         result = cls(self)
         self._taskqueue.put(
-            (self._guarded_task_generation(result._job, _mp_pool.mapstar, task_batches),
+            (self._guarded_task_generation(result._job,
+                                           _mp_pool.mapstar,  # type: ignore[attr-defined]  # as above
+                                           task_batches),
              result._set_length))
         return (item for chunk in result for item in chunk)
 
@@ -1172,12 +1237,14 @@ class Pool(_mp_pool.Pool):
     def close(self):
         """Accept no more tasks; the workers exit once the queued ones are
         done."""
+        assert self._change_notifier is not None  # made in __init__
         self._change_notifier.closing = True
         super().close()
 
     def terminate(self):
         """Stop the workers now, without finishing outstanding work (as
         the stdlib; also what leaving a ``with`` block does)."""
+        assert self._change_notifier is not None  # made in __init__
         self._change_notifier.closing = True
         super().terminate()
 
