@@ -64,7 +64,7 @@ import types
 import warnings
 import weakref
 from multiprocessing import pool as _mp_pool, util
-from multiprocessing.pool import (
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # undocumented: not in typeshed
     CLOSE,
     INIT,
     RUN,
@@ -77,6 +77,7 @@ from multiprocessing.pool import (
     mapstar,
     starmapstar,
 )
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 try:
     import distributed
@@ -133,7 +134,7 @@ def _loads(data, where, origin):
         raise _ring_error(e, where, origin) from e
 
 
-_FUNCS = {}  # worker side: function bytes -> function (a job's tasks share one)
+_FUNCS: Dict[bytes, Any] = {}  # worker side: function bytes -> function (a job's tasks share one)
 
 
 def _function(fbytes, origin):
@@ -253,7 +254,8 @@ class _Batch:
         n = self.counts[job] = self.counts.get(job, 0) + 1
         r = self.cache.get(job)
         # a MapResult is ready only once every chunk is in
-        if type(r) is not MapResult or n >= r._number_left:
+        if (type(r) is not MapResult
+                or n >= r._number_left):  # type: ignore[attr-defined]  # not in typeshed
             self.urgent = True
 
 
@@ -286,6 +288,11 @@ class ClusterPool(_mp_pool.Pool):
         closed with the pool), or ``"local"`` (a ``LocalCluster`` on
         127.0.0.1 started and closed by the pool).
     """
+
+    _pool: Union[List[Any], _Workers]  # stdlib Pool's name; only its len() is used
+    _taskqueue: "queue.SimpleQueue[Any]"
+    _submitq: "queue.SimpleQueue[Any]"
+    _doneq: "queue.SimpleQueue[Any]"
 
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, cluster):
@@ -421,7 +428,7 @@ class ClusterPool(_mp_pool.Pool):
         if func is mapstar or func is starmapstar:
             mode = 1 if func is mapstar else 2
             (func, chunk), = args
-            payload = (mode, chunk, {})
+            payload: Tuple[int, Any, Any] = (mode, chunk, {})
         else:
             payload = (0, args, kwds)
         spec = funcs.get(id(func))
@@ -432,7 +439,8 @@ class ClusterPool(_mp_pool.Pool):
 
     def _submit(self):
         """Submit what the feeder queued, a batch per ``client.map``."""
-        funcs = {}  # id(func) -> (func, its spec): pickled once per function
+        funcs: Dict[int, Any] = {}  # id(func) -> (func, its spec): pickled once per function
+        batch: Optional[List[Any]]
         done = False
         while not done:
             batch = [self._submitq.get()]
@@ -501,6 +509,11 @@ class ClusterPool(_mp_pool.Pool):
           the workers; at once when nothing else is running."""
         stopping = False
         cost = 0.0  # recent seconds per gather (moving average)
+        # dropped (None) at the end of each round
+        batch: Optional[List[Any]]
+        futures: Optional[List[Any]]
+        finished: Optional[Dict[Any, Any]]
+        data: Optional[Dict[Any, Any]]
         while not (stopping and not self._futures):
             b = _Batch(self._futures, self._cache)
             add, batch = b.add, b.items
