@@ -19,6 +19,7 @@ from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+from libc.stdio cimport snprintf
 
 
 
@@ -58,6 +59,11 @@ def _reset_pid():
 
 
 os.register_at_fork(after_in_child=_reset_pid)
+
+
+def getpid():
+    """``os.getpid()`` without the system call (kept right across fork)."""
+    return _pid
 
 cdef int _use_futex = GB_HAVE_FUTEX
 cdef int64_t _spin_ns = 20000          # spin before parking (measured: benchmarks/wake.py)

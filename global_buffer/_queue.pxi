@@ -1403,6 +1403,167 @@ def blob_hold(mm, Py_ssize_t idx=0):
         PyBuffer_Release(&b)
 
 
+cdef extern from "Python.h":
+    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
+
+
+def blob_loads(mm, Py_ssize_t idx, loads):
+    """Take the item in blob ``idx`` and decode it with ``loads`` straight
+    from shared memory (a plain pickle: one copy, no intermediate buffer),
+    then free the blob for its producer.  ``NotImplemented`` (nothing taken)
+    if the item is a frame: the caller reads that in place (blob_lease)."""
+    cdef Py_buffer b
+    cdef gb_blob *bl
+    cdef gb_au64 *state
+    cdef uint64_t holder, n
+    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
+    try:
+        bl = _blob(&b, idx)
+        n = bl.len if bl.len <= bl.size else 0
+        # written before its producer published the reference (the slot's
+        # release/acquire): safe to look at before taking the blob over
+        if n == 0 or (<uint8_t *>_blob_data(bl))[0] == FRAME_TAG:
+            return NotImplemented
+        state = &bl.state
+        while True:  # handed over from its producer in one atomic step
+            holder = gb_lock_holder(state)
+            if gb_lock_steal(state, holder, _pid):
+                break
+        view = PyMemoryView_FromMemory(_blob_data(bl), <Py_ssize_t>n, PyBUF_READ)
+        try:
+            return loads(view)
+        finally:
+            view.release()
+            gb_lock_release(state)
+    finally:
+        PyBuffer_Release(&b)
+
+
+cdef class ChunkPool:
+    """A producer's arenas of one chunk size (see blobs.Blobs): finds a free
+    chunk, copies an item into it and makes its reference in one call.  It
+    holds a buffer of each arena's mapping until release()."""
+    cdef list segs, prefixes
+    cdef Py_buffer *bufs
+    cdef Py_ssize_t *nexts
+    cdef Py_ssize_t *counts
+    cdef Py_ssize_t n, alloc, cur
+    cdef readonly unsigned long long size
+    cdef readonly Py_ssize_t chunks
+
+    def __cinit__(self, unsigned long long size):
+        self.segs, self.prefixes = [], []
+        self.size = size
+
+    def __dealloc__(self):
+        self._release()
+        PyMem_RawFree(self.bufs)
+        PyMem_RawFree(self.nexts)
+        PyMem_RawFree(self.counts)
+
+    cdef void _release(self):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            PyBuffer_Release(&self.bufs[i])
+        self.n = 0
+
+    def release(self):
+        """Give the arenas' buffers back (before their segments close)."""
+        self._release()
+        self.segs, self.prefixes = [], []
+        self.chunks = 0
+        self.cur = 0
+
+    def __len__(self):
+        return self.n
+
+    def add(self, seg, bytes prefix):
+        """Take in a new arena (blob_init'ed with this size; its chunk 0 is
+        ours): the next put() writes that chunk."""
+        cdef Py_ssize_t k = self.n
+        cdef gb_blob *first
+        cdef void *p
+        if k == self.alloc:
+            self.alloc = 2 * self.alloc + 4
+            p = PyMem_RawRealloc(self.bufs, self.alloc * sizeof(Py_buffer))
+            if p == NULL:
+                raise MemoryError()
+            self.bufs = <Py_buffer *>p
+            p = PyMem_RawRealloc(self.nexts, self.alloc * sizeof(Py_ssize_t))
+            if p == NULL:
+                raise MemoryError()
+            self.nexts = <Py_ssize_t *>p
+            p = PyMem_RawRealloc(self.counts, self.alloc * sizeof(Py_ssize_t))
+            if p == NULL:
+                raise MemoryError()
+            self.counts = <Py_ssize_t *>p
+        PyObject_GetBuffer(seg.mm, &self.bufs[k], PyBUF_WRITABLE)
+        try:
+            first = _blob(&self.bufs[k])
+            if first.size != self.size:
+                raise ValueError("arena of another chunk size")
+        except BaseException:
+            PyBuffer_Release(&self.bufs[k])
+            raise
+        self.counts[k] = <Py_ssize_t>(<uint64_t>self.bufs[k].len / (sizeof(gb_blob) + self.size))
+        self.nexts[k] = -1  # chunk 0, held already
+        self.segs.append(seg)
+        self.prefixes.append(prefix)
+        self.chunks += self.counts[k]
+        self.cur = k
+        self.n = k + 1
+
+    cdef Py_ssize_t _take(self, Py_ssize_t a, Py_ssize_t limit):
+        cdef uint64_t stride = sizeof(gb_blob) + self.size
+        cdef Py_ssize_t count = self.counts[a], start = self.nexts[a], k, i
+        cdef char *base = <char *>self.bufs[a].buf
+        if start < 0:
+            self.nexts[a] = 1
+            return 0
+        if limit < 0 or limit > count:
+            limit = count
+        for k in range(limit):
+            i = (start + k) % count
+            if gb_lock_try(&(<gb_blob *>(base + <uint64_t>i * stride)).state, _pid):
+                self.nexts[a] = i + 1
+                return i
+        return -1
+
+    def put(self, _Parts parts, Py_ssize_t limit):
+        """Copy ``parts`` into a free chunk, looking at ``limit`` chunks per
+        arena (all: -1), from the arena used last; the chunk's reference
+        (the arena's name, NUL, the chunk's index), or None if none was free."""
+        cdef Py_ssize_t k, a, i = -1
+        cdef gb_blob *bl
+        cdef char digits[24]
+        cdef int nd
+        cdef bytes prefix, ref
+        if parts.total > self.size:
+            raise ValueError("item larger than the chunks")
+        for k in range(self.n):
+            a = (self.cur + k) % self.n
+            i = self._take(a, limit)
+            if i >= 0:
+                break
+        if i < 0:
+            return None
+        self.cur = a
+        bl = <gb_blob *>(<char *>self.bufs[a].buf + <uint64_t>i * (sizeof(gb_blob) + self.size))
+        try:
+            _write_parts(parts, <uint8_t *>_blob_data(bl), False)
+        except BaseException:
+            gb_lock_release(&bl.state)
+            raise
+        bl.len = parts.total
+        prefix = <bytes>self.prefixes[a]
+        nd = snprintf(digits, sizeof(digits), "%zd", i)
+        ref = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + nd)
+        memcpy(PyBytes_AS_STRING(ref), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+        memcpy(PyBytes_AS_STRING(ref) + PyBytes_GET_SIZE(prefix), digits, nd)
+        return ref
+
+
 # Items taken in place (blob_lease) that this process still holds: past
 # this many, consumers copy items out instead, so that a consumer keeping
 # many large items alive pins neither unbounded blobs (and their producer's

@@ -29,14 +29,13 @@ when it removes the ring.
 """
 from __future__ import annotations
 
-import collections
 import itertools
 import os
 import pickle
 import secrets
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from . import _core
 from .errors import BufferNotFound
@@ -47,6 +46,9 @@ __all__ = ["Blobs", "bspill", "bfree", "bdecode", "unspill", "decode_pickled", "
 
 # frames, plain-data pickles (see _plain.pxi) and other pickles
 decode_pickled = _core.decode_pickled
+
+
+_getpid = _core.getpid
 
 
 def unframe(raw: Any) -> Any:
@@ -84,18 +86,6 @@ def _blob_keep(cap: int) -> int:
     return max(lo, min(hi, _BLOB_BUDGET // cap))
 
 
-class _Arena:
-    """One arena segment of this producer: ``count`` chunks of ``cap`` bytes."""
-
-    __slots__ = ("seg", "count", "next", "prefix")
-
-    def __init__(self, seg: Segment, count: int) -> None:
-        self.seg = seg
-        self.count = count
-        self.next = 0                                # where the search starts
-        self.prefix = seg.name.encode() + b"\0"      # + index: a chunk's reference
-
-
 class Blobs:
     """The out-of-line buffers of one ring in this process: those it made
     as a producer (arenas by chunk size, own blobs), and the mappings it
@@ -109,11 +99,12 @@ class Blobs:
         self._reset()
 
     def _reset(self) -> None:
-        self.arenas: dict[int, list[_Arena]] = {}     # chunk size -> arenas, newest last
-        self.cur: dict[int, int] = {}                 # chunk size -> arena taken from last
+        self.pools: dict[int, _core.ChunkPool] = {}   # chunk size -> its arenas
+        self.arenas: list[Segment] = []               # every arena of ours
         self.mine: list[tuple[Segment, int]] = []     # own blobs: (segment, capacity)
-        self.maps: collections.OrderedDict[str, Segment] = collections.OrderedDict()
-        self.pid = os.getpid()
+        self.maps: dict[bytes, Any] = {}              # consumer: name -> mapping
+        self.segs: dict[bytes, Segment] = {}          # ... and its segment
+        self.pid = _getpid()
         self.lock = threading.Lock()
         self.next = 0                                 # where the own-blob search starts
 
@@ -129,62 +120,48 @@ class Blobs:
         """Copy serialised item ``parts`` out of line; its reference."""
         need = parts.total
         with self.lock:
-            if self.pid != os.getpid():  # forked: the parent's blobs are not ours
+            if self.pid != _getpid():  # forked: the parent's blobs are not ours
                 self._reset()
             if need <= ARENA_MAX:
-                arena, idx = self._chunk(blob_cap(need))
-                seg, ref = arena.seg, arena.prefix + b"%d" % idx
-            else:
-                seg = self._own_blob(need)
-                idx, ref = 0, seg.name.encode()
+                cap = _CHUNK_MIN if need <= _CHUNK_MIN else 1 << (need - 1).bit_length()
+                pool = self.pools.get(cap)
+                if pool is not None:
+                    # a few chunks from where the last one was taken, arena
+                    # after arena: a full arena costs a few probes
+                    ref = pool.put(parts, _PROBE)
+                    if ref is not None:
+                        return ref
+                return self._chunk(cap, parts)
+            seg = self._own_blob(need)
         # the blob is ours (its lock word): filled outside the lock
-        _core.blob_write(seg.mm, parts, idx)
-        return ref
+        _core.blob_write(seg.mm, parts)
+        return seg.name.encode()
 
-    def _chunk(self, cap: int) -> tuple[_Arena, int]:
-        arenas = self.arenas.setdefault(cap, [])
-        n, cur = len(arenas), self.cur.get(cap, 0)
-        for k in range(n):
-            # a few chunks from where the last one was taken, arena after
-            # arena: a full arena costs a few probes, not a scan of all
-            i = (cur + k) % n
-            a = arenas[i]
-            idx = _core.blob_take_free(a.seg.mm, a.next, _PROBE)
-            if idx >= 0:
-                a.next, self.cur[cap] = idx + 1, i
-                return a, idx
-        got = self._take_any(arenas)  # every chunk of every arena
-        if got is not None:
-            return got
-        have = sum(a.count for a in arenas)
-        if have >= min(self.capacity + 64, max(64, _ARENA_BUDGET // cap)):
+    def _chunk(self, cap: int, parts: Any) -> bytes:
+        """spill() when no chunk was free after a few probes."""
+        pool = self.pools.get(cap)
+        if pool is None:
+            pool = self.pools[cap] = _core.ChunkPool(cap)
+        ref = pool.put(parts, -1)  # every chunk of every arena
+        if ref is None and pool.chunks >= min(self.capacity + 64, max(64, _ARENA_BUDGET // cap)):
             # as many chunks in flight as the ring holds items (or the byte
             # budget): its consumers are behind, or keep items alive (views)
-            got = self._wait(lambda: self._take_any(arenas))
-            if got is not None:
-                return got
-        self._reclaim_dead()
-        got = self._take_any(arenas)
-        if got is not None:
-            return got
+            ref = self._wait(lambda: pool.put(parts, -1))
+        if ref is None:
+            self._reclaim_dead()
+            ref = pool.put(parts, -1)
+        if ref is not None:
+            return ref
         # a new arena with as many chunks as all the others together: a
         # producer ahead of its consumers by n items makes log2(n) arenas
-        count = max(4, (_ARENA_BYTES // (_core.SLOT_HEADER + cap)), have)
+        count = max(4, _ARENA_BYTES // (_core.SLOT_HEADER + cap), pool.chunks)
         seg = Segment.create(self._name(), count * (_core.SLOT_HEADER + cap), self.mode)
         _core.blob_init(seg.mm, cap, count)        # chunk 0 is taken: ours
-        a = _Arena(seg, count)
-        a.next = 1
-        arenas.append(a)
-        self.cur[cap] = len(arenas) - 1
-        return a, 0
-
-    def _take_any(self, arenas: list[_Arena]) -> Optional[tuple[_Arena, int]]:
-        for a in arenas:
-            idx = _core.blob_take_free(a.seg.mm, a.next)
-            if idx >= 0:
-                a.next = idx + 1
-                return a, idx
-        return None
+        self.arenas.append(seg)
+        pool.add(seg, seg.name.encode() + b"\0")
+        ref = pool.put(parts, 1)                   # its chunk 0
+        assert ref is not None
+        return ref
 
     def _wait(self, take: Callable[[], Any]) -> Any:
         """Poll ``take`` for up to _BLOB_WAIT for a consumer to free a blob
@@ -230,12 +207,11 @@ class Blobs:
         return None
 
     def _segments(self) -> list[Segment]:
-        return [a.seg for arenas in self.arenas.values() for a in arenas] + [
-            s for s, _ in self.mine]
+        return self.arenas + [s for s, _ in self.mine]
 
     def _reclaim_dead(self) -> None:
         # blobs held by a consumer that died stay marked with its pid
-        me = os.getpid()
+        me = _getpid()
         for seg in self._segments():
             for holder in _core.blob_holders(seg.mm):
                 if holder != me and not process_alive(holder):
@@ -243,59 +219,60 @@ class Blobs:
 
     # -- consumer ---------------------------------------------------------------
 
-    def _map(self, name: str) -> Segment:
-        seg = self.maps.get(name)
-        if seg is None:
-            seg = Segment.attach(name)
-            self.maps[name] = seg
-            while len(self.maps) > _BLOB_MAPS:
-                self.maps.popitem(last=False)[1].close()
-        else:
-            self.maps.move_to_end(name)
-        return seg
+    def _map(self, name: bytes) -> Any:
+        """The mapping of blob segment ``name``, opened on first use."""
+        mm = self.maps.get(name)
+        if mm is None:
+            seg = Segment.attach(name.decode())
+            self.segs[name] = seg
+            mm = self.maps[name] = seg.mm
+            while len(self.maps) > _BLOB_MAPS:  # the oldest opened goes
+                old = next(iter(self.maps))
+                del self.maps[old]
+                self.segs.pop(old).close()
+        return mm
 
     def take(self, ref: bytes, give_back: bool, decode: Callable[[Any], Any]) -> Any:
         """Decode the item that ``ref`` names and free its blob (or, with
         ``give_back``, just free it: a put that failed after spilling)."""
-        raw_name, chunk, raw_idx = ref.partition(b"\0")
-        name, idx = raw_name.decode(), int(raw_idx) if chunk else 0
+        name, chunk, raw_idx = ref.partition(b"\0")
+        idx = int(raw_idx) if chunk else 0
         if give_back:
             for seg in self._segments():
-                if seg.name == name:
+                if seg.name == name.decode():
                     _core.blob_release(seg.mm, idx)
             return None
-        mm = self._map(name).mm
+        mm = self._map(name)
         if decode is not decode_pickled:
             return decode(_core.blob_read(mm, idx))
-        # Read in place: a plain pickle is loaded straight from shared
-        # memory (one copy, and for a large item one freshly faulted
-        # allocation, fewer).  A large frame's out-of-band buffers (numpy
-        # arrays, CPU tensors) come back as views of the blob itself, which
-        # stays ours until the last of them is collected; a small frame is
-        # copied out, so that many small items held do not pin blobs.
+        # a plain pickle is loaded straight from shared memory (one copy,
+        # and for a large item one freshly faulted allocation, no more)
+        obj = _core.blob_loads(mm, idx, pickle.loads)
+        if obj is not NotImplemented:
+            return obj
+        # A frame: a large one's out-of-band buffers (numpy arrays, CPU
+        # tensors) come back as views of the blob itself, which stays ours
+        # until the last of them is collected; a small frame is copied out,
+        # so that many small items held do not pin blobs.
         lease = _core.blob_lease(mm, idx)
         if lease is None:  # MAX_LEASES held already: copy out
             return unframe(_core.blob_read(mm, idx))
-        with memoryview(lease) as view:
-            if view[:1] != b"\0":
-                return pickle.loads(view)
-            if view.nbytes < LEASE_MIN:
-                raw: Optional[bytearray] = bytearray(view)
-            else:
-                raw = None
-        if raw is None:
+        if len(lease) >= LEASE_MIN:
             return unframe(lease)
+        raw = bytearray(cast(Any, lease))  # (the buffer protocol: typed from 3.12)
         del lease  # frees the blob before the item is rebuilt
         return unframe(raw)
 
     def peek(self, ref: bytes) -> bytearray:
         """A copy of the item ``ref`` names, not taken (for latest())."""
-        raw_name, chunk, raw_idx = ref.partition(b"\0")
-        return _core.blob_peek(self._map(raw_name.decode()).mm, int(raw_idx) if chunk else 0)
+        name, chunk, raw_idx = ref.partition(b"\0")
+        return _core.blob_peek(self._map(name), int(raw_idx) if chunk else 0)
 
     def close(self) -> None:
         with self.lock:
-            if self.pid == os.getpid():
+            if self.pid == _getpid():
+                for pool in self.pools.values():
+                    pool.release()  # the arenas' buffers, before they close
                 for seg in self._segments():
                     # a blob holding an item nobody has taken yet keeps its
                     # name: its reader still has to open it (the ring's owner
@@ -303,10 +280,11 @@ class Blobs:
                     if not _core.blob_holders(seg.mm):
                         _unlink_name(seg.name)
                     seg.close()
-            self.arenas, self.cur, self.mine = {}, {}, []
-            for seg in self.maps.values():
-                seg.close()
+            self.pools, self.arenas, self.mine = {}, [], []
             self.maps.clear()
+            for seg in self.segs.values():
+                seg.close()
+            self.segs.clear()
 
     def forget(self) -> None:
         """After fork: the parent's blobs and mappings are not ours."""
