@@ -213,6 +213,10 @@ class _Export:
         self.stats = _Stats("export", self.kind, self.sid)
         self.gone = False
         self.stop = threading.Event()
+        # a peer asked for announces (it started, or the link came up late):
+        # send the latest sample again once caught up, so that its new
+        # mirror's latest() has it (a mirror drops a sample it already has)
+        self.resend = False
         key = f"{PREFIX}/{name}/data"
         z = bridge._zenoh
         self.pub = bridge._session.declare_publisher(
@@ -281,6 +285,11 @@ class _Export:
                     self._send(*batch[0])
                 elif batch:
                     self._send_batch(batch)
+                elif self.resend:  # caught up: the latest sample was sent already
+                    self.resend = False
+                    sample, seq = r._latest_seq()
+                    if sample is not None and seq < r._cursor:
+                        self._send(sample, seq)
         except Exception as e:
             if not self.stop.is_set():
                 log.error("bridge: exporting %r stopped: %r", self.name, e)
@@ -600,6 +609,8 @@ class Bridge:
                     data = json.dumps(e.announce(), separators=(",", ":")).encode()
                     query.reply(key, data)
                     self._count_out(len(data))
+                    if isinstance(e, _Export):
+                        e.resend = True
         except Exception:
             log.exception("bridge: answering an announce query failed")
 
@@ -705,8 +716,8 @@ class Bridge:
             else:
                 log.info("bridge: exporting stream %r (%s, capacity %d, %d-byte slots)",
                          name, e.kind, e.capacity, e.slot_size)
+            self._ctl(name, e.announce())  # before any data, which needs the mirror
             (e.start if hasattr(e, "start") else e.thread.start)()
-            self._ctl(name, e.announce())
 
     # -- the importing side (Zenoh's callback thread) --------------------
 

@@ -816,6 +816,7 @@ def test_ring_items_put_far_away_reach_home_consumers(link):
 
 IDLE_WRITER = PRELUDE + textwrap.dedent('''
     w = gb.create(sys.argv[1], gb.ArraySpec("int64", 4), 8)
+    wait_file(sys.argv[3])        # the far reader is attached to the mirror
     w.write(np.full(4, 0, np.int64))
     time.sleep(3.5)               # idle, no heartbeat(): reads as not alive
     for i in range(1, 6):
@@ -827,6 +828,7 @@ IDLE_WRITER = PRELUDE + textwrap.dedent('''
 
 IDLE_READER = PRELUDE + textwrap.dedent('''
     r = wait_attach(sys.argv[1], start="oldest")
+    touch(sys.argv[2])
     assert r.next(timeout=20)[0] == 0
     time.sleep(2.8)
     alive_while_idle = r.writer_alive
@@ -840,9 +842,10 @@ def test_idle_writer_is_not_gone(link):
     not alive on the far host too, but its stream is not ended: samples it
     writes afterwards still cross."""
     stop_file = str(link.tmp / "stop")
-    w = link.a.python(IDLE_WRITER, "idle", stop_file)
+    go = str(link.tmp / "go")
+    w = link.a.python(IDLE_WRITER, "idle", stop_file, go)
     try:
-        res = last_json(communicate(link.b.python(IDLE_READER, "idle"), 60))
+        res = last_json(communicate(link.b.python(IDLE_READER, "idle", go), 60))
     finally:
         open(stop_file, "w").close()
     communicate(w, 30)
