@@ -7,7 +7,12 @@ Cases (issue 5), the same calls on both pipes, parent <-> one child process:
 - ``frames``: the child ``send``s 1080p uint8 RGB frames (6.2 MB numpy
   arrays), the parent ``recv``s them; frames per second (copy-bound).
 - ``frames-bytes``: the same frames with ``send_bytes`` / ``recv_bytes_into``
-  a preallocated buffer.
+  a preallocated buffer.  Any pipe between two processes copies each
+  message twice (sender's buffer -> the channel -> receiver's buffer, be
+  the channel the kernel's or shared memory); at best the two copies run
+  at once, one per process on its own core.  So the table also gives the
+  *copy bound*: frames/s of one ``np.copyto`` of the frame into a
+  preallocated buffer, in the same run, and gb's share of it.
 
 Each peer runs in its own interpreter (``_util.run_peer``) and times
 ``repeats`` batches after a warm-up; rounds alternate the peers so load
@@ -17,7 +22,16 @@ frames >= 10x, ping-pong >= 3x.
 """
 import time
 
-from benchmarks._util import ab_parser, ab_runs, fmt_ratio, main_suite, summary_row, table
+from benchmarks._util import (
+    ab_parser,
+    ab_runs,
+    fmt_ratio,
+    main_suite,
+    median,
+    run_peer,
+    summary_row,
+    table,
+)
 
 FRAME_SHAPE = (1080, 1920, 3)
 FRAME_BYTES = 1080 * 1920 * 3
@@ -114,6 +128,22 @@ def peer(kind, case, n, repeats, start):
     return times
 
 
+def copy_peer(n, repeats):
+    """The copy bound: seconds per batch of ``n`` np.copyto of a frame into
+    a preallocated, touched buffer (as recv_bytes_into's is)."""
+    import numpy as np
+    src, dst = np.ones(FRAME_BYTES, np.uint8), np.ones(FRAME_BYTES, np.uint8)
+    for _ in range(2):
+        np.copyto(dst, src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def suite(level="full", rounds=None, repeats=None, start="fork", only=None):
     """The pipe cases at ``level``; smoke measures ping-pong only."""
     smoke, quick = level == "smoke", level != "full"
@@ -136,7 +166,15 @@ def suite(level="full", rounds=None, repeats=None, start="fork", only=None):
         else:
             cells = [f"{rate[k]:,.1f}/s ({rate[k] * FRAME_BYTES / 1e9:.2f} GB/s)"
                      for k in ("mp", "gb")]
-        rows.append([desc, *cells, fmt_ratio(speed)])
+        bound_cells = ["", ""]
+        if case == "frames-bytes":
+            bt = median([t for _ in range(rounds)
+                         for t in run_peer("pipe", "copy_peer", n=n, repeats=repeats)])
+            bound = n / bt
+            results[case]["copy_bound_per_s"] = bound
+            results[case]["gb_share_of_bound"] = rate["gb"] / bound
+            bound_cells = [f"{bound:,.1f}/s", f"{rate['gb'] / bound:.0%}"]
+        rows.append([desc, *cells, fmt_ratio(speed), *bound_cells])
         summary.append(summary_row("pipe", desc.rsplit(" (", 1)[0],
                                    "round trips/s" if case == "pingpong" else "frames/s",
                                    rate["gb"], rate["mp"], "mp.Pipe", advantage=speed,
@@ -144,9 +182,10 @@ def suite(level="full", rounds=None, repeats=None, start="fork", only=None):
     tables = [table(
         f"Pipe, gb.Pipe vs multiprocessing.Pipe (median rates; start method {start}, "
         f"{rounds} round(s) x {repeats} batches per pipe kind)",
-        ["case", "mp.Pipe", "gb.Pipe", "vs. mp"], rows,
+        ["case", "mp.Pipe", "gb.Pipe", "vs. mp", "copy bound", "gb of bound"], rows,
         note="vs. mp: gb rate / mp rate (higher is better); targets: frames >= 10x, "
-             "ping-pong >= 3x.")]
+             "ping-pong >= 3x.  Copy bound: one np.copyto of the frame per message "
+             "(a pipe copies twice, at best one copy per process at once).")]
     return {"results": results, "tables": tables, "summary": summary}
 
 
