@@ -6,7 +6,7 @@
     python -m benchmarks --json results.json   # every figure and sample as JSON
     python -m benchmarks --plots DIR           # where the plots go (default docs/img)
 
-Runs the stream, ring, payload-sweep, wake-latency, Pipe, Pool,
+Runs the stream, ring, payload-sweep, wake-latency, zero-copy, Pipe, Pool,
 stdlib-client and across-hosts benchmarks (``benchmarks.<name>.suite``) one
 after the other, prints the machine, the method, each benchmark's tables
 and a summary of gb against the stdlib as markdown, and plots throughput
@@ -33,6 +33,7 @@ from benchmarks import (
     streams,
     sweep,
     wake,
+    zero_copy,
 )
 from benchmarks._util import LEVELS, fmt_ns, fmt_ratio, format_table, machine_lines, table
 
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "rings": (rings, "gb.Ring against mp.Queue and faster-fifo"),
     "sweep": (sweep, "throughput against payload size, 8 B to 32 MiB"),
     "wake": (wake, "waiting and waking: latency, idle cost, writer cost"),
+    "zero_copy": (zero_copy, "zero-copy 1080p reads: gb view() against iceoryx2 pub/sub"),
     "pipe": (pipe, "gb.Pipe against multiprocessing.Pipe"),
     "pool": (pool, "gb.Pool against multiprocessing.Pool"),
     # stdlib consumers of a context (ProcessPoolExecutor, pool.Pool, ...):

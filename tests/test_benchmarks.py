@@ -19,10 +19,10 @@ import global_buffer as gb
 ROOT = Path(__file__).resolve().parent.parent
 # the installed global_buffer first, then this checkout for `benchmarks`
 _PKG_PARENT = str(Path(gb.__file__).resolve().parent.parent)
-BENCHMARKS = ["streams", "rings", "sweep", "wake", "pipe", "pool", "clients", "dataloader",
-              "bridge"]
+BENCHMARKS = ["streams", "rings", "sweep", "wake", "zero_copy", "pipe", "pool", "clients",
+              "dataloader", "bridge"]
 # benchmarks whose peers need an optional package: (benchmark, module)
-OPTIONAL = {"dataloader": "torch", "bridge": "zenoh"}
+OPTIONAL = {"dataloader": "torch", "bridge": "zenoh", "zero_copy": "iceoryx2"}
 # peers installed by the dev extra (faster-fifo is in the bench extra only)
 SWEEP_PEERS = ["gb.Ring", "mp.Queue", "mp.Pipe", "pyzmq"]
 LATENCY_PEERS = ["gb (futex)", "gb (poll)", "mp.Queue", "mp.Pipe", "pyzmq"]
@@ -154,3 +154,22 @@ def test_missing_wake_peers_are_not_installed_rows(benchmarks_path, monkeypatch,
         assert all((c == "not installed") == absent for c in cells), (peer, cells)
     paths = plots.latency_cdf(out["results"], "test", str(tmp_path))
     assert all(os.path.getsize(x) > 0 for x in paths)
+
+
+@pytest.mark.timeout(120)
+def test_zero_copy_without_iceoryx2_is_a_not_installed_row(benchmarks_path, monkeypatch):
+    from benchmarks import zero_copy
+    real = zero_copy.installed
+    monkeypatch.setattr(zero_copy, "installed", lambda mod: mod != "iceoryx2" and real(mod))
+    out = zero_copy.suite("smoke")
+    res = out["results"]
+    assert res["installed"] == {k: k != "iceoryx2" for k, _ in zero_copy.ROWS}
+    assert res["rows"]["iceoryx2"] == {"installed": False}
+    for key in ("view", "get_into", "get", "stream_view"):
+        assert res["rows"][key]["fps"] > 0, key
+        assert res["rows"][key]["vs_iceoryx2"] is None, key
+    (t,) = out["tables"]
+    by_row = {r[0]: r[1:] for r in t["rows"]}
+    assert all(c == "not installed" for c in by_row[zero_copy.LABELS["iceoryx2"]])
+    assert by_row[zero_copy.LABELS["view"]][-2:] == ["not installed", "not installed"]
+    assert out["summary"] == []  # no peer to hold gb against
