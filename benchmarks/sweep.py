@@ -14,6 +14,15 @@ items first (connections, out-of-line blobs, page faults), releases both
 through a barrier and reports items/s = items / (release -> the consumer's
 last item).  Rounds visit the peers in rotated order; each figure is the
 median over rounds and each "vs." ratio the median of per-round ratios.
+
+The *copy bound* beside them is what no transport between two Python
+processes can beat: the rate at which one process makes the new ``bytes``
+object a ``get()`` must return, copied from a buffer as large as the ring
+(``bytes(view[i:i + n])`` round a 4 MiB or 2-payload region: one copy and
+one allocation per item, page faults included where the allocator maps
+fresh memory), measured in the same rounds.  The sender's copy can run at
+the same time on the other core, so this one copy is the bound; "gb of
+bound" is gb.Ring's rate as a share of it.
 """
 import os
 import statistics
@@ -62,6 +71,22 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+def copy_worker(size, n):
+    """The copy bound for ``size``-byte items: {"rate": new bytes objects
+    copied out of a ring-sized buffer per second}."""
+    region = max(4 * MiB, 2 * size)
+    view = memoryview(bytearray(b"\1" * region))
+    k = region // size
+    for i in range(min(n, 2 * k)):  # touch the region, warm the allocator
+        j = (i % k) * size
+        bytes(view[j:j + size])
+    t0 = time.perf_counter()
+    for i in range(n):
+        j = (i % k) * size
+        bytes(view[j:j + size])
+    return {"rate": n / (time.perf_counter() - t0)}
+
+
 def suite(level="full", sizes=None, rounds=None, peers=None):
     """items/s and MB/s for every peer and payload size."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -71,6 +96,7 @@ def suite(level="full", sizes=None, rounds=None, peers=None):
     wanted = peers or PEERS
     present = [p for p in wanted if have(p)]
     samples = {(p, s): [] for p in present for s in sizes}
+    bound = {s: [] for s in sizes}
     t_start = time.monotonic()
     for rnd in range(rounds):
         for size in sizes:
@@ -85,6 +111,8 @@ def suite(level="full", sizes=None, rounds=None, peers=None):
                     print(f"  {PEER_NAMES[p]} {fmt_size(size)}: ERROR {res['error']}",
                           file=sys.stderr, flush=True)
                 samples[(p, size)].append(res.get("rate"))
+            bound[size].append(run_peer("sweep", "copy_worker", timeout=300, size=size,
+                                        n=n).get("rate"))
         print(f"  sweep round {rnd + 1}/{rounds} done", file=sys.stderr, flush=True)
     wall = time.monotonic() - t_start
 
@@ -117,12 +145,15 @@ def suite(level="full", sizes=None, rounds=None, peers=None):
         for p in others:
             d = by_peer[PEER_NAMES[p]]
             row.append(fmt_ratio(d["points"][i]["gb_vs"]) if d["installed"] else NOT_INSTALLED)
+        b = _median(bound[size])
+        row.append(fmt_rate(b))
+        row.append(f"{g['items_per_s'] / b:.0%}" if g and g["items_per_s"] and b else "-")
         rows.append(row)
     tables = [table(
         "Throughput against payload size: items/s, one producer -> one consumer process "
         "(medians)",
         ["payload"] + [PEER_NAMES[p] for p in wanted] + [f"{PEER_NAMES['gb']} MB/s"]
-        + [f"vs. {PEER_NAMES[p]}" for p in others], rows,
+        + [f"vs. {PEER_NAMES[p]}" for p in others] + ["copy bound", "gb of bound"], rows,
         note=f"bytes payloads; {rounds} round(s), {_count(sizes[0], level):,} items at "
              f"{fmt_size(sizes[0])} down to {_count(sizes[-1], level):,} at "
              f"{fmt_size(sizes[-1])}; ratios are medians of per-round ratios; {wall:.0f} s")]
@@ -138,7 +169,9 @@ def suite(level="full", sizes=None, rounds=None, peers=None):
                                        "mp.Queue", advantage=mpp[i]["gb_vs"],
                                        gb_peer="gb.Ring"))
     return {"results": {"sizes": sizes, "rounds": rounds, "wall_seconds": wall,
-                        "peers": by_peer, "stdlib": [PEER_NAMES[p] for p in STDLIB]},
+                        "peers": by_peer,
+                        "copy_bound": {s: {"samples": bound[s], "items_per_s": _median(bound[s])}
+                                       for s in sizes}, "stdlib": [PEER_NAMES[p] for p in STDLIB]},
             "tables": tables, "summary": summary}
 
 
