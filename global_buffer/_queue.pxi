@@ -24,6 +24,17 @@ cdef enum:
 cdef enum:
     FRAME_TAG = 0
 
+# arena chunks (global_buffer/blobs.py: ARENA_MAX, _CHUNK_MIN, _PROBE)
+cdef enum:
+    _ARENA_MAX = 256 << 10
+    _CHUNK_MIN = 8 << 10
+    _CHUNK_PROBE = 8
+ARENA_MAX = _ARENA_MAX
+CHUNK_MIN = _CHUNK_MIN
+CHUNK_PROBE = _CHUNK_PROBE
+
+cdef class ChunkPool
+
 
 def _reset_start():
     global _pstart
@@ -350,6 +361,7 @@ cdef class QueueHandle(Handle):
 
     cdef int64_t _qmax
     cdef Py_ssize_t _plain_cap  # largest plain-data encoding put inline
+    cdef dict _pools            # blobs.Blobs.pools: chunk size -> ChunkPool (or None)
     cdef _Serial _ser
     cdef public bint _closed_put
     # unbounded rings (ring.py owns the thread): items serialised and
@@ -382,6 +394,44 @@ cdef class QueueHandle(Handle):
         self._alive = alive
         self._unframe = unframe
         self._decode = decode
+
+    def _set_pools(self, dict pools):
+        """The producer's arenas by chunk size (blobs.Blobs.pools): large
+        str and bytes items are encoded straight into a free chunk."""
+        self._pools = pools
+
+    cdef int _put_plain_chunk(self, obj, bint block, object timeout) except -2:
+        """A str or bytes item too large for a slot, encoded as plain data
+        straight into a free chunk of an arena this process has (no pickler,
+        no intermediate copy); its reference put like any out-of-line item.
+        -1 (nothing done) if no chunk could take it: the general path."""
+        cdef Py_ssize_t est
+        cdef uint64_t cap, pos
+        cdef bytes ref
+        if type(obj) is bytes:
+            est = PyBytes_GET_SIZE(obj) + 16
+        elif type(obj) is str and PyUnicode_IS_ASCII(obj):
+            est = PyUnicode_GET_LENGTH(obj) + 16
+        else:
+            return -1
+        if est > _ARENA_MAX:
+            return -1
+        cap = _CHUNK_MIN
+        while cap < <uint64_t>est:
+            cap <<= 1
+        pool = self._pools.get(cap)
+        if pool is None:
+            return -1
+        ref = (<ChunkPool>pool)._put_plain(obj)
+        if ref is None:
+            return -1
+        if self._claim_now(True, block, timeout, &pos):
+            self._unspill(ref, True)  # give the chunk back
+            return 0
+        memcpy(gb_payload(gb_slot_at(&self.r, pos)), PyBytes_AS_STRING(ref), len(ref))
+        gb_slot_set_aux(&self.r, pos, AUX_BLOB)
+        gb_queue_put_commit(&self.r, _pid, pos, len(ref))
+        return 1
 
     cdef int _try(self, bint put, uint64_t *pos, uint64_t *blocker) except -1:
         if put:
@@ -513,6 +563,10 @@ cdef class QueueHandle(Handle):
             n = _plain_dump(obj, plain, self._plain_cap)
             if n >= 0:
                 return self._put_inline(plain, n, AUX_PLAIN, block, timeout)
+            if self._pools:
+                n = self._put_plain_chunk(obj, block, timeout)
+                if n >= 0:
+                    return n
             if not ser.busy and not ser.large:
                 return self._put_pickled(ser, obj, block, timeout)
         parts = _serialize(ser, obj, self.r.kind, True)
@@ -1430,11 +1484,16 @@ def blob_loads(mm, Py_ssize_t idx, loads):
             holder = gb_lock_holder(state)
             if gb_lock_steal(state, holder, _pid):
                 break
-        view = PyMemoryView_FromMemory(_blob_data(bl), <Py_ssize_t>n, PyBUF_READ)
         try:
-            return loads(view)
+            obj = _plain_load(<const uint8_t *>_blob_data(bl), <Py_ssize_t>n)
+            if obj is not _NOT_PLAIN:
+                return obj
+            view = PyMemoryView_FromMemory(_blob_data(bl), <Py_ssize_t>n, PyBUF_READ)
+            try:
+                return loads(view)
+            finally:
+                view.release()
         finally:
-            view.release()
             gb_lock_release(state)
     finally:
         PyBuffer_Release(&b)
@@ -1451,10 +1510,12 @@ cdef class ChunkPool:
     cdef Py_ssize_t n, alloc, cur
     cdef readonly unsigned long long size
     cdef readonly Py_ssize_t chunks
+    cdef uint32_t pid
 
     def __cinit__(self, unsigned long long size):
         self.segs, self.prefixes = [], []
         self.size = size
+        self.pid = _pid
 
     def __dealloc__(self):
         self._release()
@@ -1530,38 +1591,64 @@ cdef class ChunkPool:
                 return i
         return -1
 
-    def put(self, _Parts parts, Py_ssize_t limit):
-        """Copy ``parts`` into a free chunk, looking at ``limit`` chunks per
-        arena (all: -1), from the arena used last; the chunk's reference
-        (the arena's name, NUL, the chunk's index), or None if none was free."""
-        cdef Py_ssize_t k, a, i = -1
-        cdef gb_blob *bl
-        cdef char digits[24]
-        cdef int nd
-        cdef bytes prefix, ref
-        if parts.total > self.size:
-            raise ValueError("item larger than the chunks")
+    cdef gb_blob *_find(self, Py_ssize_t limit, Py_ssize_t *arena, Py_ssize_t *idx):
+        """Take a free chunk (see put); NULL if none."""
+        cdef Py_ssize_t k, a, i
+        if self.pid != _pid:  # forked: the parent's arenas (blobs.Blobs resets)
+            return NULL
         for k in range(self.n):
             a = (self.cur + k) % self.n
             i = self._take(a, limit)
             if i >= 0:
-                break
-        if i < 0:
+                self.cur = a
+                arena[0], idx[0] = a, i
+                return <gb_blob *>(<char *>self.bufs[a].buf
+                                   + <uint64_t>i * (sizeof(gb_blob) + self.size))
+        return NULL
+
+    cdef bytes _ref(self, Py_ssize_t a, Py_ssize_t i):
+        cdef char digits[24]
+        cdef int nd
+        cdef bytes prefix = <bytes>self.prefixes[a], ref
+        nd = snprintf(digits, sizeof(digits), "%zd", i)
+        ref = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + nd)
+        memcpy(PyBytes_AS_STRING(ref), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+        memcpy(PyBytes_AS_STRING(ref) + PyBytes_GET_SIZE(prefix), digits, nd)
+        return ref
+
+    def put(self, _Parts parts, Py_ssize_t limit):
+        """Copy ``parts`` into a free chunk, looking at ``limit`` chunks per
+        arena (all: -1), from the arena used last; the chunk's reference
+        (the arena's name, NUL, the chunk's index), or None if none was free."""
+        cdef Py_ssize_t a = 0, i = 0
+        cdef gb_blob *bl
+        if parts.total > self.size:
+            raise ValueError("item larger than the chunks")
+        bl = self._find(limit, &a, &i)
+        if bl == NULL:
             return None
-        self.cur = a
-        bl = <gb_blob *>(<char *>self.bufs[a].buf + <uint64_t>i * (sizeof(gb_blob) + self.size))
         try:
             _write_parts(parts, <uint8_t *>_blob_data(bl), False)
         except BaseException:
             gb_lock_release(&bl.state)
             raise
         bl.len = parts.total
-        prefix = <bytes>self.prefixes[a]
-        nd = snprintf(digits, sizeof(digits), "%zd", i)
-        ref = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + nd)
-        memcpy(PyBytes_AS_STRING(ref), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
-        memcpy(PyBytes_AS_STRING(ref) + PyBytes_GET_SIZE(prefix), digits, nd)
-        return ref
+        return self._ref(a, i)
+
+    cdef object _put_plain(self, obj):
+        """Encode ``obj`` as plain data into a free chunk; its reference,
+        or None (no chunk free after a few probes, or not plain data that
+        fits a chunk)."""
+        cdef Py_ssize_t a = 0, i = 0, n
+        cdef gb_blob *bl = self._find(_CHUNK_PROBE, &a, &i)
+        if bl == NULL:
+            return None
+        n = _plain_dump(obj, <uint8_t *>_blob_data(bl), <Py_ssize_t>self.size)
+        if n < 0:
+            gb_lock_release(&bl.state)
+            return None
+        bl.len = <uint64_t>n
+        return self._ref(a, i)
 
 
 # Items taken in place (blob_lease) that this process still holds: past

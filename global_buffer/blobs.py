@@ -55,9 +55,9 @@ def unframe(raw: Any) -> Any:
     return _core.unframe(raw, pickle.loads)
 
 
-ARENA_MAX = 256 << 10     # items up to this size go to arena chunks
-_CHUNK_MIN = 8 << 10      # smallest chunk (sizes are powers of two from here)
-_PROBE = 8                # chunks a producer looks at in an arena before the next
+ARENA_MAX = _core.ARENA_MAX      # items up to this size (256 KiB) go to arena chunks
+_CHUNK_MIN = _core.CHUNK_MIN     # smallest chunk (8 KiB; powers of two from here)
+_PROBE = _core.CHUNK_PROBE       # chunks a producer looks at in an arena before the next
 _ARENA_BYTES = 4 << 20    # a producer's first arena of a size (at least 4 chunks)
 _ARENA_BUDGET = 256 << 20  # chunks of one size in flight before a producer waits
 _BLOB_MIN = ARENA_MAX * 2  # smallest blob of its own
@@ -99,7 +99,11 @@ class Blobs:
         self._reset()
 
     def _reset(self) -> None:
-        self.pools: dict[int, _core.ChunkPool] = {}   # chunk size -> its arenas
+        # chunk size -> its arenas; one dict for good (the ring's compiled
+        # put looks chunks up in it: see QueueHandle._set_pools)
+        pools: dict[int, _core.ChunkPool] = getattr(self, "pools", {})
+        pools.clear()
+        self.pools = pools
         self.arenas: list[Segment] = []               # every arena of ours
         self.mine: list[tuple[Segment, int]] = []     # own blobs: (segment, capacity)
         self.maps: dict[bytes, Any] = {}              # consumer: name -> mapping
@@ -280,7 +284,8 @@ class Blobs:
                     if not _core.blob_holders(seg.mm):
                         _unlink_name(seg.name)
                     seg.close()
-            self.pools, self.arenas, self.mine = {}, [], []
+            self.pools.clear()
+            self.arenas, self.mine = [], []
             self.maps.clear()
             for seg in self.segs.values():
                 seg.close()

@@ -405,6 +405,8 @@ class Ring:
                               functools.partial(_unspill, self._blobs, full)
                               if self._blobs else None,
                               process_alive, _unframe, decode)
+            if self._blobs is not None:
+                self._set_pools(self._blobs.pools)
         self._add_readers(1)
         self._ident = self._owner  # which segment a closed handle may still ask about
         _mark_unused(self)
