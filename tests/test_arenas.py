@@ -156,3 +156,41 @@ def test_corrupt_arena_bytes_are_an_error_not_a_crash(new_name, bad):
     finally:
         seg.close()
         gb.unlink(name)
+
+
+class _Bytes(bytes):
+    """Not plain data (a subclass may pickle differently): the pickler's path."""
+
+
+def _plain_items():
+    return [
+        "a" * (10 * KIB),                       # ASCII str: plain, into a chunk
+        "é" * (6 * KIB),                        # non-ASCII str: the pickler
+        b"\0" * (16 * KIB - 16),                # exactly a 16 KiB chunk with the header
+        b"\1" * (16 * KIB - 15),                # one byte more: the next size
+        _Bytes(b"x" * (9 * KIB)),               # a subclass: the pickler
+        bytearray(b"y" * (9 * KIB)),            # not plain: the pickler
+        b"z" * (blobs.ARENA_MAX - 16),          # the largest chunk
+        ("t" * 5000, b"u" * 5000, [1, 2.5, None]),  # plain, but not str/bytes: pickler
+    ]
+
+
+def _put_plain_items(name):
+    with gb.Ring.attach(name) as q:
+        for _ in range(2):  # the first of each size makes its arena, the second reuses it
+            for item in _plain_items():
+                q.put(item, timeout=TIMEOUT)
+
+
+def test_large_str_and_bytes_round_trip_with_their_types(ctx, new_name, children):
+    """Large str/bytes go into a chunk as plain data (no pickler); everything
+    else, and str that is not ASCII, through the pickler: each comes back
+    equal and of its own type, across processes (SPEC §3.1)."""
+    name = new_name()
+    with gb.Ring(name=name) as q:
+        p = children.start(ctx, _put_plain_items, name)
+        for _ in range(2):
+            for want in _plain_items():
+                got = q.get(timeout=TIMEOUT)
+                assert type(got) is type(want) and got == want, type(want)
+        assert children.join(p, TIMEOUT) == 0
