@@ -273,6 +273,8 @@ class QueueHandle(Handle):
                      unspill: Callable[[bytes], Any], alive: Callable[..., bool],
                      unframe: Callable[..., Any], decode: Optional[Callable[[bytes], Any]]
                      ) -> None: ...
+    def _set_pools(self, pools: Dict[int, ChunkPool], maps: Dict[bytes, Any]) -> None:
+        """The producer's arenas by chunk size and the consumer's blob mappings."""
     def _put_obj(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> bool:
         """Serialise and put one item; False if it did not fit in time."""
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None: ...
@@ -353,6 +355,10 @@ def blob_read(mm: Any, idx: int = 0) -> bytearray:
 
 # out-of-line items read in place
 MAX_LEASES: int
+# arena chunks (global_buffer/blobs.py)
+ARENA_MAX: int
+CHUNK_MIN: int
+CHUNK_PROBE: int
 
 @disjoint_base
 class BlobView:

@@ -18,7 +18,7 @@ from cpython.mem cimport PyMem_RawFree, PyMem_RawRealloc
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 from libc.stdio cimport snprintf
 
 

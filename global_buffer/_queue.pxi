@@ -362,6 +362,7 @@ cdef class QueueHandle(Handle):
     cdef int64_t _qmax
     cdef Py_ssize_t _plain_cap  # largest plain-data encoding put inline
     cdef dict _pools            # blobs.Blobs.pools: chunk size -> ChunkPool (or None)
+    cdef dict _maps             # blobs.Blobs.maps: blob segment name -> its mapping
     cdef _Serial _ser
     cdef public bint _closed_put
     # unbounded rings (ring.py owns the thread): items serialised and
@@ -395,10 +396,37 @@ cdef class QueueHandle(Handle):
         self._unframe = unframe
         self._decode = decode
 
-    def _set_pools(self, dict pools):
-        """The producer's arenas by chunk size (blobs.Blobs.pools): large
-        str and bytes items are encoded straight into a free chunk."""
+    def _set_pools(self, dict pools, dict maps):
+        """The producer's arenas by chunk size and the consumer's mappings
+        by name (blobs.Blobs.pools and .maps, of a pickle-decoded ring):
+        large str and bytes items are encoded straight into a free chunk,
+        and a plain-pickle item in a blob already mapped is decoded from it
+        without a Python call (others go through _unspill)."""
         self._pools = pools
+        self._maps = maps
+
+    cdef object _take_blob(self, bytes ref):
+        """Decode the out-of-line item ``ref`` names and free its blob."""
+        cdef const char *p = PyBytes_AS_STRING(ref)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(ref), k
+        cdef const char *z
+        cdef Py_ssize_t idx = 0
+        if self._maps is None:
+            return self._unspill(ref, False)
+        z = <const char *>memchr(p, 0, n)
+        if z == NULL or z + 1 == p + n or p + n - z > 20:
+            return self._unspill(ref, False)  # a blob of its own, or unusual
+        for k in range(1, p + n - z):
+            if not (48 <= z[k] <= 57):
+                return self._unspill(ref, False)
+            idx = idx * 10 + (z[k] - 48)
+        mm = self._maps.get(PyBytes_FromStringAndSize(p, z - p))
+        if mm is None:
+            return self._unspill(ref, False)  # not mapped yet
+        obj = blob_loads(mm, idx, pickle.loads)
+        if obj is NotImplemented:
+            return self._unspill(ref, False)  # a frame: read in place
+        return obj
 
     cdef int _put_plain_chunk(self, obj, bint block, object timeout) except -2:
         """A str or bytes item too large for a slot, encoded as plain data
@@ -919,7 +947,7 @@ cdef class QueueHandle(Handle):
         if aux == AUX_VOID:
             return self._unframe(raw)
         if aux == AUX_BLOB:
-            return self._unspill(raw, False)
+            return self._take_blob(raw)
         if self._decode is not None:
             return self._decode(raw)
         return self._ser.loads(raw)

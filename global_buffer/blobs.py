@@ -106,7 +106,9 @@ class Blobs:
         self.pools = pools
         self.arenas: list[Segment] = []               # every arena of ours
         self.mine: list[tuple[Segment, int]] = []     # own blobs: (segment, capacity)
-        self.maps: dict[bytes, Any] = {}              # consumer: name -> mapping
+        maps: dict[bytes, Any] = getattr(self, "maps", {})  # consumer: name -> mapping
+        maps.clear()                                  # (one dict for good, as pools)
+        self.maps = maps
         self.segs: dict[bytes, Segment] = {}          # ... and its segment
         self.pid = _getpid()
         self.lock = threading.Lock()

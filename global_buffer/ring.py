@@ -270,6 +270,8 @@ class Ring:
                          unspill: Optional[Callable[..., Any]],
                          alive: Callable[..., bool], unframe: Callable[..., Any],
                          decode: Optional[Callable[[bytes], Any]]) -> None: ...
+        def _set_pools(self, pools: Dict[int, _core.ChunkPool],
+                       maps: Dict[bytes, Any]) -> None: ...
         def _get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
         def _get_many(self, max_items: int, block: bool = True,
                       timeout: Optional[float] = None) -> List[Any]: ...
@@ -405,8 +407,8 @@ class Ring:
                               functools.partial(_unspill, self._blobs, full)
                               if self._blobs else None,
                               process_alive, _unframe, decode)
-            if self._blobs is not None:
-                self._set_pools(self._blobs.pools)
+            if self._blobs is not None and full is _decode_pickled:
+                self._set_pools(self._blobs.pools, self._blobs.maps)
         self._add_readers(1)
         self._ident = self._owner  # which segment a closed handle may still ask about
         _mark_unused(self)
