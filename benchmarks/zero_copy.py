@@ -264,8 +264,10 @@ def _writer_proc(make, n, b_ready, b_warm, b_go, starts, counts):
         send(i)
     b_go.wait(TIMEOUT)
     starts[0] = time.perf_counter()
+    cpu = time.process_time()
     for i in range(WARM, WARM + n):
         send(i)
+    starts[1] = time.process_time() - cpu  # CPU seconds: is the writer the bottleneck?
     counts[0] = n
     b_warm.wait(TIMEOUT * 10)  # the reader is done: the writer may go
     close()
@@ -281,6 +283,7 @@ def _reader_proc(make, n, lossless, b_ready, b_warm, b_go, ends, counts, bad):
         bad[0] += seq != i
     b_go.wait(TIMEOUT)
     getattr(recv, "arm", lambda: None)()
+    cpu = time.process_time()
     last = WARM + n - 1
     got = 0
     checksum = 0
@@ -297,6 +300,7 @@ def _reader_proc(make, n, lossless, b_ready, b_warm, b_go, ends, counts, bad):
         elif seq >= last:
             break
     ends[0] = time.perf_counter()
+    ends[1] = time.process_time() - cpu
     counts[1] = got
     lost = close()
     counts[2] = lost or 0
@@ -321,7 +325,7 @@ def measure(peer, n):
         raise ValueError(peer)
     lossless = peer != "stream_view"
     b_ready, b_warm, b_go = ctx.Barrier(2), ctx.Barrier(2), ctx.Barrier(3)
-    starts, ends = ctx.RawArray("d", 1), ctx.RawArray("d", 1)
+    starts, ends = ctx.RawArray("d", 2), ctx.RawArray("d", 2)
     counts, bad = ctx.RawArray("q", 3), ctx.RawArray("q", 1)
     procs = [ctx.Process(target=_writer_proc, daemon=True,
                          args=(writer, n, b_ready, b_warm, b_go, starts, counts)),
@@ -350,7 +354,8 @@ def measure(peer, n):
     elapsed = ends[0] - starts[0]
     read = counts[1]
     return {"peer": peer, "written": n, "read": read, "lost": counts[2] if not lossless else 0,
-            "seconds": elapsed, "fps": read / elapsed, "gbps": read * NBYTES / elapsed / 1e9}
+            "seconds": elapsed, "fps": read / elapsed, "gbps": read * NBYTES / elapsed / 1e9,
+            "writer_cpu_us": starts[1] / n * 1e6, "reader_cpu_us": ends[1] / max(read, 1) * 1e6}
 
 
 # ---------------------------------------------------------------------------
@@ -413,16 +418,20 @@ def suite(level="full", rounds=None, frames=None):
     for key, label in ROWS:
         if key not in peers:
             results["rows"][key] = {"installed": False}
-            rows.append([label] + [NOT_INSTALLED] * 5)
+            rows.append([label] + [NOT_INSTALLED] * 6)  # every column but the label
             continue
         med = _median(fps(key))
         lost = _median([r.get("lost") for r in samples[key]])
         read = _median([r.get("read") for r in samples[key]])
+        wcpu = _median([r.get("writer_cpu_us") for r in samples[key]])
+        rcpu = _median([r.get("reader_cpu_us") for r in samples[key]])
         vs_iox = paired(key, "iceoryx2") if iox and key != "iceoryx2" else None
         target = TARGETS.get(key)
         results["rows"][key] = {"installed": True, "label": label, "fps": med,
                                 "gbps": med * NBYTES / 1e9 if med else None,
-                                "read": read, "lost": lost, "vs_iceoryx2": vs_iox,
+                                "writer_cpu_us": wcpu, "reader_cpu_us": rcpu,
+                                "read": read, "lost": lost,
+                                "vs_iceoryx2": vs_iox,
                                 "target_vs_iceoryx2": target, "samples": samples[key]}
         if key == "iceoryx2":
             vs = "1.00x"
@@ -435,6 +444,7 @@ def suite(level="full", rounds=None, frames=None):
             ok = NOT_INSTALLED if not iox else (
                 f"{target}x: {'yes' if vs_iox and vs_iox >= target else 'no'}")
         rows.append([label, _fmt(med), _fmt(med * NBYTES / 1e9 if med else None, 2),
+                     f"{_fmt(wcpu)} / {_fmt(rcpu)}",
                      f"{_fmt(read)} / {_fmt(lost)}" if key == "stream_view" else "0", vs, ok])
     get_into_vs_get = paired("get_into", "get")
     view_vs_get = paired("view", "get")
@@ -445,11 +455,15 @@ def suite(level="full", rounds=None, frames=None):
     tables = [table(
         f"Zero-copy 1080p frames, writer process -> reader process (median of {rounds} "
         f"x {frames} frames; ratios: medians of per-round ratios)",
-        ["transport", "frames/s", "GB/s", "lost (read / lost)", "vs. iceoryx2", "target"], rows,
+        ["transport", "frames/s", "GB/s", "CPU us/frame writer / reader", "lost (read / lost)",
+         "vs. iceoryx2", "target"], rows,
         note=f"Every reader does the same touch per frame: its sequence number and one byte "
              f"per 4 KiB page. Capacity {CAPACITY} everywhere; iceoryx2 lossless as far as "
              f"it goes (no safe overflow, RetryUntilDelivered, subscriber buffer "
-             f"{CAPACITY}), its subscriber polls receive() with sched_yield(). get_into "
+             f"{CAPACITY}), its subscriber polls receive() with sched_yield() (its CPU "
+             f"time is mostly that polling). CPU us/frame: each process's CPU time "
+             f"(time.process_time) over the timed frames; a side whose CPU per frame "
+             f"is near 1e6 / frames/s is the bottleneck. get_into "
              f"vs. get: {fmt_ratio(get_into_vs_get)} (target >= 1); view vs. get: "
              f"{fmt_ratio(view_vs_get)}. {wall:.0f} s; load average at end {load}.")]
     summary = []
