@@ -100,7 +100,7 @@ def _name(tag):
 # transports: (writer_setup, reader_setup) for the forked processes
 # ---------------------------------------------------------------------------
 
-def _gb_ring_ends(ring, mode):
+def _gb_ring_ends(ring, mode, fill):
     """gb ring: the producer always reserve()s; the consumer per mode."""
     from global_buffer import Empty
 
@@ -108,7 +108,8 @@ def _gb_ring_ends(ring, mode):
         def send(i):
             with ring.reserve(timeout=TIMEOUT) as buf:
                 flat = buf.reshape(-1)
-                flat[...] = frame_flat
+                if fill:
+                    flat[...] = frame_flat
                 _stamp(flat, i)
         return send, lambda: None
 
@@ -178,7 +179,7 @@ def _gb_stream_ends(name):
     return writer, reader
 
 
-def _iox_ends(service_name):
+def _iox_ends(service_name, fill):
     import iceoryx2 as iox2
     iox2.set_log_level(iox2.LogLevel.Error)
 
@@ -209,7 +210,8 @@ def _iox_ends(service_name):
         def send(i):
             s = pub.loan_slice_uninit(NBYTES)
             flat = np.frombuffer(s.payload().as_memory_view(), np.uint8)
-            flat[...] = frame_flat
+            if fill:
+                flat[...] = frame_flat
             _stamp(flat, i)
             s.assume_init().send()
 
@@ -307,20 +309,27 @@ def _reader_proc(make, n, lossless, b_ready, b_warm, b_go, ends, counts, bad):
     b_warm.wait(TIMEOUT * 10)
 
 
-def measure(peer, n):
+def measure(peer, n, fill=True):
     """Frames/s of one writer process -> one reader process through ``peer``
-    (a key of ROWS), ``n`` timed frames after WARM untimed ones."""
+    (a key of ROWS), ``n`` timed frames after WARM untimed ones.  ``fill``
+    False: the writer stamps only the sequence number into the loaned slot
+    (the rest is whatever an earlier frame left): the transport's own cost
+    per frame, without the producer's 6.2 MB copy (rings and iceoryx2 only:
+    a stream's write() always copies)."""
     ctx = mp.get_context("fork")
     ring = None
     name = _name(peer)
     if peer in ("view", "get_into", "get"):
         import global_buffer as gb
         ring = gb.Ring(schema=gb.ArraySpec(np.uint8, FRAME), capacity=CAPACITY)
-        writer, reader = _gb_ring_ends(ring, peer)
+        writer, reader = _gb_ring_ends(ring, peer, fill)
     elif peer == "stream_view":
+        if not fill:
+            raise ValueError("a stream's write() always copies the frame: fill=False "
+                             "does not apply")
         writer, reader = _gb_stream_ends(name)
     elif peer == "iceoryx2":
-        writer, reader = _iox_ends(name)
+        writer, reader = _iox_ends(name, fill)
     else:
         raise ValueError(peer)
     lossless = peer != "stream_view"
@@ -379,21 +388,23 @@ def _fmt(x, digits=0):
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def suite(level="full", rounds=None, frames=None):
-    """The zero-copy table at ``level`` (see ``_util.LEVELS``)."""
+def suite(level="full", rounds=None, frames=None, fill=True):
+    """The zero-copy table at ``level`` (see ``_util.LEVELS``); ``fill``
+    False: writers stamp only (see :func:`measure`), no stream row."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     smoke, quick = level == "smoke", level == "quick"
     rounds = rounds or (1 if smoke else 3 if quick else 5)
     frames = frames or (16 if smoke else 300 if quick else 1000)
-    peers = [k for k, _ in ROWS if have(k)]
+    peers = [k for k, _ in ROWS if have(k) and (fill or k != "stream_view")]
     samples = {k: [] for k in peers}
     t0 = time.monotonic()
     for rnd in range(rounds):
         shift = rnd % len(peers)
         for peer in peers[shift:] + peers[:shift]:  # rotate: drift hits every peer alike
             try:
-                res = run_peer("zero_copy", "measure", timeout=600, peer=peer, n=frames)
+                res = run_peer("zero_copy", "measure", timeout=600, peer=peer, n=frames,
+                               fill=fill)
             except Exception as e:  # one failed sample must not sink the table
                 res = {"peer": peer, "error": str(e).splitlines()[0]}
                 print(f"  round {rnd + 1}: {peer} ERROR {res['error']}", file=sys.stderr)
@@ -412,10 +423,13 @@ def suite(level="full", rounds=None, frames=None):
 
     iox = "iceoryx2" in peers
     results = {"frame_shape": FRAME, "capacity": CAPACITY, "warm": WARM, "frames": frames,
+               "fill": fill,
                "rounds": rounds, "wall_seconds": wall,
                "installed": {k: k in peers for k, _ in ROWS}, "rows": {}}
     rows = []
     for key, label in ROWS:
+        if not fill and key == "stream_view":
+            continue
         if key not in peers:
             results["rows"][key] = {"installed": False}
             rows.append([label] + [NOT_INSTALLED] * 6)  # every column but the label
@@ -453,7 +467,8 @@ def suite(level="full", rounds=None, frames=None):
     load = tuple(round(x, 1) for x in os.getloadavg())
     results["loadavg_at_end"] = load
     tables = [table(
-        f"Zero-copy 1080p frames, writer process -> reader process (median of {rounds} "
+        f"Zero-copy 1080p frames{'' if fill else ' (writers stamp only, no frame copy)'}, "
+        f"writer process -> reader process (median of {rounds} "
         f"x {frames} frames; ratios: medians of per-round ratios)",
         ["transport", "frames/s", "GB/s", "CPU us/frame writer / reader", "lost (read / lost)",
          "vs. iceoryx2", "target"], rows,
@@ -483,8 +498,12 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5, --quick 3)")
     ap.add_argument("--frames", type=int, default=None,
                     help="timed frames per measurement (default 1000, --quick 300)")
+    ap.add_argument("--stamp-only", action="store_true",
+                    help="writers stamp the sequence number only, no 6.2 MB copy per frame: "
+                         "the transports' own cost (no stream row)")
     args = ap.parse_args(argv)
-    main_suite(args, "zero_copy", lambda lv: suite(lv, args.rounds, args.frames))
+    main_suite(args, "zero_copy",
+               lambda lv: suite(lv, args.rounds, args.frames, fill=not args.stamp_only))
     return 0
 
 
