@@ -74,6 +74,8 @@ cdef enum:
     _EMPTY_DICT = 0x7d      # '}'
     _SETITEMS = 0x75        # 'u'
     _PROTO = 0x80
+    _FRAME = 0x95           # protocol 4+: a length hint, skipped
+    _MEMOIZE = 0x94         # protocol 4+: skipped (no GET opcode is decoded)
     _TUPLE1 = 0x85
     _NEWTRUE = 0x88
     _NEWFALSE = 0x89
@@ -427,6 +429,19 @@ cdef object _plain_load(const uint8_t *p, Py_ssize_t n):
                 while s.sp > m:
                     s.sp -= 1
                     _decref(s.stk[s.sp])
+            elif op == _MEMOIZE:
+                # pickle.dumps memoizes what it writes; without a GET opcode
+                # (never decoded here: it makes the item not plain) the memo
+                # is never read, so a plain item pickled by the pickler (a
+                # large str or bytes in a blob) decodes here, in one copy.
+                # As pickle: an error with nothing above the last mark
+                if s.sp == 0 or (nmarks and s.sp <= marks[nmarks - 1]):
+                    return _NOT_PLAIN
+            elif op == _FRAME:
+                # as pickle: the frame's bytes must all be there
+                if i + 8 > n or _le(p + i, 8) > <uint64_t>(n - i - 8):
+                    return _NOT_PLAIN
+                i += 8
             elif op == _STOP:
                 if s.sp != 1 or nmarks or i != n:
                     return _NOT_PLAIN

@@ -348,3 +348,30 @@ def test_custom_serializer_sees_every_item():
     finally:
         ring.close()
 
+
+
+def test_decoder_takes_the_picklers_own_plain_pickles_or_rejects_them():
+    """An out-of-line item pickled by the pickler (a large str or bytes, or
+    a tuple of them) is decoded by the plain decoder in one copy: it skips
+    MEMOIZE and FRAME as pickle would accept them.  Anything else it rejects;
+    what it accepts, also when damaged, is what pickle.loads makes of it."""
+    rng = random.Random(5)
+    big = [b"x" * 300_000, "y" * 70_000, (b"z" * 100_000, 1, "w"), [b"q" * 70_000, b"r" * 9]]
+    for o in big:
+        assert same(_core._plain_loads(pickle.dumps(o, 5)), o)
+    seeds = [pickle.dumps(o, 5) for o in _corpus(seed=13, n=40)] + [
+        pickle.dumps(o, 5) for o in big]
+    accepted = 0
+    for _ in range(5000):
+        b = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(0, 3)):
+            b[rng.randrange(2, len(b))] = rng.choice([0x94, 0x95, rng.randrange(256)])
+        if rng.randrange(3) == 0:
+            del b[rng.randrange(2, len(b)):]
+        try:
+            got = _core._plain_loads(bytes(b))
+        except ValueError:
+            continue
+        accepted += 1
+        assert same(got, pickle.loads(bytes(b))), bytes(b)[:80]
+    assert accepted
