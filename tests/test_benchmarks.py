@@ -129,7 +129,9 @@ def test_missing_peer_is_a_not_installed_row(benchmarks_path, monkeypatch, tmp_p
     out = sweep.suite("smoke", peers=["gb", "zmq"])
     assert out["results"]["peers"]["pyzmq"] == {"installed": False}
     (rows,) = [t["rows"] for t in out["tables"]]
-    assert all(r[2] == "not installed" and r[-1] == "not installed" for r in rows)
+    # columns: payload, gb, pyzmq, gb MB/s, vs. pyzmq, copy bound, gb of bound
+    assert all(r[2] == "not installed" and r[-3] == "not installed" for r in rows)
+    assert all(r[-2] != "-" and r[-1].endswith("%") for r in rows)
     assert all(pt["items_per_s"] > 0 for pt in out["results"]["peers"]["gb.Ring"]["points"])
     paths = plots.throughput(out["results"], "test", str(tmp_path))
     assert all(os.path.getsize(x) > 0 for x in paths)
