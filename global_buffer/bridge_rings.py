@@ -290,11 +290,18 @@ def consumers_waiting(ring):
     return ring._waiting()
 
 
-def _take(ring, hunger, max_items, timeout, stop):
-    """1 to ``max_items`` items from ``ring`` (``get_many``) without parking
-    in the ring's wait queue, so that a bridge waiting for items never looks
-    like a consumer: polls; ``Empty`` after ``timeout``.  Counted as this
-    bridge's own gets in ``hunger`` before they are taken."""
+def _take(ring, hunger, max_items, timeout, stop, counted=None):
+    """1 to ``max_items`` items from ``ring`` without parking in the ring's
+    wait queue, so that a bridge waiting for items never looks like a
+    consumer: polls; ``Empty`` after ``timeout``.  Counted as this bridge's
+    own gets in ``hunger`` before they are taken.
+
+    With ``counted`` (a callable), the items are taken one ``get`` at a time
+    and ``counted(n)`` is called right after the n-th: a bridge killed
+    mid-batch then leaves a count off by at most the item it was decoding
+    (a ``get_many`` takes every slot of the batch before it decodes and
+    returns, so a kill meanwhile lost the whole batch uncounted).  Without
+    it, one ``get_many``."""
     hunger.before_take(max_items)
     got: list = []
     try:
@@ -302,7 +309,17 @@ def _take(ring, hunger, max_items, timeout, stop):
         pause = 0.0002
         while True:
             try:
-                got = ring.get_many(max_items, False)
+                if counted is None:
+                    got = ring.get_many(max_items, False)
+                    return got
+                got.append(ring.get(False))
+                counted(1)
+                while len(got) < max_items:
+                    try:
+                        got.append(ring.get(False))
+                    except Empty:
+                        break
+                    counted(len(got))
                 return got
             except Empty:
                 if time.monotonic() >= deadline or stop.is_set():
@@ -615,9 +632,16 @@ class RingExport:
                         f"{self.ledger.path[:-5]}.{self.bridge.zid}.{zid}")
                     self.ledger.data["peers"][zid] = cnt.path
                     self.ledger.save()
+                with self.lock:
+                    base = self.peers[zid].sent if zid in self.peers else None
+                if base is None:
+                    continue
                 try:
-                    items = _take(self.ring, self.hunger, min(room, BATCH_MAX), 0.05, self.stop)
-                    cnt.set(self.peers[zid].sent + len(items) if zid in self.peers else 0)
+                    # the host-local count of items taken for this importer,
+                    # stored right after each item (what a restarted bridge
+                    # reads to count exactly what a killed one lost)
+                    items = _take(self.ring, self.hunger, min(room, BATCH_MAX), 0.05, self.stop,
+                                  lambda n, c=cnt, b=base: c.set(b + n))
                 except Empty:
                     continue
                 except (OSError, ValueError):  # the ring was closed under us
