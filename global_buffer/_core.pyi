@@ -331,12 +331,8 @@ class BroadcastHandle(StreamReader):
 # out-of-line items (blobs): the caller maps the blob segment ``mm``
 # and names blob ``idx`` of it (an arena's chunk; 0: the segment's only blob)
 def blob_init(mm: Any, size: int, count: int = 1) -> None: ...
-def blob_count(mm: Any) -> int:
-    """How many blobs segment ``mm`` holds (1, or an arena's chunks)."""
 def blob_acquire(mm: Any, expect: int, idx: int = 0) -> bool:
     """Take a free blob for writing (its state becomes our pid)."""
-def blob_take_free(mm: Any, start: int, limit: int = -1) -> int:
-    """Take the first free chunk from ``start`` on; its index, or -1."""
 def blob_holders(mm: Any) -> Set[int]:
     """The pids holding blobs of segment ``mm``."""
 def blob_free_of(mm: Any, pid: int) -> int:

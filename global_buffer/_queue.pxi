@@ -1327,50 +1327,12 @@ def blob_init(mm, unsigned long long size, Py_ssize_t count=1):
         PyBuffer_Release(&b)
 
 
-def blob_count(mm):
-    """How many blobs segment ``mm`` holds (1, or an arena's chunks)."""
-    cdef Py_buffer b
-    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
-    try:
-        return <Py_ssize_t>(<uint64_t>b.len / (sizeof(gb_blob) + _blob(&b).size))
-    finally:
-        PyBuffer_Release(&b)
-
-
 def blob_acquire(mm, unsigned long long expect, Py_ssize_t idx=0):
     """Take a free blob for writing (its state becomes our pid)."""
     cdef Py_buffer b
     PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
     try:
         return bool(gb_lock_try(&_blob(&b, idx).state, _pid))
-    finally:
-        PyBuffer_Release(&b)
-
-
-def blob_take_free(mm, Py_ssize_t start, Py_ssize_t limit=-1):
-    """Take the first free chunk of arena ``mm`` from ``start`` on (round
-    the end), looking at ``limit`` chunks at most (all: -1); its index, or
-    -1 if none was free.  Chunks are freed roughly in the order they were
-    filled, so the one after the last taken is usually free: one CAS."""
-    cdef Py_buffer b
-    cdef gb_blob *first
-    cdef uint64_t stride, n, k, i, n_look
-    PyObject_GetBuffer(mm, &b, PyBUF_WRITABLE)
-    try:
-        first = _blob(&b)
-        stride = sizeof(gb_blob) + first.size
-        n = <uint64_t>b.len / stride
-        if start < 0:
-            start = 0
-        if 0 <= limit < <Py_ssize_t>n:
-            n_look = <uint64_t>limit
-        else:
-            n_look = n
-        for k in range(n_look):
-            i = (<uint64_t>start + k) % n
-            if gb_lock_try(&(<gb_blob *>(<char *>b.buf + i * stride)).state, _pid):
-                return <Py_ssize_t>i
-        return -1
     finally:
         PyBuffer_Release(&b)
 

@@ -153,7 +153,7 @@ def test_corrupt_arena_bytes_are_an_error_not_a_crash(new_name, bad):
                 _core.blob_read(seg.mm, 1)
         seg.mm[:8] = b"notablob"
         with pytest.raises(gb.BufferCorrupt):
-            _core.blob_take_free(seg.mm, 0)
+            _core.blob_holders(seg.mm)
     finally:
         seg.close()
         gb.unlink(name)

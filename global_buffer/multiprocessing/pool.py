@@ -723,12 +723,10 @@ class _ApplyResult(_mp_pool.ApplyResult):
         self._cache[self._job] = self
 
 
-class _IMapIterator(_mp_pool.IMapIterator):
-    """``multiprocessing.pool.IMapIterator`` whose ``next()`` takes a waiting
-    result without the lock (a deque's popleft is atomic), and whose results
-    can be set many at a time (one lock and one notify per batch)."""
+class _IterState:
+    """What the stdlib's IMapIterator.__init__ and
+    IMapUnorderedIterator.__init__ set (not in typeshed): declarations only."""
 
-    # set by the stdlib's IMapIterator.__init__ (not in typeshed)
     _pool: Any
     _cond: threading.Condition
     _job: int
@@ -736,6 +734,13 @@ class _IMapIterator(_mp_pool.IMapIterator):
     _items: Deque[Tuple[bool, Any]]
     _index: int
     _length: Optional[int]
+
+
+class _IMapIterator(_IterState, _mp_pool.IMapIterator):
+    """``multiprocessing.pool.IMapIterator`` whose ``next()`` takes a waiting
+    result without the lock (a deque's popleft is atomic), and whose results
+    can be set many at a time (one lock and one notify per batch)."""
+
     _unsorted: Dict[int, Tuple[bool, Any]]
 
     def next(self, timeout=None):
@@ -770,18 +775,9 @@ class _IMapIterator(_mp_pool.IMapIterator):
                 self._pool = None
 
 
-class _IMapUnorderedIterator(_mp_pool.IMapUnorderedIterator):
+class _IMapUnorderedIterator(_IterState, _mp_pool.IMapUnorderedIterator):
     """``multiprocessing.pool.IMapUnorderedIterator``, as
     :class:`_IMapIterator`."""
-
-    # set by the stdlib's IMapUnorderedIterator.__init__ (not in typeshed)
-    _pool: Any
-    _cond: threading.Condition
-    _job: int
-    _cache: Dict[int, Any]
-    _items: Deque[Tuple[bool, Any]]
-    _index: int
-    _length: Optional[int]
 
     next = _IMapIterator.next
     __next__ = next
