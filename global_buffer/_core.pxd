@@ -134,6 +134,7 @@ cdef extern from "csrc/gb_ring.h" nogil:
     int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint64_t *pos_out,
                            uint64_t *blocker)
     void gb_queue_get_commit(gb_ring *r, uint64_t pos)
+    void gb_count_store(uint64_t *p, uint64_t v)
     int gb_queue_recover(gb_ring *r, uint64_t at, uint64_t word)
     int64_t gb_queue_size(const gb_ring *r)
     int gb_spin_tail(const gb_ring *r, uint64_t seen, int64_t spin_ns)

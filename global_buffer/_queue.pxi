@@ -763,16 +763,26 @@ cdef class QueueHandle(Handle):
             gb_queue_put_commit(&self.r, _pid, pos, len(ref))
         return True
 
-    def _put_each(self, items, grace):
+    def _put_each(self, items, grace, uint64_t[::1] count=None, uint64_t base=0):
         """Put ``items`` (a sequence) in order, each waiting at most
         ``grace`` s for a slot; returns how many were put (the caller defers
-        the rest, in order).  put_many's loop, without a Python call per item."""
+        the rest, in order).  put_many's loop, without a Python call per item.
+        With ``count`` (a u64 buffer, e.g. a host-local file's mapping),
+        ``base + n`` is stored into ``count[0]`` right after the n-th item is
+        committed (the bridge's exact count of what it put, SPEC §9)."""
         cdef Py_ssize_t k = 0
+        cdef uint64_t *cp = NULL
+        if count is not None:
+            if count.shape[0] < 1:
+                raise ValueError("count must hold one u64")
+            cp = &count[0]
         self._live()
         for obj in items:
             if not self._put_obj_c(obj, True, grace):
                 return k
             k += 1
+            if cp != NULL:
+                gb_count_store(cp, base + <uint64_t>k)
         return k
 
     cdef object _serialize_c(self, obj):
@@ -884,12 +894,23 @@ cdef class QueueHandle(Handle):
         if self._bound:
             gb_queue_get_commit(&self.r, pos)
 
-    def _get_many(self, Py_ssize_t max_items, bint block=True, timeout=None):
+    def _get_many(self, Py_ssize_t max_items, bint block=True, timeout=None,
+                  uint64_t[::1] count=None, uint64_t base=0):
         """Up to ``max_items`` items: the first as ``_get``, then only those
         already committed (no wait, no Empty raised, no liveness probe: a
-        busy or empty head just ends the batch)."""
+        busy or empty head just ends the batch).  With ``count`` (a u64
+        buffer), ``base + n`` is stored into ``count[0]`` right after the
+        n-th item is taken (the bridge's exact count, SPEC §9)."""
         cdef uint64_t pos, aux, blocker = 0
-        cdef list out = [self._get_c(block, timeout)]
+        cdef uint64_t *cp = NULL
+        cdef list out
+        if count is not None:
+            if count.shape[0] < 1:
+                raise ValueError("count must hold one u64")
+            cp = &count[0]
+        out = [self._get_c(block, timeout)]
+        if cp != NULL:
+            gb_count_store(cp, base + 1)
         while len(out) < max_items:
             if self._try(False, &pos, &blocker) != GB_OK:
                 break
@@ -899,6 +920,8 @@ cdef class QueueHandle(Handle):
                 continue
             try:
                 out.append(self._read_claimed(pos, aux))
+                if cp != NULL:
+                    gb_count_store(cp, base + <uint64_t>len(out))
             except Exception as e:
                 # the items already taken are the caller's: return them, and
                 # raise this item's error from the next get (its place in

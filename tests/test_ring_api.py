@@ -1064,3 +1064,35 @@ def test_get_many_keeps_what_it_took_before_an_undecodable_item():
         assert r.get_many(10, timeout=TIMEOUT) == [4]
     finally:
         r.close()
+
+
+def test_put_each_and_get_many_store_a_running_count():
+    """§9 (the bridge's exact losses): ``_put_each`` and ``_get_many`` with
+    a u64 buffer store ``base + n`` into it right after the n-th item moved,
+    in compiled code; an item that fails stops the count where the items
+    that moved end.  A buffer that cannot hold a writable u64 is refused."""
+    import mmap
+    r = gb.Ring(16)
+    m = mmap.mmap(-1, 8)
+    count = memoryview(m).cast("Q")
+    try:
+        assert r._put_each([1, 2, 3], 0.1, count, 100) == 3 and count[0] == 103
+        with pytest.raises(TypeError):
+            r._put_each([4, threading.Lock(), 6], 0.1, count, 200)  # unpicklable 2nd
+        assert count[0] == 201
+        deadline = time.monotonic() + TIMEOUT
+        while r.qsize() < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r._get_many(3, False, None, count, 10) == [1, 2, 3] and count[0] == 13
+        assert r._get_many(8, False, None, count, 20) == [4] and count[0] == 21
+        with pytest.raises(gb.Empty):
+            r._get_many(8, False, None, count, 30)
+        assert count[0] == 21  # nothing taken, nothing stored
+        for bad in (memoryview(bytes(8)).cast("Q"), memoryview(bytearray(8))):
+            with pytest.raises((TypeError, ValueError, BufferError)):
+                r._put_each([7], 0.1, bad, 0)
+        assert r.qsize() == 0  # refused before anything was put
+    finally:
+        count.release()
+        m.close()
+        r.close()

@@ -720,6 +720,15 @@ GB_INLINE int gb_queue_get_begin(gb_ring *r, uint32_t pid, uint64_t start, uint6
     }
 }
 
+/* A caller's progress counter (the bridge's host-local count of items moved,
+ * SPEC §9): stored with release order after the put or get commit it counts,
+ * so a process killed between the two leaves a count that never includes an
+ * item whose commit did not happen. */
+GB_INLINE void gb_count_store(uint64_t *p, uint64_t v)
+{
+    atomic_store_explicit((_Atomic uint64_t *)p, v, memory_order_release);
+}
+
 GB_INLINE void gb_queue_get_commit(gb_ring *r, uint64_t pos)
 {
     gb_slot *s = gb_slot_at(r, pos);
