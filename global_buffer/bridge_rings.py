@@ -13,27 +13,32 @@ Protocol (wire version 1, beside the stream keys of ``bridge.py``):
 
 ``gb/<name>/credit`` (importer to home), UTF-8 JSON
     ``{"v": 1, "sid", "to": home zid, "from": importer zid, "granted": G,
-    "received": R}``.  Both counters are cumulative for the pair (home
-    bridge instance, importer bridge instance), so a lost or repeated
-    credit message changes nothing.  The importer grants only what its
-    local ring has room for and at most ``window`` items outstanding
+    "received": R, "mode", "settle"?}``.  Both counters are cumulative for
+    the pair (home bridge instance, importer bridge instance), so a lost or
+    repeated credit message changes nothing.  ``settle`` (see Exact
+    losses) lists ``{"home", "importer", "put"}`` for pairs that ended.
+    The importer grants only what its local ring has room for and at most
+    ``window`` items outstanding
     (``G - R <= window``; fewer for large items, ``WINDOW_BYTES``), and
     only while its ring holds fewer than ``window`` items more than are
     outstanding, i.e. while its consumers drain it.  It grants as soon as
     a batch is in its ring, so credit for the next batch is on its way
-    while consumers take the last one.
+    while consumers take the last one.  The putter thread grants it itself
+    (a credit thread it woke would wait for the GIL until the putter
+    blocks).
 
 ``gb/<name>/item/<importer zid>`` (home to importer)
     A batch: the items the home took with one ``get_many`` (at most the
-    credit it holds), up to ``BATCH_MAX`` items or ``BATCH_BYTES`` per
-    message.  Attachment ``ITEM_HEADER``: magic ``b"GBi2"``, sid tag, the
-    number ``k`` of its first item for the pair (0, 1, ...; the next items
-    are ``k + 1``, ...).  Payload: ``u32 count``, ``count`` x ``u64``
-    lengths, then each item: pickled with protocol 5 (or the ring's
-    serializer), its out-of-band buffers (numpy arrays) framed after it
-    (``u32 nbufs``, ``nbufs`` x ``u64`` lengths, ``u64`` pickle length, the
-    pickle, the buffers).  The receiver checks a whole batch (numbering,
-    credit, framing, unpickling) before it puts any item.
+    credit it holds and half the importer's window: two messages in flight,
+    so each bridge works while the other does), up to ``BATCH_MAX`` items
+    or ``BATCH_BYTES`` per message.  Attachment ``ITEM_HEADER``: magic
+    ``b"GBi2"``, sid tag, the number ``k`` of its first item for the pair
+    (0, 1, ...; the next items are ``k + 1``, ...).  Payload
+    (``encode_batches``): the items as one list pickled with protocol 5 (or
+    the ring's serializer), or each item pickled on its own when the list
+    would not fit in ``BATCH_BYTES``; out-of-band buffers (numpy arrays)
+    framed after each pickle.  The receiver checks a whole batch
+    (numbering, credit, framing, unpickling) before it puts any item.
 
 ``gb/<name>/upcredit`` (home to importer) and ``gb/<name>/up/<home zid>``
     The same, the other way, for items put on an importing host that no
@@ -53,17 +58,23 @@ second.  The bridge's own gets poll and never park, so they never look like
 demand.
 
 Delivery: the home bridge takes items from its ring (``get_many``) only
-for an importer that holds credit for them, and right after the call
-stores how many it has taken for that importer in a host-local counter
-(``_Counter``; the importer stores each item's count right after its
-``put``).  It sends them once on a reliable ordered Zenoh link,
-and never sends it again; the importer puts items into its ring in number
-order.  So while both bridges run each item reaches exactly one ``get()``,
-and one producer's items stay in its order.  Items taken and not yet
-acknowledged are *in flight* (at most ``window`` per importer); a killed
-bridge loses at most those, never duplicates one, and the surviving side
-counts them as ``lost`` when the peer's instance changes or goes silent
-(items lost on their way up are not counted yet).
+for an importer that holds credit for them, sends them once on a reliable
+ordered Zenoh link and never again; the importer puts items into its ring
+in number order.  So while both bridges run each item reaches exactly one
+``get()``, and one producer's items stay in its order.  Items taken and
+not yet acknowledged are *in flight* (at most ``window`` per importer); a
+killed bridge loses at most those and never duplicates one.
+
+Exact losses: for each pair (home instance, importer instance) both sides
+keep a host-local counter (``_Counter``, a file under ``LEDGER_DIR``) that
+the core stores right after each item it takes (home) or puts (importer),
+and a ledger (``_Ledger``) naming them.  A pair ends when either bridge is
+killed; the importer (or its restarted successor, from the ledger) then
+reports in its credit messages how many items it put for the pair, and the
+home (or its restarted successor, which read the killed one's counters)
+counts ``taken - put`` (or ``sent - put``) as ``lost``, once.  An importer
+silent for ``PEER_SILENCE`` seconds is counted with what was in flight to
+it (an upper bound).  Items lost on their way up are not counted yet.
 """
 import json
 import logging
@@ -76,7 +87,7 @@ import threading
 import time
 from typing import Optional
 
-from .errors import BridgeError, BufferCorrupt, BufferExists, Empty, Full
+from .errors import BridgeError, BufferCorrupt, BufferExists, Empty
 
 __all__ = ["RingExport", "RingImport", "BroadcastExport", "BroadcastImport", "try_export",
            "encode_item", "decode_item", "consumers_waiting"]
@@ -89,21 +100,44 @@ UP_MAGIC = b"GBu2"
 UP_HEADER = struct.Struct("<4s8sQ32s")  # magic, sid tag, number, sender zid
 HUNGRY = 1.0  # seconds a ring counts as drained by consumers after its head moved
 # items in flight per pair at most: what a killed bridge may lose.  Credit
-# goes round trip per window (~1.7 ms on loopback here), so the window bounds
-# small items' rate: 16 gave ~9k items/s, 128 lets Python's per-item cost
-# bind instead.  Large items are held to WINDOW_BYTES in flight.
+# goes round trip per window, so the window bounds small items' rate (items
+# per round trip): 16 gave ~9k items/s, 128 ~24k/s (a round trip of ~5 ms:
+# encoding, Zenoh both ways, decoding and putting on 2 busy cores).  Large
+# items are held to WINDOW_BYTES in flight.
 DEFAULT_WINDOW = 128
+PIPE_MIN = 16  # items per message at least (when credit allows) as batches are halved
 WINDOW_BYTES = 64 << 20
 BATCH_MAX = 256          # items in one message at most
 BATCH_BYTES = 1 << 20    # a message holds more than one item only up to this size
 PEER_SILENCE = 10.0  # seconds without credit before an importer counts as gone
 LEDGER_DIR = "/dev/shm"  # host-local, like the rings themselves
+REPORT_SECONDS = 30.0  # an importer repeats an ended pair's count this long
+_MAX_REPORTS = 64      # reports per credit message at most
+
+
+def _pair(home, importer):
+    """The ledger key of a (home instance, importer instance) pair."""
+    return f"{home}/{importer}"
+
+
+def _report_ok(r):
+    return (isinstance(r, dict) and isinstance(r.get("home"), str)
+            and isinstance(r.get("importer"), str) and isinstance(r.get("put"), int))
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class _Counter:
-    """One u64 in a host-local memory-mapped file: stored right after the
-    item it counts moved (a plain store, so a SIGKILL between the move and
-    the count is a window of a few bytecodes, not a file write)."""
+    """One u64 in a host-local memory-mapped file (``mv``, a u64 view the
+    core stores into right after each item it counts moved: a SIGKILL
+    between the move and the count is a window of a few instructions, not
+    a file write).  An in-memory u64 if the file cannot be made (no
+    /dev/shm: no settling after a kill)."""
 
     def __init__(self, path):
         self.path = path
@@ -117,10 +151,10 @@ class _Counter:
                 os.close(fd)
         except OSError as e:
             log.debug("bridge: counter %s: %r", path, e)
+        self.mv = memoryview(self.mm if self.mm is not None else bytearray(8)).cast("Q")
 
     def set(self, v):
-        if self.mm is not None:
-            struct.pack_into("<Q", self.mm, 0, v)
+        self.mv[0] = v
 
     @staticmethod
     def read(path):
@@ -171,10 +205,16 @@ class _Ledger:
             pass
 
 
+_NO_BUFS = struct.Struct("<IQ")   # an item's framing without out-of-band buffers
+_LIST_HEAD = struct.Struct("<II")  # 0 (the list form of a batch), item count
+
+
 def _item_parts(item, dumps):
     """An item's wire bytes as parts (not joined, so a batch joins once)."""
     bufs: list = []
     data = dumps(item, protocol=5, buffer_callback=bufs.append)
+    if not bufs:
+        return [_NO_BUFS.pack(0, len(data)), data], 12 + len(data)
     raws = [b.raw() for b in bufs]
     head = struct.pack(f"<I{len(raws)}QQ", len(raws), *[r.nbytes for r in raws], len(data))
     return [head, data, *raws], len(head) + len(data) + sum(r.nbytes for r in raws)
@@ -186,10 +226,30 @@ def encode_item(item, dumps=pickle.dumps):
 
 
 def encode_batches(items, dumps=pickle.dumps, max_bytes=BATCH_BYTES):
-    """Items -> wire messages, each ``u32 count``, ``count`` x ``u64``
-    lengths, then the items' bytes; a message holds as many items as fit
-    in ``max_bytes`` (at least one), ``BATCH_MAX`` at most.  Yields
-    (payload, count)."""
+    """Items -> wire messages of at most ``BATCH_MAX`` items; yields
+    (payload, count).  Two forms:
+
+    - the list form, for up to ``BATCH_MAX`` items whose list fits in
+      ``max_bytes``: ``u32 0``, ``u32 count``, then the list framed as one
+      item (one pickle call per message, not per item: what makes small
+      items cheap);
+    - otherwise each item framed on its own: ``u32 count``, ``count`` x
+      ``u64`` lengths, then the items' bytes, as many items per message as
+      fit in ``max_bytes`` (at least one).
+
+    The items of a batch came from separate ``get()`` calls, so pickling
+    them together shares no mutable object between them."""
+    items = list(items)
+    for i in range(0, len(items), BATCH_MAX):
+        chunk = items[i:i + BATCH_MAX]
+        parts, n = _item_parts(chunk, dumps)
+        if n <= max_bytes:
+            yield b"".join([_LIST_HEAD.pack(0, len(chunk)), *parts]), len(chunk)
+        else:
+            yield from _encode_each(chunk, dumps, max_bytes)
+
+
+def _encode_each(items, dumps, max_bytes):
     group: list = []
     lens: list = []
     size = 0
@@ -211,14 +271,24 @@ def decode_batch(payload, loads=pickle.loads):
     mv = memoryview(payload)
     try:
         (n,) = struct.unpack_from("<I", mv, 0)
+        if n == 0:  # the list form
+            (n,) = struct.unpack_from("<I", mv, 4)
+            lens = None
+        else:
+            lens = struct.unpack_from(f"<{n}Q", mv, 4)
+            if 4 + 8 * n + sum(lens) != len(mv):
+                raise ValueError
         if not 1 <= n <= BATCH_MAX:
-            raise ValueError
-        lens = struct.unpack_from(f"<{n}Q", mv, 4)
-        off = 4 + 8 * n
-        if off + sum(lens) != len(mv):
             raise ValueError
     except (struct.error, ValueError):
         raise BridgeError(f"a batch of ring items of {len(mv)} bytes is malformed") from None
+    if lens is None:
+        items = decode_item(mv[_LIST_HEAD.size:], loads)
+        if type(items) is not list or len(items) != n:
+            raise BridgeError(f"a batch of {n} ring items holds "
+                              f"{len(items) if type(items) is list else 'no list'}")
+        return items
+    off = 4 + 8 * n
     items = []
     for ln in lens:
         items.append(decode_item(mv[off:off + ln], loads))
@@ -290,36 +360,26 @@ def consumers_waiting(ring):
     return ring._waiting()
 
 
-def _take(ring, hunger, max_items, timeout, stop, counted=None):
+def _take(ring, hunger, max_items, timeout, stop, count=None, base=0):
     """1 to ``max_items`` items from ``ring`` without parking in the ring's
     wait queue, so that a bridge waiting for items never looks like a
     consumer: polls; ``Empty`` after ``timeout``.  Counted as this bridge's
     own gets in ``hunger`` before they are taken.
 
-    With ``counted`` (a callable), the items are taken one ``get`` at a time
-    and ``counted(n)`` is called right after the n-th: a bridge killed
-    mid-batch then leaves a count off by at most the item it was decoding
-    (a ``get_many`` takes every slot of the batch before it decodes and
-    returns, so a kill meanwhile lost the whole batch uncounted).  Without
-    it, one ``get_many``."""
+    With ``count`` (a ``_Counter``), the core stores ``base + n`` into it
+    right after it takes the n-th item, so a bridge killed mid-batch leaves
+    the exact count of what it took (SPEC §9)."""
     hunger.before_take(max_items)
     got: list = []
+    mv = None if count is None else count.mv
     try:
         deadline = time.monotonic() + timeout
         pause = 0.0002
         while True:
             try:
-                if counted is None:
-                    got = ring.get_many(max_items, False)
-                    return got
-                got.append(ring.get(False))
-                counted(1)
-                while len(got) < max_items:
-                    try:
-                        got.append(ring.get(False))
-                    except Empty:
-                        break
-                    counted(len(got))
+                if ring._closed_put:
+                    ring._check_put()  # ValueError: closed under us
+                got = ring._get_many(max_items, False, None, mv, base)
                 return got
             except Empty:
                 if time.monotonic() >= deadline or stop.is_set():
@@ -345,13 +405,18 @@ def _send(owner, pub, items, dumps, header, k):
 class _Putter:
     """Items that came over the wire, put into the local ring in arrival
     order by a thread of its own (a full ring never blocks Zenoh's
-    callback).  ``on_put(tag)`` runs after each item is in the ring,
-    ``on_idle()`` once the box is empty; ``on_stop(tag, n)`` if the bridge
-    stops holding ``n`` items it could not put."""
+    callback), a batch at a time in compiled code.  ``on_put(tag, n)``
+    runs after ``n`` more items of a batch are in the ring and
+    ``on_batch(tag)`` after each whole batch; ``on_stop(tag, n)`` if the
+    bridge stops holding ``n`` items it could not put.  ``count(tag)``, if
+    given, is ``(counter, base)``: the core stores ``base + k`` into the
+    ``_Counter`` right after the k-th item of the call is in the ring (or
+    ``None``: not counted)."""
 
-    def __init__(self, ring, stop, name, on_put, on_idle, on_stop=None):
+    def __init__(self, ring, stop, name, on_put, on_batch, on_stop=None, count=None):
         self.ring, self.stop = ring, stop
-        self.on_put, self.on_idle, self.on_stop = on_put, on_idle, on_stop
+        self.on_put, self.on_batch, self.on_stop = on_put, on_batch, on_stop
+        self.count = count
         self.box: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -367,20 +432,23 @@ class _Putter:
                 tag, items = self.box.get(timeout=0.05)
             except queue.Empty:
                 continue
-            for n, item in enumerate(items):
-                while not self.stop.is_set():
-                    try:
-                        self.ring.put(item, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                else:
+            done = 0
+            while done < len(items):
+                if self.stop.is_set():
                     if self.on_stop is not None:
-                        self.on_stop(tag, len(items) - n)
+                        self.on_stop(tag, len(items) - done)
                     return
-                self.on_put(tag)
-            if self.box.empty():
-                self.on_idle()
+                c = self.count(tag) if self.count is not None else None
+                if self.ring._closed_put:
+                    self.ring._check_put()  # ValueError: closed under us
+                # each item waits at most 0.1 s for room (then stop is checked)
+                n = self.ring._put_each(items[done:] if done else items, 0.1,
+                                        None if c is None else c[0].mv,
+                                        0 if c is None else c[1])
+                if n:
+                    done += n
+                    self.on_put(tag, n)
+            self.on_batch(tag)
 
 
 class _Hunger:
@@ -430,18 +498,28 @@ class RingExport:
         # settled when that importer reports what it received
         self.ledger = _Ledger(name, "home")
         old = self.ledger.old
-        self.prior = {}
-        if old.get("sid") == self.sid and isinstance(old.get("peers"), dict):
-            for z, path in old["peers"].items():
-                taken = _Counter.read(path) if isinstance(path, str) else None
-                if taken is not None:
-                    self.prior[z] = taken
-                    os.unlink(path)
-        self.prior_home = old.get("home") if self.prior else None
+        # what killed predecessors of this bridge took for each importer and
+        # nobody has settled yet: _pair(home zid, importer zid) -> items taken
+        self.prior: dict = {}
+        done = []
+        if old.get("sid") == self.sid:
+            carried = old.get("prior")
+            if isinstance(carried, dict):  # a predecessor's own unsettled ones
+                self.prior.update((k, v) for k, v in carried.items()
+                                  if isinstance(k, str) and isinstance(v, int))
+            peers, home = old.get("peers"), old.get("home")
+            if isinstance(peers, dict) and isinstance(home, str):
+                for z, path in peers.items():
+                    taken = _Counter.read(path) if isinstance(path, str) else None
+                    if taken is not None:
+                        self.prior[_pair(home, z)] = taken
+                        done.append(path)
         self.counters = {}  # importer zid -> _Counter of items taken for it
         self.ledger.data = {"sid": self.sid, "home": bridge.zid, "peers": {},
-                            "prior_home": self.prior_home, "prior": dict(self.prior)}
+                            "prior": dict(self.prior)}
         self.ledger.save()
+        for path in done:  # their counts are in the ledger now
+            _unlink(path)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.stop = threading.Event()
@@ -452,7 +530,7 @@ class RingExport:
         self.hunger = _Hunger(ring)
         self.kick = threading.Event()  # grant up-credit now (items went in)
         self.up = _Putter(ring, self.stop, f"gb-bridge-up-{name}", self._on_up_put,
-                          self.kick.set)
+                          lambda frm: self.kick.set())
         self.tthread = threading.Thread(target=self._tick_loop, daemon=True,
                                         name=f"gb-bridge-tick-{name}")
 
@@ -485,14 +563,14 @@ class RingExport:
         self.up.put(frm, items)
         self.stats.bytes += len(payload) + len(att)
 
-    def _on_up_put(self, frm):
+    def _on_up_put(self, frm, n):
         with self.lock:
             p = self.peers.get(frm)
             if p is not None:
-                p.up_received += 1
+                p.up_received += n
                 if self.up.empty():
                     p.t_up = None if self.ring._pending else self.ring._tail
-            self.stats.items += 1
+            self.stats.items += n
 
     def _tick_loop(self):
         while not self.stop.is_set():
@@ -570,26 +648,42 @@ class RingExport:
             log.error("bridge: ring %r: %d item(s) lost: %s", self.name, n, why)
 
     def _settle(self, frm, msg):
-        """Exact losses of killed bridges, from the importer's report."""
-        prev = msg.get("prev_home")
-        if isinstance(prev, dict) and prev.get("home") == self.prior_home \
-                and frm in self.prior and isinstance(prev.get("received"), int):
-            taken = self.prior.pop(frm)
-            self._count_lost(taken - prev["received"],
-                             f"taken by the killed home bridge {self.prior_home}, never "
-                             f"delivered to {frm}")
+        """Exact losses of killed bridges (SPEC §9).  An importer reports,
+        for each pair (home instance, importer instance) that ended, how
+        many items it put into its ring for that pair (``settle``: a list of
+        ``{"home", "importer", "put"}``; repeated until they expire, applied
+        once).  A pair of a killed home's: the items it took (its counter,
+        read by this bridge at start) minus those are lost; a pair of this
+        bridge's with a killed importer: the items sent to it minus those."""
+        reports = msg.get("settle")
+        if not isinstance(reports, list):
+            return
+        changed = False
+        for r in reports[:_MAX_REPORTS]:
+            if not isinstance(r, dict):
+                continue
+            home, imp, put = r.get("home"), r.get("importer"), r.get("put")
+            if not (isinstance(home, str) and isinstance(imp, str) and isinstance(put, int)
+                    and not isinstance(put, bool) and put >= 0):
+                continue
+            key = _pair(home, imp)
+            if key in self.prior:
+                self._count_lost(self.prior.pop(key) - put,
+                                 f"taken by the killed home bridge {home} for {imp}, never "
+                                 "put into its ring")
+                changed = True
+            elif home == self.bridge.zid and imp != frm and imp in self.peers:
+                p = self.peers.pop(imp)
+                self._count_lost(p.sent - put, f"sent to the killed importing bridge {imp}, "
+                                 "never put into its ring")
+                self.ledger.data["peers"].pop(imp, None)
+                cnt = self.counters.pop(imp, None)
+                if cnt is not None:
+                    cnt.remove()
+                changed = True
+        if changed:
             self.ledger.data["prior"] = dict(self.prior)
             self.ledger.save()
-        prev = msg.get("prev_self")
-        if isinstance(prev, dict) and isinstance(prev.get("from"), str) \
-                and isinstance(prev.get("received"), int) and prev.get("home") == self.bridge.zid:
-            p = self.peers.pop(prev["from"], None)
-            if p is not None:
-                self._count_lost(p.sent - prev["received"],
-                                 f"sent to the killed importing bridge {prev['from']}, never "
-                                 "put into its ring")
-                self.ledger.data["peers"].pop(prev["from"], None)
-                self.ledger.save()
 
     def in_flight(self):
         with self.lock:
@@ -625,7 +719,10 @@ class RingExport:
                         self.cond.wait(0.05)
                         continue
                     p = self.peers[zid]
-                    room = p.granted - p.sent
+                    # at most half the importer's window per message, so
+                    # that two are in flight (PIPE_MIN at least)
+                    room = min(p.granted - p.sent,
+                               max(PIPE_MIN, (p.granted - p.acked + 1) // 2))
                 cnt = self.counters.get(zid)
                 if cnt is None:
                     cnt = self.counters[zid] = _Counter(
@@ -638,10 +735,11 @@ class RingExport:
                     continue
                 try:
                     # the host-local count of items taken for this importer,
-                    # stored right after each item (what a restarted bridge
-                    # reads to count exactly what a killed one lost)
+                    # stored by the core right after each item (what a
+                    # restarted bridge reads to count exactly what a killed
+                    # one lost)
                     items = _take(self.ring, self.hunger, min(room, BATCH_MAX), 0.05, self.stop,
-                                  lambda n, c=cnt, b=base: c.set(b + n))
+                                  cnt, base)
                 except Empty:
                     continue
                 except (OSError, ValueError):  # the ring was closed under us
@@ -717,7 +815,6 @@ class RingImport:
         self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
         self.granted = self.received = 0
         self.next_k = 0
-        self.gen = 0
         # sending items up to the home (mode "up") while this ring backs up
         # and every item the home sent here has been taken
         self.mode = "down"
@@ -725,33 +822,44 @@ class RingImport:
         self.hunger = _Hunger(self.ring)
         self.up_granted = self.up_sent = 0
         self.uplinking = False
-        self.prev_home = None
         self.ledger = _Ledger(name, "import")
         old = self.ledger.old
-        self.prev_self = None
+        # Exact losses (SPEC §9): for each pair (home instance, this
+        # instance) a host-local counter of the items put into the ring for
+        # it (the core stores it after each item).  A pair ends when the
+        # home is replaced (rehome) or this bridge is killed; its count is
+        # then reported to the home in every credit message for
+        # REPORT_SECONDS (``settle``), once none of its items wait in the
+        # inbox.  A killed predecessor's pairs (and its own unsent reports)
+        # are read back from the ledger and reported by this instance.
+        self.reports: list = []  # [report dict, expiry (monotonic) or None]
+        done = []
         if old.get("sid") == sid and old.get("me") != bridge.zid:
-            # a killed predecessor: tell the home what it put into the ring
-            self.prev_self = {"from": old.get("me"), "home": old.get("home"),
-                              "received": None}
-        old_cnt = old.get("counter")
-        if self.prev_self is not None:
-            got = _Counter.read(old_cnt) if isinstance(old_cnt, str) else None
-            if got is None:
-                self.prev_self = None
-            else:
-                self.prev_self["received"] = got
-                os.unlink(old_cnt)
-        self.counter = _Counter(f"{self.ledger.path[:-5]}.{bridge.zid}")
-        self.ledger.data = {"sid": sid, "me": bridge.zid, "home": self.home,
-                            "counter": self.counter.path}
-        self.ledger.save()
+            for r in old.get("reports") or ():
+                if _report_ok(r):
+                    self.reports.append([r, None])
+            pairs = old.get("pairs")
+            if isinstance(pairs, dict) and isinstance(old.get("me"), str):
+                for h, path in pairs.items():
+                    got = _Counter.read(path) if isinstance(path, str) else None
+                    if got is not None:
+                        self.reports.append([{"home": h, "importer": old["me"], "put": got},
+                                             None])
+                        done.append(path)
+        self.pairs = {}    # home zid -> _Counter (this instance's pairs, current and ended)
+        self.ended = {}    # home zid -> expiry of its report (None: not reported yet)
+        self.batches = {}  # home zid -> batches of that pair waiting in the inbox
+        self._new_pair(self.home)
+        self._save_ledger()
+        for path in done:  # their counts are in the ledger's reports now
+            _unlink(path)
         self.lock = threading.Lock()
         self.closed = False
         self.stop = threading.Event()
         self.kick = threading.Event()  # grant credit now (items went in)
         self.last_credit = 0.0
         self.inbox = _Putter(self.ring, self.stop, f"gb-bridge-ringin-{name}", self._on_put,
-                             self.kick.set, self._on_stop)
+                             self._on_batch, self._on_stop, self._count)
         self.thread = self.inbox.thread
         self.thread.start()
         self.cthread = threading.Thread(target=self._credit_loop,
@@ -819,28 +927,74 @@ class RingImport:
         while not self.stop.is_set():
             self.kick.wait(0.005)
             self.kick.clear()
-            try:
-                self.credit()
-            except Exception as e:
-                if not self.stop.is_set():
-                    log.error("bridge: ring %r: granting credit failed: %r", self.name, e)
-                    self.stop.wait(0.5)
+            if not self._grant_now():
+                self.stop.wait(0.5)
+
+    def _grant_now(self):
+        """``credit()``, logging a failure; False if it failed.  The putter
+        calls it after each batch is in the ring, in its own thread: a
+        kicked credit thread would wait for the GIL until the putter blocks
+        (a whole batch later), which serialised the pipeline."""
+        try:
+            self.credit()
+            return True
+        except Exception as e:
+            if not self.stop.is_set():
+                log.error("bridge: ring %r: granting credit failed: %r", self.name, e)
+            return False
+
+    def _new_pair(self, home):
+        c = self.pairs[home] = _Counter(
+            f"{self.ledger.path[:-5]}.{self.bridge.zid}.{len(self.pairs)}")
+        return c
+
+    def _save_ledger(self):
+        self.ledger.data = {"sid": self.sid, "me": self.bridge.zid, "home": self.home,
+                            "pairs": {h: c.path for h, c in self.pairs.items()},
+                            "reports": [r for r, _ in self.reports]}
+        self.ledger.save()
 
     def rehome(self, ann):
         """The home bridge restarted (a new instance): what it had in
-        flight to us is lost; start a new pair."""
+        flight to us is lost; start a new pair.  Items of the old pair
+        still in the inbox are put (and counted for it) first; then its
+        count goes to the new home, which knows what the old one took."""
         with self.lock:
             log.warning("bridge: ring %r: home bridge %s replaced by %s; it had %d credit "
                         "unused or in flight (the home counts what it lost)", self.name,
                         self.home, ann["zid"], self.granted - self.next_k)
-            self.prev_home = {"home": self.home, "received": self.next_k}
+            self.ended[self.home] = None
             self.home = ann["zid"]
             self.granted = self.next_k = self.received = 0
             self.up_granted = self.up_sent = 0
-            self.gen += 1  # items still in the inbox belong to the old pair
-            self.counter.set(0)
-            self.ledger.data.update(home=self.home)
-            self.ledger.save()
+            self._new_pair(self.home)
+            self._save_ledger()
+
+    def _settle_reports(self, now):
+        """The reports to send now (under the lock): ended pairs whose
+        items are all in the ring, and a predecessor's; expired ones go."""
+        for h in list(self.ended):
+            if self.batches.get(h, 0) == 0 and self.ended[h] is None:
+                self.ended[h] = now + REPORT_SECONDS
+                self.reports.append([{"home": h, "importer": self.bridge.zid,
+                                      "put": self.pairs[h].mv[0]}, now + REPORT_SECONDS])
+        out, keep, changed = [], [], False
+        for r in self.reports:
+            if r[1] is None:
+                r[1] = now + REPORT_SECONDS
+            if now > r[1]:
+                changed = True
+                h = r[0]["home"]
+                if r[0]["importer"] == self.bridge.zid and h in self.ended:
+                    del self.ended[h]
+                    self.pairs.pop(h).remove()
+                continue
+            keep.append(r)
+            out.append(r[0])
+        if changed:
+            self.reports = keep
+            self._save_ledger()
+        return out[-_MAX_REPORTS:]
 
     def on_item(self, payload, att):
         if len(att) != ITEM_HEADER.size:
@@ -858,20 +1012,29 @@ class RingImport:
                 raise BridgeError(f"ring items {k}..{k + len(items) - 1} for {self.name!r} "
                                   f"beyond the credit granted ({self.granted}); dropped")
             self.next_k += len(items)
-            gen = self.gen
-        self.inbox.put(gen, items)
+            home = self.home
+            self.batches[home] = self.batches.get(home, 0) + 1
+        self.inbox.put(home, items)
         self.stats.bytes += len(payload) + len(att)
 
-    def _on_put(self, gen):
-        # the count right after the item is in the ring: a restarted bridge
-        # reports it to the home, which counts the rest of its window lost
-        if gen == self.gen:
-            self.counter.set(self.received + 1)
+    def _count(self, home):
+        # the pair's counter, which the core stores right after each item is
+        # in the ring (the putter is its only writer: its value is the base)
+        with self.lock:
+            c = self.pairs.get(home)
+            return None if c is None else (c, c.mv[0])
+
+    def _on_put(self, home, n):
         self.t_down = None if self.ring._pending else self.ring._tail
         with self.lock:
-            self.stats.items += 1
-            if gen == self.gen:
-                self.received += 1
+            self.stats.items += n
+            if home == self.home:
+                self.received += n
+
+    def _on_batch(self, home):
+        with self.lock:
+            self.batches[home] -= 1
+        self._grant_now()
 
     def _on_stop(self, gen, n):
         with self.lock:
@@ -911,10 +1074,9 @@ class RingImport:
             msg = {"v": WIRE_VERSION, "sid": self.sid, "to": self.home,
                    "from": self.bridge.zid, "granted": self.granted,
                    "received": self.received, "mode": self.mode}
-            if self.prev_home is not None:
-                msg["prev_home"] = self.prev_home
-            if self.prev_self is not None:
-                msg["prev_self"] = self.prev_self
+            settle = self._settle_reports(now)
+            if settle:
+                msg["settle"] = settle
             self.stats.state = f"up, {self.granted - self.received} in flight"
         data = json.dumps(msg, separators=(",", ":")).encode()
         self.bridge._session.put(f"{PREFIX}/{self.name}/credit", data)

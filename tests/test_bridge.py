@@ -682,11 +682,16 @@ RING_SLOW_PRODUCER = RING_PRODUCER.replace("    ring.put((tag, i, big))\n",
                                            "    time.sleep(0.004)\n")
 
 
-def test_ring_bridges_killed_lose_at_most_window_and_count_it(link):
+@pytest.mark.parametrize("back_to_back", [False, True], ids=["apart", "back_to_back"])
+def test_ring_bridges_killed_lose_at_most_window_and_count_it(link, back_to_back):
     """§9 rings: SIGKILL the home bridge mid-transfer and restart it, then
     the importing one: no item is ever duplicated, each producer's order
     holds, and the items lost (at most the credit window per kill) are
-    exactly what the restarted bridges report."""
+    exactly what the restarted bridges report.  ``back_to_back``: the
+    importer is killed as soon as the new home starts, before it can tell
+    the new home what it received from the old one (its restarted successor
+    reports that from the host-local ledger; a CI failure: 1 item missing,
+    0 reported)."""
     from global_buffer.bridge_rings import DEFAULT_WINDOW
     stop_file = str(link.tmp / "stop")
     n = 400
@@ -699,7 +704,14 @@ def test_ring_bridges_killed_lose_at_most_window_and_count_it(link):
         kill(link.ba)
         time.sleep(0.5)
         link.start_a()
-        read_stats(link.stats_a, 30, lambda s: s["names"].get("jobs", {}).get("items", 0) > 50)
+        if back_to_back:  # as soon as the new home announces the ring
+            deadline = time.monotonic() + 30
+            while (link.tmp / "a.log").read_text().count("exporting queue ring 'jobs'") < 2:
+                assert time.monotonic() < deadline, "the restarted home never exported"
+                time.sleep(0.005)
+        else:
+            read_stats(link.stats_a, 30,
+                       lambda s: s["names"].get("jobs", {}).get("items", 0) > 50)
         kill(link.bb)
         time.sleep(0.5)
         link.start_b()
@@ -873,14 +885,26 @@ def test_ring_batches_checked_whole():
     assert sum(c for _, c in msgs) == len(items) and max(c for _, c in msgs) <= br.BATCH_MAX
     out = [x for data, _ in msgs for x in br.decode_batch(data)]
     assert out[:300] == items[:300] and (out[-1] == np.arange(10)).all()
-    big = [np.zeros(br.BATCH_BYTES // 2 + 1, np.uint8)] * 3
+    # (distinct arrays, as separate get()s return: one array three times
+    # would pickle once in the list form)
+    big = [np.zeros(br.BATCH_BYTES // 2 + 1, np.uint8) for _ in range(3)]
     assert [c for _, c in br.encode_batches(big)] == [1, 1, 1]
+    # small items: one message in the list form, one pickle per message
+    small = list(br.encode_batches(items[:br.BATCH_MAX]))
+    assert len(small) == 1 and small[0][0][:4] == b"\0\0\0\0"
+    assert br.decode_batch(small[0][0]) == items[:br.BATCH_MAX]
+    lst = small[0][0]
+    not_list = struct.pack("<II", 0, 1) + br.encode_item(("a",))
+    short = struct.pack("<II", 0, 3) + br.encode_item([1, 2])
+    bad_list = [lst[:-1], lst + b"x", struct.pack("<II", 0, 0) + lst[8:],
+                struct.pack("<II", 0, br.BATCH_MAX + 1) + lst[8:], not_list, short]
     data = msgs[0][0]
     bad = [b"", b"\0" * 4, data[:-1], data + b"x", struct.pack("<I", 0),
            struct.pack("<I", br.BATCH_MAX + 1) + b"\0" * 8 * (br.BATCH_MAX + 1),
            struct.pack("<IQ", 1, 5) + b"\0" * 5]
     evil = br.encode_item(("ok",))
     bad.append(struct.pack("<IQ", 1, len(evil)) + evil[:-2] + b"\0\0")
+    bad += bad_list
     for payload in bad:
         with pytest.raises(gb.BridgeError):
             br.decode_batch(payload, pickle.loads)
