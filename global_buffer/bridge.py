@@ -861,6 +861,11 @@ class Bridge:
                 or msg.get("layout") != _core.LAYOUT_VERSION:
             self._refused[name] = (sid, "bad announce")
             raise BridgeError(f"announce of ring {name!r}: unsupported settings or layout")
+        try:
+            bridge_rings.announced_spec(msg)  # a typed ring's schema
+        except BridgeError as e:
+            self._refused[name] = (sid, "bad announce")
+            raise BridgeError(f"announce of ring {name!r}: {e}") from None
         if old is not None:
             old.close(unlink=True)
             with self._lock:
@@ -871,6 +876,9 @@ class Bridge:
                 m = bridge_rings.BroadcastImport(self, name, sid, msg, _Stats)
             else:
                 m = bridge_rings.RingImport(self, name, sid, msg, _Stats)
+        except SchemaMismatch:
+            self._refused[name] = (sid, "clash")
+            raise
         except (BridgeError, BufferCorrupt) as e:
             self._refused[name] = (sid, "clash")
             raise BridgeError(f"far ring {name!r}: {e}") from None

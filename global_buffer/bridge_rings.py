@@ -74,7 +74,9 @@ reports in its credit messages how many items it put for the pair, and the
 home (or its restarted successor, which read the killed one's counters)
 counts ``taken - put`` (or ``sent - put``) as ``lost``, once.  An importer
 silent for ``PEER_SILENCE`` seconds is counted with what was in flight to
-it (an upper bound).  Items lost on their way up are not counted yet.
+it (an upper bound).  Items sent up are settled the same way: the
+importer counts what it took for each pair, the home what it put, and the
+importer's report carries both directions (``put`` and ``up``).
 """
 import json
 import logging
@@ -121,8 +123,10 @@ def _pair(home, importer):
 
 
 def _report_ok(r):
+    """A settle report ``{"home", "importer", "put", "up"}`` (counts >= 0)."""
     return (isinstance(r, dict) and isinstance(r.get("home"), str)
-            and isinstance(r.get("importer"), str) and isinstance(r.get("put"), int))
+            and isinstance(r.get("importer"), str)
+            and all(type(r.get(k, 0)) is int and r.get(k, 0) >= 0 for k in ("put", "up")))
 
 
 def _unlink(path):
@@ -500,23 +504,30 @@ class RingExport:
         old = self.ledger.old
         # what killed predecessors of this bridge took for each importer and
         # nobody has settled yet: _pair(home zid, importer zid) -> items taken
+        # and put into the ring from each importer's items sent up (prior_up)
         self.prior: dict = {}
+        self.prior_up: dict = {}
         done = []
         if old.get("sid") == self.sid:
-            carried = old.get("prior")
-            if isinstance(carried, dict):  # a predecessor's own unsettled ones
-                self.prior.update((k, v) for k, v in carried.items()
-                                  if isinstance(k, str) and isinstance(v, int))
-            peers, home = old.get("peers"), old.get("home")
-            if isinstance(peers, dict) and isinstance(home, str):
-                for z, path in peers.items():
-                    taken = _Counter.read(path) if isinstance(path, str) else None
-                    if taken is not None:
-                        self.prior[_pair(home, z)] = taken
-                        done.append(path)
-        self.counters = {}  # importer zid -> _Counter of items taken for it
-        self.ledger.data = {"sid": self.sid, "home": bridge.zid, "peers": {},
-                            "prior": dict(self.prior)}
+            home = old.get("home")
+            for field, counts, into in (("peers", "prior", self.prior),
+                                        ("up_peers", "prior_up", self.prior_up)):
+                carried = old.get(counts)
+                if isinstance(carried, dict):  # a predecessor's own unsettled ones
+                    into.update((k, v) for k, v in carried.items()
+                                if isinstance(k, str) and isinstance(v, int))
+                paths = old.get(field)
+                if isinstance(paths, dict) and isinstance(home, str):
+                    for z, path in paths.items():
+                        n = _Counter.read(path) if isinstance(path, str) else None
+                        if n is not None:
+                            into[_pair(home, z)] = n
+                            done.append(path)
+        self.counters = {}     # importer zid -> _Counter of items taken for it
+        self.up_counters = {}  # importer zid -> _Counter of its items put here
+        self.up_batches: dict = {}  # importer zid -> its batches waiting to be put
+        self.ledger.data = {"sid": self.sid, "home": bridge.zid, "peers": {}, "up_peers": {},
+                            "prior": dict(self.prior), "prior_up": dict(self.prior_up)}
         self.ledger.save()
         for path in done:  # their counts are in the ledger now
             _unlink(path)
@@ -530,7 +541,7 @@ class RingExport:
         self.hunger = _Hunger(ring)
         self.kick = threading.Event()  # grant up-credit now (items went in)
         self.up = _Putter(ring, self.stop, f"gb-bridge-up-{name}", self._on_up_put,
-                          lambda frm: self.kick.set())
+                          self._on_up_batch, count=self._up_count)
         self.tthread = threading.Thread(target=self._tick_loop, daemon=True,
                                         name=f"gb-bridge-tick-{name}")
 
@@ -560,8 +571,24 @@ class RingExport:
                                   f"{self.name!r} by {frm} beyond its credit; dropped")
             p.up_next += len(items)
             p.t_up = None  # until they are in the ring
+            if frm not in self.up_counters:
+                c = self.up_counters[frm] = _Counter(
+                    f"{self.ledger.path[:-5]}.{self.bridge.zid}.{frm}.up")
+                self.ledger.data["up_peers"][frm] = c.path
+                self.ledger.save()
+            self.up_batches[frm] = self.up_batches.get(frm, 0) + 1
         self.up.put(frm, items)
         self.stats.bytes += len(payload) + len(att)
+
+    def _up_count(self, frm):
+        with self.lock:
+            c = self.up_counters.get(frm)
+            return None if c is None else (c, c.mv[0])
+
+    def _on_up_batch(self, frm):
+        with self.lock:
+            self.up_batches[frm] -= 1
+        self.kick.set()
 
     def _on_up_put(self, frm, n):
         with self.lock:
@@ -617,10 +644,13 @@ class RingExport:
         from . import _core
         from .bridge import WIRE_VERSION
         r = self.ring
-        return {"v": WIRE_VERSION, "op": "announce", "sid": self.sid, "kind": "ring",
-                "maxsize": r.maxsize, "capacity": r.capacity, "max_bytes": r._slot_size,
-                "serializer": self.serializer, "zid": self.bridge.zid,
-                "layout": _core.LAYOUT_VERSION, "host": self.bridge.host}
+        a = {"v": WIRE_VERSION, "op": "announce", "sid": self.sid, "kind": "ring",
+             "maxsize": r.maxsize, "capacity": r.capacity, "max_bytes": r._slot_size,
+             "serializer": self.serializer, "zid": self.bridge.zid,
+             "layout": _core.LAYOUT_VERSION, "host": self.bridge.host}
+        if r.schema is not None:  # an ArraySpec ring (try_export refuses others)
+            a["schema"] = r.schema.to_json()
+        return a
 
     def on_credit(self, msg):
         frm, granted, received = msg.get("from"), msg.get("granted"), msg.get("received")
@@ -662,11 +692,23 @@ class RingExport:
         for r in reports[:_MAX_REPORTS]:
             if not isinstance(r, dict):
                 continue
-            home, imp, put = r.get("home"), r.get("importer"), r.get("put")
-            if not (isinstance(home, str) and isinstance(imp, str) and isinstance(put, int)
-                    and not isinstance(put, bool) and put >= 0):
+            if not _report_ok(r):
                 continue
+            home, imp, put, up = r["home"], r["importer"], r.get("put", 0), r.get("up", 0)
             key = _pair(home, imp)
+            if key in self.prior_up:
+                self._count_lost(up - self.prior_up.pop(key),
+                                 f"sent up by {imp} to the killed home bridge {home}, never "
+                                 "put into its ring")
+                changed = True
+            elif home == self.bridge.zid and imp != frm and imp in self.up_counters \
+                    and not self.up_batches.get(imp):
+                c = self.up_counters.pop(imp)
+                self._count_lost(up - c.mv[0], f"taken by the killed importing bridge {imp} "
+                                 "to send up, never put into the ring here")
+                self.ledger.data["up_peers"].pop(imp, None)
+                c.remove()
+                changed = True
             if key in self.prior:
                 self._count_lost(self.prior.pop(key) - put,
                                  f"taken by the killed home bridge {home} for {imp}, never "
@@ -683,6 +725,7 @@ class RingExport:
                 changed = True
         if changed:
             self.ledger.data["prior"] = dict(self.prior)
+            self.ledger.data["prior_up"] = dict(self.prior_up)
             self.ledger.save()
 
     def in_flight(self):
@@ -791,7 +834,6 @@ class RingImport:
     name, fed by credit."""
 
     def __init__(self, bridge, name, sid, ann, stats_cls, window=DEFAULT_WINDOW):
-        from .ring import Ring
         self.bridge, self.name, self.sid = bridge, name, sid
         from .bridge import _sid_tag
         self.tag = _sid_tag(sid)
@@ -800,17 +842,7 @@ class RingImport:
         self.window = window
         _, self.loads = _serializer(ann["serializer"])
         self.serializer = ann["serializer"]
-        try:
-            self.ring = Ring(ann["maxsize"], capacity=ann["capacity"], max_bytes=ann["max_bytes"],
-                             serializer=ann["serializer"], name=name, mode=bridge.mode)
-            self.created = True
-        except BufferExists:
-            self.ring = Ring.attach(name)  # BufferCorrupt if it is not a ring
-            self.created = False
-            if self.ring.broadcast:
-                self.ring.close()
-                raise BridgeError(f"far queue ring {name!r} clashes with a local broadcast "
-                                  "ring of that name; nothing written") from None
+        self.ring, self.created = _local_ring(bridge, name, ann, False)
         self.limit = ann["maxsize"] if ann["maxsize"] > 0 else ann["capacity"]
         self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
         self.granted = self.received = 0
@@ -838,15 +870,20 @@ class RingImport:
             for r in old.get("reports") or ():
                 if _report_ok(r):
                     self.reports.append([r, None])
-            pairs = old.get("pairs")
+            pairs, ups = old.get("pairs"), old.get("up_pairs")
             if isinstance(pairs, dict) and isinstance(old.get("me"), str):
+                ups = ups if isinstance(ups, dict) else {}
                 for h, path in pairs.items():
                     got = _Counter.read(path) if isinstance(path, str) else None
+                    up_path = ups.get(h)
+                    up = _Counter.read(up_path) if isinstance(up_path, str) else None
                     if got is not None:
-                        self.reports.append([{"home": h, "importer": old["me"], "put": got},
-                                             None])
-                        done.append(path)
+                        self.reports.append([{"home": h, "importer": old["me"], "put": got,
+                                              "up": up or 0}, None])
+                        done += [path, up_path] if up is not None else [path]
         self.pairs = {}    # home zid -> _Counter (this instance's pairs, current and ended)
+        self.up_pairs = {}  # home zid -> _Counter of items taken here to send up to it
+        self.up_busy = None  # the home zid the uplink is taking items for
         self.ended = {}    # home zid -> expiry of its report (None: not reported yet)
         self.batches = {}  # home zid -> batches of that pair waiting in the inbox
         self._new_pair(self.home)
@@ -888,24 +925,35 @@ class RingImport:
             with self.lock:
                 room = self.up_granted - self.up_sent if self.mode == "up" else 0
                 home = self.home
+                cnt = self.up_pairs[home]
                 if room > 0:
                     self.uplinking = True
+                    self.up_busy = home
             if room <= 0:
                 self.stop.wait(0.005)
                 continue
             try:
                 try:
-                    items = _take(self.ring, self.hunger, min(room, BATCH_MAX), 0.02, self.stop)
+                    # counted for the pair by the core after each item: what
+                    # the home counts as lost if this bridge or it is killed
+                    items = _take(self.ring, self.hunger, min(room, BATCH_MAX), 0.02, self.stop,
+                                  cnt, cnt.mv[0])
                 except Empty:
                     continue
                 except (OSError, ValueError):
                     return
                 with self.lock:
+                    if self.home != home:  # the home was replaced meanwhile
+                        log.warning("bridge: ring %r: %d item(s) taken to send up to %s, "
+                                    "which was replaced; lost (the home counts them)",
+                                    self.name, len(items), home)
+                        continue
                     k = self.up_sent
                     self.up_sent += len(items)
             finally:
                 with self.lock:
                     self.uplinking = False
+                    self.up_busy = None
             if pub is None or pub_home != home:
                 if pub is not None:
                     pub.undeclare()
@@ -944,13 +992,14 @@ class RingImport:
             return False
 
     def _new_pair(self, home):
-        c = self.pairs[home] = _Counter(
-            f"{self.ledger.path[:-5]}.{self.bridge.zid}.{len(self.pairs)}")
-        return c
+        base = f"{self.ledger.path[:-5]}.{self.bridge.zid}.{len(self.pairs)}"
+        self.pairs[home] = _Counter(base)
+        self.up_pairs[home] = _Counter(base + ".up")
 
     def _save_ledger(self):
         self.ledger.data = {"sid": self.sid, "me": self.bridge.zid, "home": self.home,
                             "pairs": {h: c.path for h, c in self.pairs.items()},
+                            "up_pairs": {h: c.path for h, c in self.up_pairs.items()},
                             "reports": [r for r, _ in self.reports]}
         self.ledger.save()
 
@@ -974,10 +1023,11 @@ class RingImport:
         """The reports to send now (under the lock): ended pairs whose
         items are all in the ring, and a predecessor's; expired ones go."""
         for h in list(self.ended):
-            if self.batches.get(h, 0) == 0 and self.ended[h] is None:
+            if self.batches.get(h, 0) == 0 and self.up_busy != h and self.ended[h] is None:
                 self.ended[h] = now + REPORT_SECONDS
                 self.reports.append([{"home": h, "importer": self.bridge.zid,
-                                      "put": self.pairs[h].mv[0]}, now + REPORT_SECONDS])
+                                      "put": self.pairs[h].mv[0],
+                                      "up": self.up_pairs[h].mv[0]}, now + REPORT_SECONDS])
         out, keep, changed = [], [], False
         for r in self.reports:
             if r[1] is None:
@@ -988,6 +1038,7 @@ class RingImport:
                 if r[0]["importer"] == self.bridge.zid and h in self.ended:
                     del self.ended[h]
                     self.pairs.pop(h).remove()
+                    self.up_pairs.pop(h).remove()
                 continue
             keep.append(r)
             out.append(r[0])
@@ -1097,6 +1148,61 @@ class RingImport:
             pass
 
 
+def announced_spec(ann):
+    """The ``gb.ArraySpec`` of an announced typed ring (``schema``:
+    ``ArraySpec.to_json()``), None for an object ring; BridgeError if
+    malformed."""
+    from .schema import ArraySpec
+    d = ann.get("schema")
+    if d is None:
+        return None
+    try:
+        if not isinstance(d, dict) or set(d) != {"dtype", "shape"} \
+                or not isinstance(d["shape"], list):
+            raise ValueError(d)
+        spec = ArraySpec.from_json(d)
+    except Exception:
+        raise BridgeError(f"announce: bad ring schema {d!r}") from None
+    if spec.nbytes != ann.get("max_bytes"):
+        raise BridgeError(f"announce: ring schema {spec} does not match its slot size")
+    return spec
+
+
+def _local_ring(bridge, name, ann, broadcast):
+    """(ring, created): the local ring a far one is imported into, made
+    with the far ring's settings (an ArraySpec ring's schema included), or
+    the existing local ring of that name if it is the same kind (a typed
+    one with the same schema: ``SchemaMismatch`` otherwise, nothing
+    written)."""
+    from .errors import SchemaMismatch
+    from .ring import Ring
+    spec = announced_spec(ann)
+    kw: dict = {"capacity": ann["capacity"], "name": name, "mode": bridge.mode}
+    if spec is None:
+        kw.update(max_bytes=ann["max_bytes"], serializer=ann["serializer"])
+    else:
+        kw["schema"] = spec
+    try:
+        if broadcast:
+            return Ring(broadcast=True, **kw), True
+        return Ring(ann["maxsize"], **kw), True
+    except BufferExists:
+        pass
+    ring = Ring.attach(name)  # BufferCorrupt if it is not a ring
+    what = "broadcast" if broadcast else "queue"
+    if ring.broadcast != broadcast:
+        ring.close()
+        raise BridgeError(f"far {what} ring {name!r} clashes with a local "
+                          f"{'queue' if broadcast else 'broadcast'} ring of that name; "
+                          "nothing written")
+    if ring.schema != spec:
+        ring.close()
+        raise SchemaMismatch(f"far {what} ring {name!r} ({spec or 'objects'}) clashes with the "
+                             f"local ring of that name ({ring.schema or 'objects'}); nothing "
+                             "written")
+    return ring, False
+
+
 def try_export(bridge, name, stats_cls):
     """A RingExport for the queue ring ``name``, or None if it is not one
     this bridge can export."""
@@ -1106,9 +1212,10 @@ def try_export(bridge, name, stats_cls):
     except (BufferCorrupt, ValueError, TypeError) as e:
         log.debug("bridge: not exporting %r: %s", name, e)
         return None
-    if ring.schema is not None:
-        log.warning("bridge: ring %r is a typed ring; only object rings cross hosts yet",
-                    name)
+    from .schema import ArraySpec
+    if ring.schema is not None and not isinstance(ring.schema, ArraySpec):
+        log.warning("bridge: ring %r is a message ring; only object and ArraySpec rings "
+                    "cross hosts yet", name)
         ring.close()
         return None
     try:
@@ -1182,23 +1289,11 @@ class BroadcastImport:
 
     def __init__(self, bridge, name, sid, ann, stats_cls):
         from .bridge import _sid_tag
-        from .ring import Ring
         self.bridge, self.name, self.sid, self.tag = bridge, name, sid, _sid_tag(sid)
         self.kind = "ring"
         self.home = ann["zid"]
         _, self.loads = _serializer(ann["serializer"])
-        try:
-            self.ring = Ring(broadcast=True, capacity=ann["capacity"],
-                             max_bytes=ann["max_bytes"], serializer=ann["serializer"],
-                             name=name, mode=bridge.mode)
-            self.created = True
-        except BufferExists:
-            self.ring = Ring.attach(name)
-            self.created = False
-            if not self.ring.broadcast:
-                self.ring.close()
-                raise BridgeError(f"far broadcast ring {name!r} clashes with a local queue "
-                                  "ring of that name; nothing written") from None
+        self.ring, self.created = _local_ring(bridge, name, ann, True)
         self.stats = stats_cls("import", "ring", sid, peer=ann.get("host"))
         self.next_k = None
         self.lock = threading.Lock()

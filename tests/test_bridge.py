@@ -828,6 +828,114 @@ def test_ring_items_put_far_away_reach_home_consumers(link):
     assert not missing, f"{len(missing)} items never reached a consumer, e.g. {missing[:5]}"
 
 
+
+@pytest.mark.parametrize("first", ["importer", "home"])
+def test_ring_items_sent_up_bridges_killed_count_losses(link, first):
+    """§9 rings, the other way: items put on the importing host (which has
+    no consumer) travel up to the home's consumer; SIGKILL one bridge
+    mid-transfer and restart it, then the other: no item is duplicated,
+    each producer's order holds, and the items lost on their way up are
+    exactly what the home reports (the importer counts what it took for
+    each pair of bridge instances, the home what it put)."""
+    from global_buffer.bridge_rings import DEFAULT_WINDOW
+    stop_file = str(link.tmp / "stop")
+    n = 400
+    holder = link.a.python(RING_HOLDER, "jobs", stop_file)
+    order = ["b", "a"] if first == "importer" else ["a", "b"]
+    try:
+        cons = [link.a.python(RING_CONSUMER, "jobs", stop_file, 0.0)]
+        prods = [link.b.python(RING_SLOW_PRODUCER, "jobs", "b1", n),
+                 link.b.python(RING_SLOW_PRODUCER, "jobs", "b2", n)]
+        read_stats(link.stats_a, 30, lambda s: s["names"].get("jobs", {}).get("items", 0) > 50)
+        for i, host in enumerate(order):
+            kill(link.bb if host == "b" else link.ba)
+            time.sleep(0.5)
+            (link.start_b if host == "b" else link.start_a)()
+            if i == 0:
+                read_stats(link.stats_a, 30,
+                           lambda s: s["names"].get("jobs", {}).get("items", 0) > 30)
+        for p in prods:
+            communicate(p, 120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = link.b.run(PRELUDE + "r = gb.Ring.attach('jobs'); print(r.qsize())",
+                              timeout=30).strip()
+            if left == "0":
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)
+    finally:
+        open(stop_file, "w").close()
+    results = [last_json(communicate(c, 60)) for c in cons]
+    communicate(holder, 30)
+    missing = _check_ring_items(results, ["b1", "b2"], n)
+    lost = read_stats(link.stats_a, 5)["names"]["jobs"]["lost"]
+    print(f"missing {len(missing)}, reported lost {lost}")
+    if len(missing) != lost:
+        for f in ("a.log", "b.log"):
+            print(f, (link.tmp / f).read_text())
+    assert len(missing) <= 2 * DEFAULT_WINDOW, missing
+    assert len(missing) == lost, f"{len(missing)} items missing, the bridge reports {lost}"
+
+
+TYPED_RING = PRELUDE + textwrap.dedent('''
+    name, spec, n, stop = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    r = gb.Ring(0, schema=gb.ArraySpec(spec[0], tuple(spec[1])), capacity=64, name=name)
+    for i in range(n):
+        r.put(np.full(tuple(spec[1]), i, spec[0]))
+    wait_file(stop, 120)
+    r.close()
+''')
+
+TYPED_CONSUMER = PRELUDE + textwrap.dedent('''
+    name, n = sys.argv[1], int(sys.argv[2])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = gb.Ring.attach(name)
+            break
+        except gb.BufferNotFound:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    got = []
+    while len(got) < n:
+        a = r.get(timeout=20)
+        got.append([str(a.dtype), list(a.shape), float(a.flat[0]), bool((a == a.flat[0]).all())])
+    print(json.dumps({"got": got, "schema": repr(r.schema)}))
+''')
+
+
+def test_typed_ring_crosses_with_its_schema_and_clashes_refused(link):
+    """§9 rings keep their settings across hosts: an ArraySpec ring's
+    importing host gets a local ring with the same schema and its items
+    (dtype, shape, values); a local ring of that name with another schema
+    is a SchemaMismatch in the importing bridge's log, nothing written to
+    it, while other names keep flowing."""
+    stop_file = str(link.tmp / "stop")
+    n = 40
+    # host B already has "tclash" as a ring of another schema
+    clash = link.b.python(TYPED_RING, "tclash", json.dumps(["int16", [3]]), 0, stop_file)
+    wait = time.monotonic() + 30
+    while "tclash" not in " ".join(link.b.shm()):
+        assert time.monotonic() < wait, "host B's ring never appeared"
+        time.sleep(0.1)
+    prods = [link.a.python(TYPED_RING, "typed", json.dumps(["float32", [4, 8]]), n, stop_file),
+             link.a.python(TYPED_RING, "tclash", json.dumps(["float32", [4, 8]]), n, stop_file)]
+    try:
+        res = last_json(communicate(link.b.python(TYPED_CONSUMER, "typed", n), 90))
+        deadline = time.monotonic() + 30
+        while "SchemaMismatch" not in (link.tmp / "b.log").read_text():
+            assert time.monotonic() < deadline, (link.tmp / "b.log").read_text()
+            time.sleep(0.1)
+        left = link.b.run(PRELUDE + "print(gb.Ring.attach('tclash').qsize())", timeout=30)
+    finally:
+        open(stop_file, "w").close()
+    for p in prods + [clash]:
+        communicate(p, 30)
+    assert res["schema"] == "ArraySpec(dtype='float32', shape=(4, 8))", res
+    assert res["got"] == [["float32", [4, 8], float(i), True] for i in range(n)], res
+    assert left.strip() == "0"
+
 IDLE_WRITER = PRELUDE + textwrap.dedent('''
     w = gb.create(sys.argv[1], gb.ArraySpec("int64", 4), 8)
     wait_file(sys.argv[3])        # the far reader is attached to the mirror
