@@ -863,6 +863,7 @@ class Bridge:
             raise BridgeError(f"announce of ring {name!r}: unsupported settings or layout")
         try:
             bridge_rings.announced_spec(msg)  # a typed ring's schema
+            bridge_rings.announced_message(msg)  # a message ring's
         except BridgeError as e:
             self._refused[name] = (sid, "bad announce")
             raise BridgeError(f"announce of ring {name!r}: {e}") from None

@@ -89,7 +89,9 @@ import threading
 import time
 from typing import Optional
 
+from . import _core
 from .errors import BridgeError, BufferCorrupt, BufferExists, Empty
+from .schema import ArraySpec, decode_meta
 
 __all__ = ["RingExport", "RingImport", "BroadcastExport", "BroadcastImport", "try_export",
            "encode_item", "decode_item", "consumers_waiting"]
@@ -493,6 +495,8 @@ class RingExport:
         from .bridge import _sid_tag
         self.tag = _sid_tag(self.sid)
         self.serializer = getattr(ring, "_serializer", "pickle")
+        if ring._kind == _core.KIND_MESSAGE:
+            self.serializer = "pickle"  # the dicts its items decode to
         if not isinstance(self.serializer, str):
             raise BridgeError(f"ring {name!r} uses a custom serializer; not exported")
         self.dumps, _ = _serializer(self.serializer)
@@ -648,8 +652,10 @@ class RingExport:
              "maxsize": r.maxsize, "capacity": r.capacity, "max_bytes": r._slot_size,
              "serializer": self.serializer, "zid": self.bridge.zid,
              "layout": _core.LAYOUT_VERSION, "host": self.bridge.host}
-        if r.schema is not None:  # an ArraySpec ring (try_export refuses others)
+        if isinstance(r.schema, ArraySpec):
             a["schema"] = r.schema.to_json()
+        elif r._kind == _core.KIND_MESSAGE:
+            a["message"] = decode_meta(r._meta)  # its JSON schema and model name
         return a
 
     def on_credit(self, msg):
@@ -1168,21 +1174,42 @@ def announced_spec(ann):
     return spec
 
 
+def announced_message(ann):
+    """The metadata of an announced message ring (``message``: its JSON
+    schema and model name, as its segment stores them), None for another
+    ring; BridgeError if malformed."""
+    m = ann.get("message")
+    if m is None:
+        return None
+    if not (isinstance(m, dict) and set(m) == {"kind", "payload", "schema", "model"}
+            and m["kind"] == "ring" and m["payload"] == "message"
+            and isinstance(m["schema"], dict) and isinstance(m["model"], str)) \
+            or ann.get("schema") is not None:
+        raise BridgeError("announce: bad message ring metadata")
+    return m
+
+
 def _local_ring(bridge, name, ann, broadcast):
     """(ring, created): the local ring a far one is imported into, made
-    with the far ring's settings (an ArraySpec ring's schema included), or
-    the existing local ring of that name if it is the same kind (a typed
-    one with the same schema: ``SchemaMismatch`` otherwise, nothing
-    written)."""
+    with the far ring's settings (an ArraySpec ring's schema, a message
+    ring's JSON schema included), or the existing local ring of that name
+    if it is the same kind (a typed one with the same schema:
+    ``SchemaMismatch`` otherwise, nothing written).  A message ring's
+    handle here has no model: items cross as dicts."""
+    from . import _core
     from .errors import SchemaMismatch
-    from .ring import Ring
-    spec = announced_spec(ann)
+    from .ring import _DICTS, Ring
+    from .schema import decode_meta, schema_hash
+    spec, message = announced_spec(ann), announced_message(ann)
     kw: dict = {"capacity": ann["capacity"], "name": name, "mode": bridge.mode}
     if spec is None:
         kw.update(max_bytes=ann["max_bytes"], serializer=ann["serializer"])
     else:
         kw["schema"] = spec
     try:
+        if message is not None:
+            return Ring._like_message_ring(name, message, ann["maxsize"], ann["capacity"],
+                                           ann["max_bytes"], broadcast, bridge.mode), True
         if broadcast:
             return Ring(broadcast=True, **kw), True
         return Ring(ann["maxsize"], **kw), True
@@ -1195,6 +1222,15 @@ def _local_ring(bridge, name, ann, broadcast):
         raise BridgeError(f"far {what} ring {name!r} clashes with a local "
                           f"{'queue' if broadcast else 'broadcast'} ring of that name; "
                           "nothing written")
+    if message is not None or ring._kind == _core.KIND_MESSAGE:
+        local = decode_meta(ring._meta) if ring._kind == _core.KIND_MESSAGE else None
+        ring.close()
+        if message is None or local is None \
+                or schema_hash(local["schema"]) != schema_hash(message["schema"]):
+            raise SchemaMismatch(f"far {what} ring {name!r} "
+                                 f"({'messages' if message else spec or 'objects'}) clashes "
+                                 "with the local ring of that name; nothing written")
+        return Ring.attach(name, serializer=_DICTS), False
     if ring.schema != spec:
         ring.close()
         raise SchemaMismatch(f"far {what} ring {name!r} ({spec or 'objects'}) clashes with the "
@@ -1204,19 +1240,19 @@ def _local_ring(bridge, name, ann, broadcast):
 
 
 def try_export(bridge, name, stats_cls):
-    """A RingExport for the queue ring ``name``, or None if it is not one
-    this bridge can export."""
-    from .ring import Ring
+    """A RingExport for the ring ``name`` (object, ArraySpec or message
+    ring), or None if it is not one this bridge can export."""
+    from . import _core
+    from .ring import _DICTS, Ring
     try:
         ring = Ring.attach(name)
+        if ring._kind == _core.KIND_MESSAGE:
+            # without the model: items cross as the dicts they decode to,
+            # and items coming up are put back as such
+            ring.close()
+            ring = Ring.attach(name, serializer=_DICTS)
     except (BufferCorrupt, ValueError, TypeError) as e:
         log.debug("bridge: not exporting %r: %s", name, e)
-        return None
-    from .schema import ArraySpec
-    if ring.schema is not None and not isinstance(ring.schema, ArraySpec):
-        log.warning("bridge: ring %r is a message ring; only object and ArraySpec rings "
-                    "cross hosts yet", name)
-        ring.close()
         return None
     try:
         if ring.broadcast:

@@ -22,6 +22,7 @@ import weakref
 from multiprocessing.util import Finalize, register_after_fork
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Type
 
+import msgspec
 import numpy as np
 
 from . import _core, reduction
@@ -61,6 +62,10 @@ DEFAULT_MAX_BYTES = 4096 - _core.SLOT_HEADER  # one page per slot
 MAX_DEFAULT_CAPACITY = 1 << 16
 _FULL_GRACE = _core.FULL_GRACE  # s an unbounded put waits for a slot before deferring
 _SERIALIZERS = ("pickle", "cloudpickle")
+# a message ring handle without its model whose puts take dicts unvalidated:
+# the bridge's local copy of a far message ring (they were validated where
+# they were first put; handles that attach with model= validate reads)
+_DICTS = "_dicts"
 
 
 # -- serialisation ------------------------------------------------------------
@@ -74,7 +79,12 @@ def _make_serial(serializer, schema):
     oob: List[Any] = []
     if is_model(schema) or schema == "message":
         codec = MessageCodec(schema if is_model(schema) else None)
-        encode = codec.encode if is_model(schema) else _put_needs_model
+        if is_model(schema):
+            encode = codec.encode
+        elif serializer == _DICTS:  # the bridge's copy of a far ring: dicts as they came
+            encode = msgspec.msgpack.Encoder().encode
+        else:
+            encode = _put_needs_model
         return _core._Serial(None, None, encode, oob), codec.decode, codec.decode, "msgpack"
     if isinstance(schema, ArraySpec):
         return _core._Serial(None, None, None, oob), None, None, "raw"
@@ -342,6 +352,35 @@ class Ring:
             raise TypeError("schema must be None, a gb.ArraySpec or a pydantic model class, "
                             f"got {schema!r}")
         flags = _core.FLAG_BROADCAST if broadcast else _core.FLAG_QUEUE
+        self._create(name, kind, flags, capacity, slot_size, maxsize, meta, mode,
+                     (schema, serializer, ser, decode, full))
+
+    @classmethod
+    def _like_message_ring(cls, name, meta, maxsize, capacity, slot_size, broadcast=False,
+                           mode=0o600):
+        """A message ring with another one's metadata ``meta`` (its JSON
+        schema and model name) but no pydantic model: the bridge's local
+        copy of a far message ring (SPEC §9).  Its puts take dicts as
+        they came, its gets return dicts; handles that attach with
+        ``model=`` validate as usual.  ``ValueError`` for metadata that is
+        not a message ring's."""
+        if not (isinstance(meta, dict) and set(meta) == {"kind", "payload", "schema", "model"}
+                and meta["kind"] == "ring" and meta["payload"] == "message"
+                and isinstance(meta["schema"], dict) and isinstance(meta["model"], str)):
+            raise ValueError("not a message ring's metadata")
+        maxsize = _as_int(maxsize, "maxsize")
+        capacity = _as_int(capacity, "capacity", 1)
+        slot_size = _as_int(slot_size, "max_bytes", 1)
+        self = cls.__new__(cls, broadcast=broadcast)
+        ser, decode, full, _ = _make_serial(_DICTS, "message")
+        flags = _core.FLAG_BROADCAST if broadcast else _core.FLAG_QUEUE
+        self._create(name, _core.KIND_MESSAGE, flags, capacity, slot_size, maxsize, meta, mode,
+                     (None, _DICTS, ser, decode, full))
+        return self
+
+    def _create(self, name, kind, flags, capacity, slot_size, maxsize, meta, mode, opening):
+        """Make the segment and open it (``opening``: ``_open``'s schema,
+        serializer, ser, decode, full)."""
         name = _auto_name() if name is None else validate_name(name)
         raw = encode_meta(meta)
         size = _core.segment_nbytes(kind, flags, capacity, slot_size, len(raw))
@@ -349,6 +388,7 @@ class Ring:
         try:
             _core.init_segment(seg.mm, kind, flags, capacity, slot_size, maxsize,
                                _ring_hash(meta), raw, os.getpid(), self_start_time())
+            schema, serializer, ser, decode, full = opening
             self._open(seg, schema, serializer, ser, decode, full, mode)
         except BaseException:
             seg.close()

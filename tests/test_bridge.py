@@ -936,6 +936,69 @@ def test_typed_ring_crosses_with_its_schema_and_clashes_refused(link):
     assert res["got"] == [["float32", [4, 8], float(i), True] for i in range(n)], res
     assert left.strip() == "0"
 
+
+MSG_RING = PRELUDE + textwrap.dedent('''
+    name, n, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    r = gb.Ring(0, schema=Msg, capacity=64, name=name)
+    for i in range(n):
+        r.put(Msg(i=i, text="m" * i, values=[i / 2]))
+    wait_file(stop, 120)
+    r.close()
+''')
+
+MSG_CONSUMER = PRELUDE + textwrap.dedent('''
+    name, n = sys.argv[1], int(sys.argv[2])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = gb.Ring.attach(name, model=Msg)
+            break
+        except gb.BufferNotFound:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    got = [r.get(timeout=20) for _ in range(n)]
+    assert all(type(m) is Msg for m in got), [type(m) for m in got]
+    try:
+        gb.Ring.attach(name, model=Other)
+        clash = None
+    except gb.SchemaMismatch as e:
+        clash = str(e)
+    print(json.dumps({"got": [m.model_dump() for m in got], "clash": clash}))
+''')
+
+
+def test_message_ring_crosses_with_its_schema(link):
+    """§9 rings keep their settings across hosts: a pydantic message ring's
+    importing host gets a message ring with the same JSON schema (the
+    bridge has no model: items cross as the dicts they decode to), whose
+    consumers attach with the model and read validated instances, and
+    attaching with another model is a SchemaMismatch there too; a local
+    object ring of that name is a SchemaMismatch in the bridge's log."""
+    stop_file = str(link.tmp / "stop")
+    n = 30
+    clash = link.b.python(RING_HOLDER, "mclash", stop_file)
+    wait = time.monotonic() + 30
+    while "mclash" not in " ".join(link.b.shm()):
+        assert time.monotonic() < wait, "host B's ring never appeared"
+        time.sleep(0.1)
+    prods = [link.a.python(MSG_RING, "msgs", n, stop_file),
+             link.a.python(MSG_RING, "mclash", n, stop_file)]
+    try:
+        res = last_json(communicate(link.b.python(MSG_CONSUMER, "msgs", n), 90))
+        deadline = time.monotonic() + 30
+        while not any("SchemaMismatch" in line and "mclash" in line
+                      for line in (link.tmp / "b.log").read_text().splitlines()):
+            assert time.monotonic() < deadline, (link.tmp / "b.log").read_text()
+            time.sleep(0.1)
+        left = link.b.run(PRELUDE + "print(gb.Ring.attach('mclash').qsize())", timeout=30)
+    finally:
+        open(stop_file, "w").close()
+    for p in prods + [clash]:
+        communicate(p, 30)
+    assert res["got"] == [{"i": i, "text": "m" * i, "values": [i / 2]} for i in range(n)], res
+    assert res["clash"] and "Other" in res["clash"], res
+    assert left.strip() == "0"  # nothing written to the clashing local ring
+
 IDLE_WRITER = PRELUDE + textwrap.dedent('''
     w = gb.create(sys.argv[1], gb.ArraySpec("int64", 4), 8)
     wait_file(sys.argv[3])        # the far reader is attached to the mirror
