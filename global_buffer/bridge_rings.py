@@ -890,6 +890,7 @@ class RingImport:
         self.pairs = {}    # home zid -> _Counter (this instance's pairs, current and ended)
         self.up_pairs = {}  # home zid -> _Counter of items taken here to send up to it
         self.up_busy = None  # the home zid the uplink is taking items for
+        self.pair_no = 0
         self.ended = {}    # home zid -> expiry of its report (None: not reported yet)
         self.batches = {}  # home zid -> batches of that pair waiting in the inbox
         self._new_pair(self.home)
@@ -998,7 +999,8 @@ class RingImport:
             return False
 
     def _new_pair(self, home):
-        base = f"{self.ledger.path[:-5]}.{self.bridge.zid}.{len(self.pairs)}"
+        self.pair_no += 1  # (not len(pairs): ended pairs leave it)
+        base = f"{self.ledger.path[:-5]}.{self.bridge.zid}.{self.pair_no}"
         self.pairs[home] = _Counter(base)
         self.up_pairs[home] = _Counter(base + ".up")
 
