@@ -271,9 +271,12 @@ def _encode_each(items, dumps, max_bytes):
         yield b"".join([struct.pack(f"<I{len(lens)}Q", len(lens), *lens), *group]), len(lens)
 
 
-def decode_batch(payload, loads=pickle.loads):
+def decode_batch(payload, loads=pickle.loads, writable=True):
     """A message of ``encode_batches`` -> its items, all checked before
-    any is returned (BridgeError if anything is malformed)."""
+    any is returned (BridgeError if anything is malformed).
+    ``writable=False``: out-of-band buffers (numpy arrays) are views of
+    ``payload``, not copies, for items that only go on into a ring (whose
+    put copies them)."""
     mv = memoryview(payload)
     try:
         (n,) = struct.unpack_from("<I", mv, 0)
@@ -289,7 +292,7 @@ def decode_batch(payload, loads=pickle.loads):
     except (struct.error, ValueError):
         raise BridgeError(f"a batch of ring items of {len(mv)} bytes is malformed") from None
     if lens is None:
-        items = decode_item(mv[_LIST_HEAD.size:], loads)
+        items = decode_item(mv[_LIST_HEAD.size:], loads, writable)
         if type(items) is not list or len(items) != n:
             raise BridgeError(f"a batch of {n} ring items holds "
                               f"{len(items) if type(items) is list else 'no list'}")
@@ -297,13 +300,15 @@ def decode_batch(payload, loads=pickle.loads):
     off = 4 + 8 * n
     items = []
     for ln in lens:
-        items.append(decode_item(mv[off:off + ln], loads))
+        items.append(decode_item(mv[off:off + ln], loads, writable))
         off += ln
     return items
 
 
-def decode_item(payload, loads=pickle.loads):
-    """Wire bytes -> item; BridgeError if the framing is inconsistent."""
+def decode_item(payload, loads=pickle.loads, writable=True):
+    """Wire bytes -> item; BridgeError if the framing is inconsistent.
+    ``writable``: out-of-band buffers are copied into bytearrays, writable
+    as items from a ring are (False: read-only views of ``payload``)."""
     mv = memoryview(payload)
     try:
         (n,) = struct.unpack_from("<I", mv, 0)
@@ -321,7 +326,8 @@ def decode_item(payload, loads=pickle.loads):
     off += dlen
     bufs = []
     for ln in lens:
-        bufs.append(bytearray(mv[off:off + ln]))  # writable, as items from a ring are
+        b = mv[off:off + ln]
+        bufs.append(bytearray(b) if writable else b)
         off += ln
     try:
         return loads(data, buffers=bufs)
@@ -569,7 +575,7 @@ class RingExport:
             if p is None or k != p.up_next:
                 raise BridgeError(f"ring item {k} sent up for {self.name!r} by {frm} out of "
                                   "turn; dropped")
-            items = decode_batch(payload, _serializer(self.serializer)[1])
+            items = decode_batch(payload, _serializer(self.serializer)[1], False)
             if k + len(items) > p.up_granted:
                 raise BridgeError(f"ring items {k}..{k + len(items) - 1} sent up for "
                                   f"{self.name!r} by {frm} beyond its credit; dropped")
@@ -1066,7 +1072,7 @@ class RingImport:
             if k != self.next_k:
                 raise BridgeError(f"ring item {k} for {self.name!r}, expected {self.next_k}; "
                                   "dropped")
-            items = decode_batch(payload, self.loads)
+            items = decode_batch(payload, self.loads, False)
             if k + len(items) > self.granted:
                 raise BridgeError(f"ring items {k}..{k + len(items) - 1} for {self.name!r} "
                                   f"beyond the credit granted ({self.granted}); dropped")
@@ -1349,7 +1355,7 @@ class BroadcastImport:
         magic, tag, k = ITEM_HEADER.unpack(att)
         if magic != BCAST_MAGIC or tag != self.tag:
             raise BridgeError(f"broadcast item for {self.name!r} with a bad header; dropped")
-        items = decode_batch(payload, self.loads)
+        items = decode_batch(payload, self.loads, False)
         with self.lock:
             if self.closed:
                 return
