@@ -65,6 +65,16 @@ PRELUDE = textwrap.dedent('''
                     raise
                 time.sleep(0.02)
 
+    def attach_ring(name, timeout=30, **kw):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return gb.Ring.attach(name, **kw)
+            except gb.BufferNotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def wait_file(path, timeout=60):
         deadline = time.monotonic() + timeout
         while not os.path.exists(path):
@@ -585,14 +595,7 @@ RING_HOLDER = PRELUDE + textwrap.dedent('''
 
 RING_PRODUCER = PRELUDE + textwrap.dedent('''
     name, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            ring = gb.Ring.attach(name)
-            break
-        except gb.BufferNotFound:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    ring = attach_ring(name)
     for i in range(n):
         big = np.full(300_000, i % 256, np.uint8) if i % 10 == 0 else None  # out of line
         ring.put((tag, i, big))
@@ -602,14 +605,7 @@ RING_PRODUCER = PRELUDE + textwrap.dedent('''
 
 RING_CONSUMER = PRELUDE + textwrap.dedent('''
     name, stop = sys.argv[1], sys.argv[2]
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            ring = gb.Ring.attach(name)
-            break
-        except gb.BufferNotFound:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    ring = attach_ring(name)
     got, bad = [], 0
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
@@ -638,6 +634,34 @@ def _check_ring_items(results, producers, n):
             assert i > last.get(tag, -1), f"producer {tag}'s order broken at {i}"
             last[tag] = i
     return [(t, i) for t in producers for i in range(n) if (t, i) not in seen]
+
+
+def _check_losses_counted(link, cons, holder, producers, n):
+    """After a run with bridges killed (§9): no item delivered twice, each
+    producer's order kept, and the items missing (at most a credit window
+    per kill) exactly the number the home bridge reports lost."""
+    from global_buffer.bridge_rings import DEFAULT_WINDOW
+    results = [last_json(communicate(c, 60)) for c in cons]
+    communicate(holder, 30)
+    missing = _check_ring_items(results, producers, n)
+    lost = read_stats(link.stats_a, 5)["names"]["jobs"]["lost"]
+    print(f"missing {len(missing)}, reported lost {lost}")
+    if len(missing) != lost:
+        for f in ("a.log", "b.log"):
+            print(f, (link.tmp / f).read_text())
+    assert len(missing) <= 2 * DEFAULT_WINDOW, missing
+    assert len(missing) == lost, f"{len(missing)} items missing, the bridge reports {lost}"
+
+
+def _wait_drained(host, timeout=60):
+    """Until host's ring "jobs" is empty (its items went up), bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = host.run(PRELUDE + "r = gb.Ring.attach('jobs'); print(r.qsize())",
+                        timeout=30).strip()
+        if left == "0":
+            return
+        time.sleep(0.5)
 
 
 def test_ring_shared_by_two_hosts(link):
@@ -692,7 +716,6 @@ def test_ring_bridges_killed_lose_at_most_window_and_count_it(link, back_to_back
     the new home what it received from the old one (its restarted successor
     reports that from the host-local ledger; a CI failure: 1 item missing,
     0 reported)."""
-    from global_buffer.bridge_rings import DEFAULT_WINDOW
     stop_file = str(link.tmp / "stop")
     n = 400
     holder = link.a.python(RING_HOLDER, "jobs", stop_file)
@@ -727,16 +750,7 @@ def test_ring_bridges_killed_lose_at_most_window_and_count_it(link, back_to_back
         time.sleep(2.0)
     finally:
         open(stop_file, "w").close()
-    results = [last_json(communicate(c, 60)) for c in cons]
-    communicate(holder, 30)
-    missing = _check_ring_items(results, ["a1", "a2"], n)
-    lost = read_stats(link.stats_a, 5)["names"]["jobs"]["lost"]
-    print(f"missing {len(missing)}, reported lost {lost}")
-    if len(missing) != lost:
-        for f in ("a.log", "b.log"):
-            print(f, (link.tmp / f).read_text())
-    assert len(missing) <= 2 * DEFAULT_WINDOW, missing
-    assert len(missing) == lost, f"{len(missing)} items missing, the bridge reports {lost}"
+    _check_losses_counted(link, cons, holder, ["a1", "a2"], n)
 
 
 BCAST_HOLDER = PRELUDE + textwrap.dedent('''
@@ -755,14 +769,7 @@ BCAST_HOLDER = PRELUDE + textwrap.dedent('''
 
 BCAST_READER = PRELUDE + textwrap.dedent('''
     name, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            ring = gb.Ring.attach(name)
-            break
-        except gb.BufferNotFound:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    ring = attach_ring(name)
     touch(go)
     got, bad = [], 0
     while len(got) < n:
@@ -812,13 +819,7 @@ def test_ring_items_put_far_away_reach_home_consumers(link):
                  link.a.python(RING_PRODUCER, "jobs", "a1", n)]
         for p in prods:
             communicate(p, 120)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            left = link.b.run(PRELUDE + "r = gb.Ring.attach('jobs'); print(r.qsize())",
-                              timeout=30).strip()
-            if left == "0":
-                break
-            time.sleep(0.5)
+        _wait_drained(link.b)
         time.sleep(2.0)
     finally:
         open(stop_file, "w").close()
@@ -826,7 +827,6 @@ def test_ring_items_put_far_away_reach_home_consumers(link):
     communicate(holder, 30)
     missing = _check_ring_items(results, ["a1", "b1"], n)
     assert not missing, f"{len(missing)} items never reached a consumer, e.g. {missing[:5]}"
-
 
 
 @pytest.mark.parametrize("first", ["importer", "home"])
@@ -837,7 +837,6 @@ def test_ring_items_sent_up_bridges_killed_count_losses(link, first):
     each producer's order holds, and the items lost on their way up are
     exactly what the home reports (the importer counts what it took for
     each pair of bridge instances, the home what it put)."""
-    from global_buffer.bridge_rings import DEFAULT_WINDOW
     stop_file = str(link.tmp / "stop")
     n = 400
     holder = link.a.python(RING_HOLDER, "jobs", stop_file)
@@ -856,26 +855,18 @@ def test_ring_items_sent_up_bridges_killed_count_losses(link, first):
                            lambda s: s["names"].get("jobs", {}).get("items", 0) > 30)
         for p in prods:
             communicate(p, 120)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            left = link.b.run(PRELUDE + "r = gb.Ring.attach('jobs'); print(r.qsize())",
-                              timeout=30).strip()
-            if left == "0":
-                break
-            time.sleep(0.5)
+        _wait_drained(link.b)
         time.sleep(2.0)
     finally:
         open(stop_file, "w").close()
-    results = [last_json(communicate(c, 60)) for c in cons]
-    communicate(holder, 30)
-    missing = _check_ring_items(results, ["b1", "b2"], n)
-    lost = read_stats(link.stats_a, 5)["names"]["jobs"]["lost"]
-    print(f"missing {len(missing)}, reported lost {lost}")
-    if len(missing) != lost:
-        for f in ("a.log", "b.log"):
-            print(f, (link.tmp / f).read_text())
-    assert len(missing) <= 2 * DEFAULT_WINDOW, missing
-    assert len(missing) == lost, f"{len(missing)} items missing, the bridge reports {lost}"
+    _check_losses_counted(link, cons, holder, ["b1", "b2"], n)
+
+
+def _wait_until(cond, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
 
 
 TYPED_RING = PRELUDE + textwrap.dedent('''
@@ -889,14 +880,7 @@ TYPED_RING = PRELUDE + textwrap.dedent('''
 
 TYPED_CONSUMER = PRELUDE + textwrap.dedent('''
     name, n = sys.argv[1], int(sys.argv[2])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            r = gb.Ring.attach(name)
-            break
-        except gb.BufferNotFound:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    r = attach_ring(name)
     got = []
     while len(got) < n:
         a = r.get(timeout=20)
@@ -915,18 +899,13 @@ def test_typed_ring_crosses_with_its_schema_and_clashes_refused(link):
     n = 40
     # host B already has "tclash" as a ring of another schema
     clash = link.b.python(TYPED_RING, "tclash", json.dumps(["int16", [3]]), 0, stop_file)
-    wait = time.monotonic() + 30
-    while "tclash" not in " ".join(link.b.shm()):
-        assert time.monotonic() < wait, "host B's ring never appeared"
-        time.sleep(0.1)
+    _wait_until(lambda: "tclash" in " ".join(link.b.shm()), "host B's ring")
     prods = [link.a.python(TYPED_RING, "typed", json.dumps(["float32", [4, 8]]), n, stop_file),
              link.a.python(TYPED_RING, "tclash", json.dumps(["float32", [4, 8]]), n, stop_file)]
     try:
         res = last_json(communicate(link.b.python(TYPED_CONSUMER, "typed", n), 90))
-        deadline = time.monotonic() + 30
-        while "SchemaMismatch" not in (link.tmp / "b.log").read_text():
-            assert time.monotonic() < deadline, (link.tmp / "b.log").read_text()
-            time.sleep(0.1)
+        _wait_until(lambda: "SchemaMismatch" in (link.tmp / "b.log").read_text(),
+                    "the clash in B's log")
         left = link.b.run(PRELUDE + "print(gb.Ring.attach('tclash').qsize())", timeout=30)
     finally:
         open(stop_file, "w").close()
@@ -948,14 +927,7 @@ MSG_RING = PRELUDE + textwrap.dedent('''
 
 MSG_CONSUMER = PRELUDE + textwrap.dedent('''
     name, n = sys.argv[1], int(sys.argv[2])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            r = gb.Ring.attach(name, model=Msg)
-            break
-        except gb.BufferNotFound:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    r = attach_ring(name, model=Msg)
     got = [r.get(timeout=20) for _ in range(n)]
     assert all(type(m) is Msg for m in got), [type(m) for m in got]
     try:
@@ -977,19 +949,14 @@ def test_message_ring_crosses_with_its_schema(link):
     stop_file = str(link.tmp / "stop")
     n = 30
     clash = link.b.python(RING_HOLDER, "mclash", stop_file)
-    wait = time.monotonic() + 30
-    while "mclash" not in " ".join(link.b.shm()):
-        assert time.monotonic() < wait, "host B's ring never appeared"
-        time.sleep(0.1)
+    _wait_until(lambda: "mclash" in " ".join(link.b.shm()), "host B's ring")
     prods = [link.a.python(MSG_RING, "msgs", n, stop_file),
              link.a.python(MSG_RING, "mclash", n, stop_file)]
     try:
         res = last_json(communicate(link.b.python(MSG_CONSUMER, "msgs", n), 90))
-        deadline = time.monotonic() + 30
-        while not any("SchemaMismatch" in line and "mclash" in line
-                      for line in (link.tmp / "b.log").read_text().splitlines()):
-            assert time.monotonic() < deadline, (link.tmp / "b.log").read_text()
-            time.sleep(0.1)
+        _wait_until(lambda: any("SchemaMismatch" in line and "mclash" in line
+                                for line in (link.tmp / "b.log").read_text().splitlines()),
+                    "the clash in B's log")
         left = link.b.run(PRELUDE + "print(gb.Ring.attach('mclash').qsize())", timeout=30)
     finally:
         open(stop_file, "w").close()
