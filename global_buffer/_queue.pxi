@@ -821,7 +821,7 @@ cdef class QueueHandle(Handle):
         """Take one item; raises Empty if none arrived in time."""
         return self._get_c(block, timeout)
 
-    cdef object _get_c(self, bint block, object timeout):
+    cdef object _get_c(self, bint block, object timeout, uint64_t *cp=NULL, uint64_t cv=0):
         cdef uint64_t pos, aux
         cdef int64_t deadline
         self._live()
@@ -839,7 +839,7 @@ cdef class QueueHandle(Handle):
                 if self._claim(False, deadline, &pos):
                     raise Empty()
                 aux = gb_slot_aux(&self.r, pos)
-        return self._read_claimed(pos, aux)
+        return self._read_claimed(pos, aux, cp, cv)
 
     cdef int _claim_item(self, bint block, object timeout, uint64_t *pos) except -1:
         """Claim the next item to read (skipping void ones); 1 on timeout."""
@@ -908,9 +908,7 @@ cdef class QueueHandle(Handle):
             if count.shape[0] < 1:
                 raise ValueError("count must hold one u64")
             cp = &count[0]
-        out = [self._get_c(block, timeout)]
-        if cp != NULL:
-            gb_count_store(cp, base + 1)
+        out = [self._get_c(block, timeout, cp, base + 1)]
         while len(out) < max_items:
             if self._try(False, &pos, &blocker) != GB_OK:
                 break
@@ -919,9 +917,7 @@ cdef class QueueHandle(Handle):
                 gb_queue_get_commit(&self.r, pos)
                 continue
             try:
-                out.append(self._read_claimed(pos, aux))
-                if cp != NULL:
-                    gb_count_store(cp, base + <uint64_t>len(out))
+                out.append(self._read_claimed(pos, aux, cp, base + <uint64_t>len(out) + 1))
             except Exception as e:
                 # the items already taken are the caller's: return them, and
                 # raise this item's error from the next get (its place in
@@ -930,9 +926,13 @@ cdef class QueueHandle(Handle):
                 break
         return out
 
-    cdef object _read_claimed(self, uint64_t pos, uint64_t aux):
+    cdef object _read_claimed(self, uint64_t pos, uint64_t aux, uint64_t *cp=NULL,
+                              uint64_t cv=0):
         """Copy out the item in the slot we claimed at ``pos``, free the
-        slot, then decode (plain data: decode, then free the slot)."""
+        slot, then decode (plain data: decode, then free the slot).  With
+        ``cp``, ``cv`` is stored there right after the slot is freed: the
+        item is counted as taken before it is decoded (a caller killed
+        while decoding, or an item that does not decode, is counted)."""
         cdef uint64_t n
         cdef bint decoded = False
         cdef const uint8_t *p
@@ -962,6 +962,8 @@ cdef class QueueHandle(Handle):
                 raw = PyBytes_FromStringAndSize(<const char *>p, n)
         finally:
             gb_queue_get_commit(&self.r, pos)
+            if cp != NULL:
+                gb_count_store(cp, cv)
         # decode outside the claim: the slot is already free for producers
         if self._ndim >= 0 or decoded:
             return raw

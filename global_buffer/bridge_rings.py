@@ -581,14 +581,21 @@ class RingExport:
                                   f"{self.name!r} by {frm} beyond its credit; dropped")
             p.up_next += len(items)
             p.t_up = None  # until they are in the ring
-            if frm not in self.up_counters:
-                c = self.up_counters[frm] = _Counter(
-                    f"{self.ledger.path[:-5]}.{self.bridge.zid}.{frm}.up")
-                self.ledger.data["up_peers"][frm] = c.path
-                self.ledger.save()
+            self._up_counter(frm)
             self.up_batches[frm] = self.up_batches.get(frm, 0) + 1
         self.up.put(frm, items)
         self.stats.bytes += len(payload) + len(att)
+
+    def _up_counter(self, frm):
+        """(Under the lock.) The counter of items from importer ``frm`` put
+        into the ring here, in the ledger."""
+        c = self.up_counters.get(frm)
+        if c is None:
+            c = self.up_counters[frm] = _Counter(
+                f"{self.ledger.path[:-5]}.{self.bridge.zid}.{frm}.up")
+            self.ledger.data["up_peers"][frm] = c.path
+            self.ledger.save()
+        return c
 
     def _up_count(self, frm):
         with self.lock:
@@ -674,6 +681,9 @@ class RingExport:
             p = self.peers.get(frm)
             if p is None:
                 p = self.peers[frm] = _Peer()
+                # from now on: a successor of this bridge counts what the
+                # importer sends up and it never put (0 if it got nothing)
+                self._up_counter(frm)
                 log.info("bridge: ring %r: importer %s asks for items", self.name, frm)
             if received > p.sent:
                 raise BridgeError(f"credit for ring {self.name!r} acknowledges {received} "
