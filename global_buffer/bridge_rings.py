@@ -589,11 +589,15 @@ class RingExport:
     def _up_counter(self, frm):
         """(Under the lock.) The counter of items from importer ``frm`` put
         into the ring here, in the ledger."""
-        c = self.up_counters.get(frm)
+        return self._counter(self.up_counters, "up_peers", frm, ".up")
+
+    def _counter(self, table, field, zid, suffix=""):
+        """``table[zid]``, a ``_Counter`` made on first use and named in
+        the ledger's ``field``."""
+        c = table.get(zid)
         if c is None:
-            c = self.up_counters[frm] = _Counter(
-                f"{self.ledger.path[:-5]}.{self.bridge.zid}.{frm}.up")
-            self.ledger.data["up_peers"][frm] = c.path
+            c = table[zid] = _Counter(f"{self.ledger.path[:-5]}.{self.bridge.zid}.{zid}{suffix}")
+            self.ledger.data[field][zid] = c.path
             self.ledger.save()
         return c
 
@@ -788,12 +792,7 @@ class RingExport:
                     # that two are in flight (PIPE_MIN at least)
                     room = min(p.granted - p.sent,
                                max(PIPE_MIN, (p.granted - p.acked + 1) // 2))
-                cnt = self.counters.get(zid)
-                if cnt is None:
-                    cnt = self.counters[zid] = _Counter(
-                        f"{self.ledger.path[:-5]}.{self.bridge.zid}.{zid}")
-                    self.ledger.data["peers"][zid] = cnt.path
-                    self.ledger.save()
+                cnt = self._counter(self.counters, "peers", zid)
                 with self.lock:
                     base = self.peers[zid].sent if zid in self.peers else None
                 if base is None:
