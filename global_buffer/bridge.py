@@ -478,6 +478,12 @@ class Bridge:
         self.host = socket.gethostname()
         self._session: Any = None
         self._lock = threading.RLock()
+        # Zenoh calls back on several threads: an announce published on the
+        # ctl key and the reply to this bridge's own query can arrive at once.
+        # Opening a mirror (or replacing a stale one) is done under this lock,
+        # so two threads never both replace a stale copy: the second would
+        # unlink the first's new segment and leave a mirror nobody reads.
+        self._open_lock = threading.Lock()
         self._exports = {}   # name -> _Export
         self._ended = {}     # name -> _Stats of its last finished export
         self._done = set()   # sids exported and finished (writer gone)
@@ -801,19 +807,23 @@ class Bridge:
             raise BridgeError(f"control message for {name!r} in wire version "
                               f"{msg.get('v')!r}; this bridge speaks {WIRE_VERSION}")
         op, sid = msg.get("op"), msg["sid"]
+        if op == "announce":
+            with self._open_lock:
+                with self._lock:
+                    m = self._mirrors.get(name)
+                if msg.get("kind") == "ring":
+                    self._open_ring(name, sid, msg, m)
+                    return
+                if sid in self._gone or (m is not None and m.sid == sid):
+                    return
+                refused = self._refused.get(name)
+                if refused is not None and refused[0] == sid:
+                    return
+                self._open_mirror(name, sid, msg, m)
+            return
         with self._lock:
             m = self._mirrors.get(name)
-        if op == "announce":
-            if msg.get("kind") == "ring":
-                self._open_ring(name, sid, msg, m)
-                return
-            if sid in self._gone or (m is not None and m.sid == sid):
-                return
-            refused = self._refused.get(name)
-            if refused is not None and refused[0] == sid:
-                return
-            self._open_mirror(name, sid, msg, m)
-        elif op == "hb":
+        if op == "hb":
             if m is not None and m.sid == sid:
                 m.heartbeat()
         elif op == "gone":

@@ -160,13 +160,13 @@ def link(tmp_path):
     lk = Link(tmp_path)
     try:
         yield lk
-    except BaseException:
-        for f in ("a.log", "b.log"):  # the bridges' logs, for the report
-            if (tmp_path / f).exists():
-                print(f"--- bridge log {f}\n" + (tmp_path / f).read_text())
-        raise
     finally:
         lk.close()
+        # the bridges' logs: pytest shows a teardown's output only when the
+        # test failed (a fixture never sees the test's exception)
+        for f in ("a.log", "b.log"):
+            if (tmp_path / f).exists():
+                print(f"--- bridge log {f}\n" + (tmp_path / f).read_text())
 
 
 def communicate(p, timeout=90):
@@ -1046,3 +1046,68 @@ def test_ring_batches_checked_whole():
     for payload in bad:
         with pytest.raises(gb.BridgeError):
             br.decode_batch(payload, pickle.loads)
+
+
+def test_concurrent_announces_open_one_mirror(shm_name, monkeypatch):
+    """§9: Zenoh calls back on several threads, so one announce can arrive
+    twice at once (on the ctl key and as the reply to the bridge's own
+    query, as when a restarted bridge finds its stale mirror).  Exactly one
+    mirror is opened and it is the segment local readers attach to.  (Both
+    threads used to replace the stale copy; the second unlinked the first's
+    new segment and the far stream went where no reader could see it.)"""
+    import threading
+
+    import numpy as np
+
+    import global_buffer as gb
+    from global_buffer import bridge
+
+    # a stale local copy of the stream: its writer was SIGKILLed
+    code = ("import sys, numpy as np, global_buffer as gb\n"
+            f"w = gb.create({shm_name!r}, gb.ArraySpec(np.float64, (4,)), 16)\n"
+            "w.write(np.zeros(4)); print('ok', flush=True); sys.stdin.read()\n")
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE) as p:
+        try:
+            assert p.stdout.readline() == b"ok\n"
+        finally:
+            p.kill()
+            p.wait(10)
+    r = gb.attach(shm_name)
+    ann = {"v": bridge.WIRE_VERSION, "op": "announce", "sid": "far:1:2:3", "kind": "array",
+           "capacity": r.capacity, "slot_size": r._slot_size, "meta": bytes(r._meta).decode(),
+           "hash": r._schema_hash, "layout": gb_core.LAYOUT_VERSION, "host": "far"}
+    r.close()
+    payload = json.dumps(ann).encode()
+
+    # widen the window between finding the stale copy and replacing it
+    check = bridge.Bridge._check_local
+    monkeypatch.setattr(bridge.Bridge, "_check_local",
+                        lambda self, *a: (time.sleep(0.2), check(self, *a))[1])
+    b = bridge.Bridge(imports=["*"])
+    start, errors = threading.Barrier(2), []
+
+    def deliver():
+        start.wait(10)
+        try:
+            b._on_ctl(shm_name, payload)
+        except Exception as e:  # pragma: no cover - the failure being tested
+            errors.append(e)
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not errors and not b._refused, (errors, b._refused)
+        m = b._mirrors[shm_name]
+        assert m.write(np.arange(4.0).tobytes(), 7)
+        r = gb.attach(shm_name)
+        try:
+            assert (r.latest() == np.arange(4.0)).all()
+        finally:
+            r.close()
+    finally:
+        for m in list(b._mirrors.values()):
+            m.close(unlink=True)
