@@ -1111,3 +1111,62 @@ def test_concurrent_announces_open_one_mirror(shm_name, monkeypatch):
     finally:
         for m in list(b._mirrors.values()):
             m.close(unlink=True)
+
+
+CLUSTER_CLIENT = PRELUDE + textwrap.dedent('''
+    sched, shared, private, go, n = sys.argv[1:5] + [int(sys.argv[5])]
+
+    def mount_ns():
+        return os.readlink("/proc/self/ns/mnt")
+
+    def put_from_task(ring, i):
+        ring.put((mount_ns(), i))
+        return mount_ns()
+
+    ring = gb.Ring(0, capacity=64, name=shared)
+    other = gb.Ring(name=private)
+    print("ready", flush=True)
+    wait_file(go, 60)
+    with gb.Pool(cluster=sched) as pool:
+        ran_on = pool.starmap(put_from_task, [(ring, i) for i in range(n)])
+        got = sorted(ring.get(timeout=30) for _ in range(n))
+        try:
+            pool.apply(put_from_task, (other, 0))
+            refused = None
+        except gb.BufferNotFound as e:
+            refused = str(e)
+    print(json.dumps({"here": mount_ns(), "ran_on": ran_on, "got": got, "refused": refused}))
+''')
+
+
+def test_pool_task_on_another_host_uses_a_ring_shared_across_hosts(tmp_path):
+    """§3.3, §9 (issue 12 item 4): gb.Pool(cluster=...) runs a task on a Dask
+    worker of another host; a ring passed to it works there when the
+    bridges share it (the items the task puts reach the home's consumer),
+    and a ring they do not share fails that task with BufferNotFound saying
+    so.  Scheduler and pool on host a, the only worker on host b."""
+    pytest.importorskip("distributed", reason="gb.Pool(cluster=...) needs the dask extra")
+    lk = Link(tmp_path, exports=("shared-*",))
+    try:
+        port = free_port()
+        sched = f"tcp://127.0.0.1:{port}"
+        lk.a.spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                    "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                   stdout=subprocess.DEVNULL)
+        lk.b.spawn([sys.executable, "-m", "distributed.cli.dask_worker", sched, "--host",
+                    "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                    "--name", "far"], stdout=subprocess.DEVNULL)
+        go = str(tmp_path / "go")
+        client = lk.a.python(CLUSTER_CLIENT, sched, "shared-jobs", "private-jobs", go, 8)
+        assert _readline(client, 60).strip() == "ready"
+        _wait_shm(lk.b, "shared-jobs", 30)  # the importing bridge made it there
+        open(go, "w").close()
+        res = last_json(communicate(client, 120))
+    finally:
+        lk.close()
+    far = set(res["ran_on"])
+    assert len(far) == 1 and res["here"] not in far, res  # every task ran on host b
+    (b,) = far
+    assert res["got"] == [[b, i] for i in range(8)], res
+    msg = res["refused"]
+    assert msg and "private-jobs" in msg and "§9" in msg and "another host" in msg, msg
