@@ -590,6 +590,85 @@ def test_worker_killed_with_batched_results_in_hand(pools):
     assert p.map_async(square, range(50), 1).get(TIMEOUT) == [x * x for x in range(50)]
 
 
+def fail_some(x):
+    if x % 97 == 5:
+        raise ValueError(x)
+    return x + 1
+
+
+@pytest.mark.parametrize("seq", [list(range(3000)), tuple(range(3000)), range(3000)],
+                         ids=["list", "tuple", "range"])
+def test_imap_of_quick_tasks_over_a_sequence_goes_in_runs(pools, seq):
+    """imap/imap_unordered with chunksize 1 over a list, tuple or range send
+    quick tasks in runs (issue 12 item 1): the same results, in order, each
+    task's exception its own; items that are not plain scalars go one by
+    one; a pool with maxtasksperchild never makes runs."""
+    p = pools(processes=2)
+    it = p.imap(fail_some, seq)
+    for x in range(3000):
+        if x % 97 == 5:
+            with pytest.raises(ValueError, match=f"^{x}$"):
+                it.next(TIMEOUT)
+        else:
+            assert it.next(TIMEOUT) == x + 1
+    with pytest.raises(StopIteration):
+        it.next(TIMEOUT)
+    assert it._quick  # results came back in batches, so later tasks went in runs
+    assert sorted(bounded(list, p.imap_unordered(square, seq))) == [x * x for x in seq]
+    mixed = [x if x % 3 else (x,) for x in range(500)]  # tuples: not in runs
+    assert bounded(list, p.imap(repr, mixed)) == [repr(x) for x in mixed]
+    q = pools(processes=2, maxtasksperchild=1000)
+    assert bounded(list, q.imap(square, seq)) == [x * x for x in seq]
+
+
+def test_task_runs_are_made_once_tasks_prove_quick():
+    """What Pool._task_runs yields: single tasks until the result handler
+    marked the job quick, then runs of at most _RUN_MAX plain scalars and
+    at most a 2*processes-th of what is left; non-scalars one by one."""
+    from global_buffer.multiprocessing import pool as gbpool
+
+    class Result:
+        _job, _quick = 7, False
+
+    class Fake:
+        _processes = 2
+    r = Result()
+    gen = gbpool.Pool._task_runs(Fake(), r, square, list(range(100)) + ["a", b"b", (1,)])
+    assert next(gen) == (7, 0, square, (0,), {})
+    r._quick = True
+    runs = list(gen)
+    assert runs[0] == (7, 1, square, list(range(1, 26)), gbpool._RUN)  # 102 left // 4
+    covered = [x for t in runs for x in (t[3] if t[4] is gbpool._RUN else t[3])]
+    assert covered == list(range(1, 100)) + ["a", b"b", (1,)]
+    assert all(len(t[3]) <= gbpool._RUN_MAX for t in runs)
+    assert runs[-1] == (7, 102, square, ((1,),), {})
+
+
+def test_worker_killed_mid_run(pools):
+    """A worker killed in the middle of a run fails that run's unanswered
+    tasks with WorkerLost, never answers one twice, leaves no task waiting
+    for ever, and the pool goes on (issue 12 item 1)."""
+    from global_buffer.multiprocessing import pool as gbpool
+    p = pools(processes=2)
+    n, die_at = 4000, 3000
+    it = p.imap(functools.partial(quick_or_die, die_at=die_at), range(n))
+    got = []
+    for _ in range(n):
+        try:
+            got.append(it.next(TIMEOUT))
+        except gb.WorkerLost:
+            got.append("lost")
+    with pytest.raises(StopIteration):
+        it.next(TIMEOUT)
+    assert got[die_at] == "lost"
+    lost = [x for x, g in enumerate(got) if g == "lost"]
+    assert all(got[x] == x for x in range(n) if got[x] != "lost")
+    # what the dead worker had in hand: its run, and results not yet sent
+    assert len(lost) <= gbpool._RUN_MAX + gbpool._Board.BATCH, lost
+    assert it._quick
+    assert p.map_async(square, range(50), 1).get(TIMEOUT) == [x * x for x in range(50)]
+
+
 @pytest.mark.parametrize("how, code, match", [(exit_now, 0, "exited with code 0"),
                                               (sys_exit, 3, "exited with code 3")])
 def test_worker_exiting_mid_task(pools, how, code, match):
