@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,16 +58,27 @@ def run_peer(module, fn, timeout=900, gb_path=None, **kwargs):
     cwd = gb_path or ROOT
     for attempt in range(3):
         # a retry, because on a shared machine a concurrent test run's /dev/shm
-        # leak check may unlink our segment under us (BufferNotFound)
-        p = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=cwd,
-                           stdout=subprocess.PIPE, text=True, timeout=timeout)
-        for line in reversed(p.stdout.splitlines()):
+        # leak check may unlink our segment under us (BufferNotFound).
+        # The peer runs in its own session, so that a timeout kills the peer's children too:
+        # they hold its stdout, and subprocess.run's own timeout then waited
+        # for that pipe for good (the sweep's pyzmq hang, whose consumer
+        # outlived the killed peer)
+        p = subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)], cwd=cwd,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            raise RuntimeError(f"peer {module}.{fn}({kwargs}) did not finish in {timeout} s; "
+                               "killed with its children") from None
+        for line in reversed(out.splitlines()):
             if line.startswith(_MARK):
                 return json.loads(line[len(_MARK):])
         print(f"  (peer {module}.{fn} failed with exit {p.returncode}; "
               f"{'retrying' if attempt < 2 else 'giving up'})", file=sys.stderr, flush=True)
     raise RuntimeError(f"peer {module}.{fn}({kwargs}) failed (exit {p.returncode}):\n"
-                       f"{p.stdout[-2000:]}")
+                       f"{out[-2000:]}")
 
 
 def median(xs):

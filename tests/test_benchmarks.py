@@ -175,3 +175,27 @@ def test_zero_copy_without_iceoryx2_is_a_not_installed_row(benchmarks_path, monk
     assert all(c == "not installed" for c in by_row[zero_copy.LABELS["iceoryx2"]])
     assert by_row[zero_copy.LABELS["view"]][-2:] == ["not installed", "not installed"]
     assert out["summary"] == []  # no peer to hold gb against
+
+
+def test_a_peer_that_overruns_its_timeout_is_killed_with_its_children():
+    """benchmarks._util.run_peer: a peer past its timeout is killed with
+    every process it forked (they hold its stdout: the harness used to
+    wait for that pipe for good, the sweep's pyzmq hang), and says so."""
+    import time
+
+    import psutil
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks._util import run_peer
+    finally:
+        sys.path.remove(str(ROOT))
+    tag = 987_654_321_123  # in the peer's argv, and so in its forked children's
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not finish in 3 s; killed"):
+        # an mp.Queue producer and consumer that would run for hours
+        run_peer("rings", "worker", timeout=3, peer="mp", case_name=None, variant=None,
+                 n=tag, payload=8, warm=2)
+    assert time.monotonic() - t < 30
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if str(tag) in " ".join(p.info["cmdline"] or [])]
+    assert not left, left
