@@ -566,6 +566,20 @@ def quick_or_die(x, die_at=-1):
     return x
 
 
+def _results_or_lost(it, n):
+    """The n results of an imap iterator, "lost" for each WorkerLost; then
+    the iterator is exhausted."""
+    got = []
+    for _ in range(n):
+        try:
+            got.append(it.next(TIMEOUT))
+        except gb.WorkerLost:
+            got.append("lost")
+    with pytest.raises(StopIteration):
+        it.next(TIMEOUT)
+    return got
+
+
 def test_worker_killed_with_batched_results_in_hand(pools):
     """A worker sends the plain results of a long run of quick tasks in
     batches; killed before sending one, each task of that batch fails with
@@ -574,15 +588,8 @@ def test_worker_killed_with_batched_results_in_hand(pools):
     from global_buffer.multiprocessing import pool as gbpool
     p = pools(processes=1)
     n = 4 * gbpool._STREAK
-    it = p.imap(functools.partial(quick_or_die, die_at=n), range(n + 1), chunksize=1)
-    got = []
-    for _ in range(n + 1):
-        try:
-            got.append(it.next(TIMEOUT))
-        except gb.WorkerLost:
-            got.append("lost")
-    with pytest.raises(StopIteration):
-        it.next(TIMEOUT)
+    got = _results_or_lost(p.imap(functools.partial(quick_or_die, die_at=n), range(n + 1),
+                                  chunksize=1), n + 1)
     assert got[-1] == "lost"
     answered = [g for g in got if g != "lost"]
     assert answered == list(range(len(answered)))  # a prefix answered, the rest lost
@@ -652,14 +659,7 @@ def test_worker_killed_mid_run(pools):
     p = pools(processes=2)
     n, die_at = 4000, 3000
     it = p.imap(functools.partial(quick_or_die, die_at=die_at), range(n))
-    got = []
-    for _ in range(n):
-        try:
-            got.append(it.next(TIMEOUT))
-        except gb.WorkerLost:
-            got.append("lost")
-    with pytest.raises(StopIteration):
-        it.next(TIMEOUT)
+    got = _results_or_lost(it, n)
     assert got[die_at] == "lost"
     lost = [x for x, g in enumerate(got) if g == "lost"]
     assert all(got[x] == x for x in range(n) if got[x] != "lost")
