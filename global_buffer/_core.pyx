@@ -54,8 +54,9 @@ cdef uint64_t _llc = gb_llc_bytes()
 
 
 def _reset_pid():
-    global _pid
+    global _pid, _watch_gen
     _pid = <uint32_t>os.getpid()
+    _watch_gen += 1  # the exit watcher's thread did not survive the fork
 
 
 os.register_at_fork(after_in_child=_reset_pid)
@@ -73,8 +74,10 @@ cdef int64_t _spin_ns = 20000          # spin before parking (measured: benchmar
 # wake-ups at all (benchmarks/wake.py measures 0/s).
 cdef int64_t _SLICE_NS = 10000000000    # 10 s
 cdef int64_t _CORRUPT_NS = 1000000000  # a slot that never validates for this long is corrupt
-cdef int64_t _WATCH_NS = 200000000     # a blocked stream reader re-checks its writer this often
+cdef int64_t _WATCH_NS = 200000000     # without an exit watch, a blocked stream reader re-checks its writer this often
 cdef int64_t _PROBE_NS = 100000000     # ... probing the writer's process at most this often
+# Bumped in each forked child: exit watches set up before the fork are gone.
+cdef uint64_t _watch_gen = 1
 
 HAVE_FUTEX = bool(GB_HAVE_FUTEX)
 HEADER_SIZE = GB_HEADER_SIZE
@@ -219,6 +222,9 @@ cdef class Handle:
     cdef bint _nt           # large items go in with streaming stores (_copy_in)
     cdef bint _watch_writer # stream readers: blocking reads end in WriterGone
     cdef int64_t _gone_checked  # when the writer's process was last probed
+    cdef bint _exit_seen    # the writer's process exited (told by _exitwatch)
+    cdef bint _exit_ok      # _exitwatch watches the writer: sleep without slices
+    cdef uint64_t _exit_gen # _watch_gen when the watch was asked for (0: never)
 
     def __cinit__(self):
         self._bound = False
@@ -497,10 +503,17 @@ cdef class Handle:
                 return 0
         while True:
             if self._watch_writer:
-                # before registering as a sleeper: _check_writer may run
-                # Python code, during which another thread may close this
-                # handle (and unmap the segment)
+                # before registering as a sleeper: _check_writer and the
+                # watch may run Python code, during which another thread may
+                # close this handle (and unmap the segment)
                 self._check_writer(seen)
+                if self._exit_gen != _watch_gen:
+                    self._exit_gen = _watch_gen
+                    ok = self._watch_exit()
+                    self._exit_ok = ok is True
+                    if ok is None:
+                        self._exit_seen = True
+                        self._check_writer(seen)
                 if not self._bound:
                     raise BufferClosed("handle closed while waiting")
             ev = gb_wait_prepare(q)
@@ -508,10 +521,24 @@ cdef class Handle:
                 gb_wait_done(q)
                 return 0
             if self._watch_writer:
-                if gb_load_u64(&self.r.hdr.writer_pid) == 0:
-                    gb_wait_done(q)  # closed just now: _check_writer says so
+                if gb_load_u64(&self.r.hdr.writer_pid) == 0 or self._exit_seen:
+                    gb_wait_done(q)  # closed or died just now: _check_writer says so
                     continue
-                # sleep in slices short enough to notice a dead writer in time
+                if self._exit_ok and self._exit_gen == _watch_gen:
+                    # _exitwatch wakes this sleeper when the writer's process
+                    # exits (after the check above, under this same GIL hold,
+                    # or after ev was read: then the sleep returns at once)
+                    if self._park(q, ev, deadline, &poll):
+                        if not self._bound:
+                            raise BufferClosed("handle closed while waiting")
+                        if gb_stream_tail(&self.r) > seen:
+                            return 0
+                        self._check_writer(seen)
+                        return 1
+                    if not self._bound:
+                        raise BufferClosed("handle closed while waiting")
+                    continue
+                # no watch: sleep in slices short enough to notice a dead writer
                 until = gb_now_ns() + _WATCH_NS
                 if deadline < 0 or deadline > until:
                     self._park(q, ev, until, &poll)
@@ -535,7 +562,7 @@ cdef class Handle:
         was committed past ``seen`` meanwhile."""
         cdef uint64_t pid = gb_load_u64(&self.r.hdr.writer_pid)
         cdef int64_t now
-        if pid != 0:
+        if pid != 0 and not self._exit_seen:
             now = gb_now_ns()
             if now - self._gone_checked < _PROBE_NS:
                 return 0
@@ -552,6 +579,19 @@ cdef class Handle:
 
     def _writer_dead(self):
         return False
+
+    def _watch_exit(self):
+        """Ask ``_exitwatch`` to call ``_writer_exited`` when the writer's
+        process exits: True if it will, None if the writer is gone already,
+        False if it cannot (then blocked reads sleep in slices)."""
+        return False
+
+    def _writer_exited(self):
+        """The writer's process exited (``_exitwatch``'s thread): wake the
+        sleepers, whose next look at the writer raises WriterGone."""
+        self._exit_seen = True
+        if self._bound:
+            gb_wake_force(&self.r, &self.r.hdr.data)
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, _exitwatch
 from .codec import MessageCodec, is_model
 from .errors import BufferClosed, BufferCorrupt, Empty, SchemaMismatch, StaleView, WriterGone
 from .schema import ArraySpec, decode_meta, encode_meta, model_schema, schema_hash
@@ -322,6 +322,13 @@ class Reader(_Mapped, _core.StreamReader):
         # fool it); a healthy writer that is merely idle is not dead
         pid, start = self._writer
         return not process_alive(pid, start)
+
+    def _watch_exit(self):
+        # the core asks once per blocking reader (and again after a fork):
+        # a pidfd on the writer's process wakes us when it exits, so an
+        # idle reader needs no wake-ups to notice a dead writer
+        pid, start = self._writer
+        return _exitwatch.watch(self, pid, start)
 
     @property
     def writer_alive(self):

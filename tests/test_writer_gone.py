@@ -6,6 +6,10 @@
   and ``Consumer`` threads stop with ``writer_gone`` set; a loop that retries
   on ``gb.Empty`` ends; a forked child closing its copy of the writer does
   not end the stream.
+- The reader learns of the death from a pidfd on the writer's process
+  (``global_buffer._exitwatch``), so an idle blocked reader makes no
+  wake-ups at all; after a fork the child's reader watches afresh; without
+  a pidfd it falls back to short sleeps and still meets the 0.5 s bound.
 - A lapped copying reader of a free-running writer keeps reading (no
   livelock) and its ``overruns`` are exact.
 - A mirror's ``_write_seq`` (SPEC §9) keeps the source's sequence numbers:
@@ -115,22 +119,26 @@ def _killable_writer(name, n):
         time.sleep(0.05)
 
 
-def test_writer_sigkilled_readers_drain_then_writer_gone(ctx, shm_name, children):
-    """The writer dies mid-stream: a reader blocked in next(timeout=None)
-    gets the unread samples, then WriterGone within 0.5 s of the death."""
-    name = shm_name
-    p = children.start(ctx, _killable_writer, name, 5)
+def _attach_when_written(name, n):
     deadline = time.monotonic() + TIMEOUT
     while True:
         try:
             r = gb.attach(name, start="oldest")
-            if r._tail >= 5:
-                break
+            if r._tail >= n:
+                return r
             r.close()
         except gb.BufferNotFound:
             pass
         assert time.monotonic() < deadline, "writer never wrote"
         time.sleep(0.02)
+
+
+def test_writer_sigkilled_readers_drain_then_writer_gone(ctx, shm_name, children):
+    """The writer dies mid-stream: a reader blocked in next(timeout=None)
+    gets the unread samples, then WriterGone within 0.5 s of the death."""
+    name = shm_name
+    p = children.start(ctx, _killable_writer, name, 5)
+    r = _attach_when_written(name, 5)
     try:
         got, err, when = [], [], []
 
@@ -379,3 +387,159 @@ def test_reader_closed_while_its_writer_probe_runs(shm_name):
     assert p.returncode == 0, p.stdout + p.stderr[-2000:]
     assert p.stdout.split() == ["next", "closed", "next_into", "closed", "next_batch_into",
                                 "closed", "view", "closed"], p.stdout
+
+
+# -- how a blocked reader learns of the death (§2.2) ----------------------------
+
+def _switches(tid):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                yield int(line.split()[1])
+
+
+def _blocked_reader(r):
+    """A thread blocked in r.next(timeout=None); returns (thread, errors,
+    when, tid)."""
+    err, when, tid = [], [], []
+
+    def reader():
+        tid.append(threading.get_native_id())
+        try:
+            while True:
+                r.next(timeout=None)
+        except BaseException as e:  # noqa: B036 - the test inspects it
+            err.append(e)
+            when.append(time.monotonic())
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    return t, err, when, tid
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open") or not os.path.exists("/proc/self/task"),
+                    reason="pidfds and /proc are Linux's")
+def test_an_idle_blocked_reader_makes_no_wakeups_and_still_sees_the_death(shm_name, children):
+    """The old way (a 200 ms sleep slice to probe the writer) cost 5
+    wake-ups/s for ever; a pidfd on the writer costs none."""
+    import multiprocessing as mp
+
+    from global_buffer import _exitwatch
+    name = shm_name
+    p = children.start(mp.get_context("fork"), _killable_writer, name, 2)
+    r = _attach_when_written(name, 2)
+    try:
+        t, err, when, tid = _blocked_reader(r)
+        time.sleep(0.3)  # drained, spun, parked, watch set up
+        assert not err and _exitwatch._watcher is not None
+        tids = [tid[0], _exitwatch._watcher.thread.native_id]
+        before = [sum(_switches(x)) for x in tids]
+        time.sleep(1.5)
+        after = [sum(_switches(x)) for x in tids]
+        assert [b - a for a, b in zip(before, after)] == [0, 0]
+        os.kill(p.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        t.join(5)
+        assert not t.is_alive(), "reader still blocked after the writer died"
+        assert isinstance(err[0], gb.WriterGone), err
+        assert when[0] - killed < 0.5 + 0.25
+    finally:
+        r.close()
+        gb.unlink(name)
+
+
+def test_without_a_pidfd_the_reader_falls_back_to_probing(shm_name, children, monkeypatch):
+    import multiprocessing as mp
+
+    from global_buffer import _exitwatch
+    monkeypatch.setattr(_exitwatch, "watch", lambda reader, pid, start: False)
+    name = shm_name
+    p = children.start(mp.get_context("fork"), _killable_writer, name, 2)
+    r = _attach_when_written(name, 2)
+    try:
+        t, err, when, _ = _blocked_reader(r)
+        time.sleep(0.3)
+        assert not err
+        os.kill(p.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        t.join(5)
+        assert not t.is_alive() and isinstance(err[0], gb.WriterGone), err
+        assert when[0] - killed < 0.5 + 0.25
+    finally:
+        r.close()
+        gb.unlink(name)
+
+
+def _read_inherited(r, q):
+    try:
+        r.next(timeout=None)
+        q.put("sample")
+    except gb.WriterGone:
+        q.put("gone")
+
+
+def test_a_forked_childs_reader_watches_the_writer_afresh(shm_name, children):
+    """A reader whose watch was set up before a fork: the watching thread
+    did not survive into the child, so the child's copy sets up its own
+    (else it would sleep through the death for 10 s)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    name = shm_name
+    w = children.start(ctx, _killable_writer, name, 2)
+    r = _attach_when_written(name, 2)
+    try:
+        r.next(timeout=1), r.next(timeout=1)
+        with pytest.raises(gb.Empty):
+            r.next(timeout=0.2)  # parked: the parent's watch is set up
+        q = ctx.Queue()
+        c = children.start(ctx, _read_inherited, r, q)
+        time.sleep(0.5)  # the child is parked too
+        # the parent's watch would wake every sleeper on the segment, the
+        # child's included: close the parent's reader so only the child's
+        # own watch can
+        r.close()
+        os.kill(w.pid, signal.SIGKILL)
+        assert q.get(timeout=3) == "gone"
+        c.join(5)
+    finally:
+        r.close()
+        gb.unlink(name)
+
+
+def test_the_exit_watch_itself():
+    """_exitwatch.watch: True and a call on exit for a live process, None
+    for a gone one; one pidfd serves every reader of the same writer."""
+    import subprocess
+    import sys
+
+    from global_buffer import _exitwatch
+    from global_buffer.segment import process_start_time
+    if not hasattr(os, "pidfd_open"):
+        assert _exitwatch.watch(object(), os.getpid(), 0) is False
+        return
+    told = []
+
+    class R:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def _writer_exited(self):
+            told.append(self.tag)
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = process_start_time(p.pid)
+        a, b = R("a"), R("b")
+        assert _exitwatch.watch(a, p.pid, start) is True
+        assert _exitwatch.watch(b, p.pid, start) is True
+        assert _exitwatch._watcher.keys[(p.pid, start)] in _exitwatch._watcher.fds
+        assert _exitwatch.watch(R("x"), p.pid, start + 1) is None  # not that process
+        p.kill()
+        p.wait(10)
+        deadline = time.monotonic() + 5
+        while len(told) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(told) == ["a", "b"]
+        assert (p.pid, start) not in _exitwatch._watcher.keys  # its pidfd closed
+        assert _exitwatch.watch(R("late"), p.pid, start) is None  # reaped: gone
+    finally:
+        p.kill()
+        p.wait(10)
