@@ -139,6 +139,17 @@ _FN_CACHE = 256  # functions a worker keeps loaded (and a pool keeps pickled)
 _noted = None  # (job, i, pid) of the item being unpickled, once its _Note is read
 
 
+def _is_run(task):
+    """Whether the task tuple ``task`` is a run.  By type, not identity:
+    the worker's copy of ``_RUN`` was unpickled."""
+    return len(task) == 5 and type(task[4]) is int
+
+
+def _run_length(task):
+    """How many tasks ``task`` stands for: a run's length, else 1."""
+    return len(task[3]) if _is_run(task) else 1
+
+
 def _note(job, i, pid):
     global _noted
     _noted = (job, i, pid)
@@ -234,7 +245,7 @@ class _Tasks:
         job, i, func, args, kwds = task
         if func is _ITEM:  # made (and found the ring full) by apply_async
             return _put_until(self.ring, args, thread)
-        if kwds is _RUN:  # plain scalars: no pickler
+        if _is_run(task):  # plain scalars: no pickler
             return _put_until(self.ring, (job, i, self.fn(func), args, _RUN), thread)
         item = self.item(job, i, func, args, kwds)
         try:
@@ -505,7 +516,7 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 util.debug("worker got sentinel -- exiting")
                 break
             job, i, fn = task[0], task[1], task[2]
-            if len(task) == 5 and type(task[4]) is int:  # a run (_RUN)
+            if _is_run(task):
                 xs = task[3]
                 if board is not None:
                     if taken + len(xs) > batch:
@@ -1119,7 +1130,7 @@ class Pool(_mp_pool.Pool):
                     except Exception as e:
                         job, idx = task[:2]
                         try:
-                            for k in range(len(task[3]) if task[4] is _RUN else 1):
+                            for k in range(_run_length(task)):
                                 cache[job]._set(idx + k, (False, e))
                         except KeyError:
                             pass
@@ -1127,8 +1138,8 @@ class Pool(_mp_pool.Pool):
                     if set_length:
                         util.debug("doing set_length()")
                         idx = task[1] if task else -1
-                        if task and task[4] is _RUN:
-                            idx += len(task[3]) - 1
+                        if task:
+                            idx += _run_length(task) - 1
                         set_length(idx + 1)
                     continue
                 break
