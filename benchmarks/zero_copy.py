@@ -11,6 +11,9 @@ Rows (1080x1920x3 uint8 frames, 6.2 MB; every transport holds CAPACITY):
 (a) ``gb.Ring(schema=ArraySpec)``, producer ``with ring.reserve() as buf:
     buf[...] = frame`` (zero-copy put), consumer ``with ring.view() as arr:``
     (zero-copy get).  Lossless: the producer waits for a free slot.
+(a') the same ring, producer ``ring.put(frame)`` (the ring copies the frame
+    in, with streaming stores as a stream's ``write()`` does), consumer
+    ``view()``: for a producer that has its frame already made.
 (b) the same ring, consumer ``ring.get_into(out)`` (one copy, no allocation).
 (c) the same ring, consumer ``ring.get()`` (one copy into a new array).
 (d) a gb stream (``gb.create(name, ArraySpec, CAPACITY)``), writer
@@ -70,6 +73,7 @@ TIMEOUT = 20.0  # seconds: no blocking call of a peer waits longer
 # (key, label): the gb rows, then the peer
 ROWS = (
     ("view", "(a) gb.Ring ArraySpec, reserve() -> view()"),
+    ("put_view", "(a') gb.Ring ArraySpec, put(frame) -> view()"),
     ("get_into", "(b) gb.Ring ArraySpec, reserve() -> get_into(out)"),
     ("get", "(c) gb.Ring ArraySpec, reserve() -> get()"),
     ("stream_view", '(d) gb stream, write() -> view("next") (lossy)'),
@@ -78,7 +82,9 @@ ROWS = (
 LABELS = dict(ROWS)
 OPTIONAL = {"iceoryx2": "iceoryx2"}  # peer -> module it needs
 # target against iceoryx2 (issue 13): (a) and (d) >= 1.5x
-TARGETS = {"view": 1.5, "stream_view": 1.5}
+TARGETS = {"view": 1.5, "put_view": 1.5, "stream_view": 1.5}
+# rows whose writer copies a whole frame whatever fill says
+COPYING = ("put_view", "stream_view")
 
 
 def touch(arr):
@@ -101,10 +107,20 @@ def _name(tag):
 # ---------------------------------------------------------------------------
 
 def _gb_ring_ends(ring, mode, fill):
-    """gb ring: the producer always reserve()s; the consumer per mode."""
+    """gb ring: the producer reserve()s (put()s for put_view); the
+    consumer per mode."""
     from global_buffer import Empty
 
     def writer(frame_flat):
+        if mode == "put_view":
+            frame = frame_flat.copy().reshape(FRAME)
+            flat = frame.reshape(-1)
+
+            def send(i):
+                _stamp(flat, i)
+                ring.put(frame, timeout=TIMEOUT)
+            return send, lambda: None
+
         def send(i):
             with ring.reserve(timeout=TIMEOUT) as buf:
                 flat = buf.reshape(-1)
@@ -117,7 +133,7 @@ def _gb_ring_ends(ring, mode, fill):
         out = np.empty(FRAME, np.uint8)
         out.fill(0)  # fault its pages in: get_into's destination is warm
 
-        if mode == "view":
+        if mode in ("view", "put_view"):
             def recv():
                 try:
                     with ring.view(timeout=TIMEOUT) as a:
@@ -319,14 +335,14 @@ def measure(peer, n, fill=True):
     ctx = mp.get_context("fork")
     ring = None
     name = _name(peer)
-    if peer in ("view", "get_into", "get"):
+    if not fill and peer in COPYING:
+        raise ValueError(f"{peer}: its writer always copies the frame: fill=False "
+                         "does not apply")
+    if peer in ("view", "put_view", "get_into", "get"):
         import global_buffer as gb
         ring = gb.Ring(schema=gb.ArraySpec(np.uint8, FRAME), capacity=CAPACITY)
         writer, reader = _gb_ring_ends(ring, peer, fill)
     elif peer == "stream_view":
-        if not fill:
-            raise ValueError("a stream's write() always copies the frame: fill=False "
-                             "does not apply")
         writer, reader = _gb_stream_ends(name)
     elif peer == "iceoryx2":
         writer, reader = _iox_ends(name, fill)
@@ -390,13 +406,13 @@ def _fmt(x, digits=0):
 
 def suite(level="full", rounds=None, frames=None, fill=True):
     """The zero-copy table at ``level`` (see ``_util.LEVELS``); ``fill``
-    False: writers stamp only (see :func:`measure`), no stream row."""
+    False: writers stamp only (see :func:`measure`), no stream or put row."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     smoke, quick = level == "smoke", level == "quick"
     rounds = rounds or (1 if smoke else 3 if quick else 5)
     frames = frames or (16 if smoke else 300 if quick else 1000)
-    peers = [k for k, _ in ROWS if have(k) and (fill or k != "stream_view")]
+    peers = [k for k, _ in ROWS if have(k) and (fill or k not in COPYING)]
     samples = {k: [] for k in peers}
     t0 = time.monotonic()
     for rnd in range(rounds):
@@ -428,7 +444,7 @@ def suite(level="full", rounds=None, frames=None, fill=True):
                "installed": {k: k in peers for k, _ in ROWS}, "rows": {}}
     rows = []
     for key, label in ROWS:
-        if not fill and key == "stream_view":
+        if not fill and key in COPYING:
             continue
         if key not in peers:
             results["rows"][key] = {"installed": False}
@@ -483,10 +499,11 @@ def suite(level="full", rounds=None, frames=None, fill=True):
              f"{fmt_ratio(view_vs_get)}. {wall:.0f} s; load average at end {load}.")]
     summary = []
     if iox:
-        for key in ("view", "stream_view"):
+        for key in ("view", "put_view", "stream_view"):
             r = results["rows"].get(key, {})
             if r.get("fps") and results["rows"]["iceoryx2"].get("fps"):
-                summary.append(summary_row("zero_copy", f"1080p, {LABELS[key][4:]}", "frames/s",
+                what = LABELS[key].split(") ", 1)[1]
+                summary.append(summary_row("zero_copy", f"1080p, {what}", "frames/s",
                                            r["fps"], results["rows"]["iceoryx2"]["fps"],
                                            "iceoryx2 pub/sub", advantage=r["vs_iceoryx2"],
                                            gb_peer="gb"))
@@ -500,7 +517,7 @@ def main(argv=None):
                     help="timed frames per measurement (default 1000, --quick 300)")
     ap.add_argument("--stamp-only", action="store_true",
                     help="writers stamp the sequence number only, no 6.2 MB copy per frame: "
-                         "the transports' own cost (no stream row)")
+                         "the transports' own cost (no stream or put row)")
     args = ap.parse_args(argv)
     main_suite(args, "zero_copy",
                lambda lv: suite(lv, args.rounds, args.frames, fill=not args.stamp_only))
