@@ -669,6 +669,57 @@ def test_worker_killed_mid_run(pools):
     assert p.map_async(square, range(50), 1).get(TIMEOUT) == [x * x for x in range(50)]
 
 
+def spin_30us(x):
+    end = time.perf_counter() + 30e-6
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
+def test_the_board_never_overflows_after_runs(shm_name, children):
+    """Two runs whose results went out mid-run stay on the worker's board
+    until a clear (64 entries: full); a plain task after them must clear it
+    first, not write a 65th entry over the next worker's slot (found by
+    reading: the single-task path had no bound).  A real worker, fed by
+    hand: quick tasks, so results are batched and sent mid-run by age."""
+    import pickle
+
+    from global_buffer.multiprocessing import pool as gbpool
+    from global_buffer.segment import self_start_time
+    inq, outq = gb.Ring(maxsize=256), gb.Ring(maxsize=256)
+    board = gbpool._Board(shm_name, 2, (os.getpid(), self_start_time()))
+    try:
+        fn, job = pickle.dumps(spin_30us), 5
+        items = [(job, 0, fn, list(range(32)), gbpool._RUN),
+                 (job, 32, fn, list(range(32, 64)), gbpool._RUN)]
+        items += [(job, i, fn, (i,), {}) for i in range(64, 67)]
+        for item in items + [None]:
+            inq.put(item, timeout=TIMEOUT)
+        w = children.start(mp.get_context("fork"), gbpool.worker, inq, outq,
+                           board=board, slot=0)
+        got = {}
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < 67 and time.monotonic() < deadline:
+            try:
+                r = outq.get(timeout=0.5)
+            except gb.Empty:
+                if not w.is_alive():
+                    break
+                continue
+            for _, i, ok, value in (r[2] if r[0] == gbpool._BATCH
+                                       else [(r[0], r[1], r[3], r[4])]):
+                assert ok, value  # a board overflow fails the worker's tasks
+                got[i] = value
+        w.join(TIMEOUT)
+        assert w.exitcode == 0
+        assert got == {i: i for i in range(67)}
+        assert board.taken(1) == []  # the neighbour's slot untouched
+    finally:
+        board.remove()
+        inq.close()
+        outq.close()
+
+
 @pytest.mark.parametrize("how, code, match", [(exit_now, 0, "exited with code 0"),
                                               (sys_exit, 3, "exited with code 3")])
 def test_worker_exiting_mid_task(pools, how, code, match):

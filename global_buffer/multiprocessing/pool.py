@@ -312,6 +312,8 @@ class _Board:
 
     def add(self, slot, n, job, i):
         """Record the worker's ``n``-th unanswered task (n < BATCH)."""
+        if n >= self.BATCH:  # it would overwrite the next worker's slot
+            raise RuntimeError(f"pool board slot {slot} overflows ({n} entries)")
         if slot >= 0:
             off = 8 + self._SLOT * slot
             self._ENTRY.pack_into(self.mm, off + 8 + 16 * n, job, i)
@@ -321,6 +323,8 @@ class _Board:
         """Record tasks ``i .. i + k - 1`` of ``job`` (a run) as the worker's
         ``n``-th and following unanswered tasks (n + k <= BATCH), with one
         write of the entries and one of the count."""
+        if n + k > self.BATCH:
+            raise RuntimeError(f"pool board slot {slot} overflows ({n} + {k} entries)")
         if slot >= 0:
             off = 8 + self._SLOT * slot
             flat = [v for j in range(i, i + k) for v in (job, j)]
@@ -526,6 +530,10 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 run.extend([(job, i + k, fn, (x,), _NO_KWDS) for k, x in enumerate(xs)])
                 continue
             if board is not None and not from_run:
+                if taken >= batch:
+                    # the board is full: a run's tasks stay on it until the
+                    # run ends, even those whose results went out mid-run
+                    flush()
                 board.add(slot, taken, job, i)
                 taken += 1
             func = None
