@@ -50,7 +50,13 @@ import time
 import traceback
 import weakref
 from _thread import allocate_lock as _allocate_lock
-from multiprocessing import get_context, pool as _mp_pool, reduction, util
+from multiprocessing import (
+    TimeoutError as _MpTimeoutError,
+    get_context,
+    pool as _mp_pool,
+    reduction,
+    util,
+)
 from multiprocessing.connection import wait
 from multiprocessing.pool import (  # type: ignore[attr-defined]  # undocumented: not in typeshed
     INIT,
@@ -140,9 +146,10 @@ _noted = None  # (job, i, pid) of the item being unpickled, once its _Note is re
 
 
 def _is_run(task):
-    """Whether the task tuple ``task`` is a run.  By type, not identity:
-    the worker's copy of ``_RUN`` was unpickled."""
-    return len(task) == 5 and type(task[4]) is int
+    """Whether the task tuple ``task`` is a run: the only layout whose last
+    field is an int (see the layouts above).  By type, not identity: the
+    worker's copy of ``_RUN`` was unpickled."""
+    return type(task[-1]) is int
 
 
 def _run_length(task):
@@ -232,7 +239,8 @@ class _Tasks:
         return data
 
     def item(self, job, i, func, args, kwds):
-        fn = self.fn(func)
+        entry = self.fns.get(id(func))  # self.fn(func), inline: once per apply_async
+        fn = entry[1] if entry is not None and entry[0] is func else self.fn(func)
         if _plain(args) and (not kwds or _plain_kwds(kwds)):
             return (job, i, fn, args, kwds)
         return (job, i, fn, _Note(job, i), args, kwds)
@@ -245,7 +253,7 @@ class _Tasks:
         job, i, func, args, kwds = task
         if func is _ITEM:  # made (and found the ring full) by apply_async
             return _put_until(self.ring, args, thread)
-        if _is_run(task):  # plain scalars: no pickler
+        if type(kwds) is int:  # a run (_is_run, inline): plain scalars, no pickler
             return _put_until(self.ring, (job, i, self.fn(func), args, _RUN), thread)
         item = self.item(job, i, func, args, kwds)
         try:
@@ -520,7 +528,7 @@ def worker(inqueue, outqueue, initializer=None, initargs=(), maxtasks=None,
                 util.debug("worker got sentinel -- exiting")
                 break
             job, i, fn = task[0], task[1], task[2]
-            if _is_run(task):
+            if type(task[-1]) is int:  # _is_run(task), inline: once per task
                 xs = task[3]
                 if board is not None:
                     if taken + len(xs) > batch:
@@ -638,7 +646,8 @@ class _Notifier:
 class _Cache(_PoolCache):
     """The pool's cache of pending results.  It wakes the worker handler when
     it empties only once the pool is closing, the one time that matters (the
-    stdlib's wakes it after every job, costing a GIL hand-off per ``apply``)."""
+    stdlib's wakes it after every job, costing a GIL hand-off per ``apply``).
+    ``_ApplyResult._set`` does the same inline."""
 
     def __delitem__(self, item):
         dict.__delitem__(self, item)
@@ -654,25 +663,35 @@ def _close_fds(*fds):
             pass
 
 
-def _set_run(cache, job, run):
-    """Hand ``run``, results ``[(i, (ok, value))]`` of one job, to its result
-    object (all at once if it can take them so)."""
-    if not run:
-        return
-    result = cache.get(job)
-    if result is None:
-        return
-    # a batch: the worker found this job's tasks quick (Pool._task_runs)
-    result._quick = True
-    try:
-        set_many = getattr(result, "_set_many", None)
-        if set_many is not None and len(run) > 1:
-            set_many(run)
-        else:
-            for i, obj in run:
-                result._set(i, obj)
-    except Exception:
-        traceback.print_exc()  # a callback raised: the pool keeps serving
+def _set_batch(cache, results):
+    """Hand a worker's batch of results ``[(job, i, ok, value), ...]`` to
+    their result objects: each job's consecutive results at once where the
+    object can take them so (``_set_many``), a lone result (an
+    ``apply_async``'s) straight to its ``_set``, building nothing."""
+    n, k = len(results), 0
+    while k < n:
+        job, i, ok, value = results[k]
+        e = k + 1
+        while e < n and results[e][0] == job:
+            e += 1
+        result = cache.get(job)
+        if result is not None:
+            # a batch: the worker found this job's tasks quick (Pool._task_runs)
+            result._quick = True
+            try:
+                if e == k + 1:
+                    result._set(i, (ok, value))
+                else:
+                    run = [(r[1], (r[2], r[3])) for r in results[k:e]]
+                    set_many = getattr(result, "_set_many", None)
+                    if set_many is not None:
+                        set_many(run)
+                    else:
+                        for i, obj in run:
+                            result._set(i, obj)
+            except Exception:
+                traceback.print_exc()  # a callback raised: the pool keeps serving
+        k = e
 
 
 def _lost_message(pid, exitcode, job, i):
@@ -743,48 +762,61 @@ def _receive(ring, thread):
             idle = 0
 
 
-class _Flag:
-    """``threading.Event`` for one setter, on one lock: made per
-    ``apply_async``, where an Event (a Condition, whose constructor probes
-    its lock with three failed attribute lookups) cost more than the rest
-    of the call.  ``wait()`` takes and gives back the lock, so every waiter
-    passes once it is released."""
-
-    __slots__ = ("_lock", "_flag")
-
-    def __init__(self):
-        self._lock = _allocate_lock()
-        self._lock.acquire()
-        self._flag = False
-
-    def is_set(self):
-        return self._flag
-
-    def set(self):
-        if not self._flag:
-            self._flag = True
-            self._lock.release()
-
-    def wait(self, timeout=None):
-        if self._flag:
-            return True
-        if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
-            self._lock.release()
-        return self._flag
+_job_counter = _mp_pool.job_counter  # type: ignore[attr-defined]  # shared with the stdlib's
 
 
 class _ApplyResult(_mp_pool.ApplyResult):
-    """``multiprocessing.pool.ApplyResult`` with a :class:`_Flag` for its
-    event (same methods and behaviour)."""
+    """``multiprocessing.pool.ApplyResult`` (same methods and behaviour),
+    made and set once per ``apply_async`` on two threads of the pool process
+    that the GIL serialises, so both are kept flat.  Instead of an Event (a
+    Condition, whose constructor probes its lock with three failed attribute
+    lookups: more than the rest of the call) it holds one lock from birth
+    until its result is set; ``wait()`` takes and gives the lock back, so
+    every waiter passes once it is released."""
 
     def __init__(self, pool, callback, error_callback):
         self._pool = pool
-        self._event = _Flag()
-        self._job = next(_mp_pool.job_counter)  # type: ignore[attr-defined]  # not in typeshed
-        self._cache = pool._cache
+        self._job = job = next(_job_counter)
+        self._cache = cache = pool._cache
         self._callback = callback
         self._error_callback = error_callback
-        self._cache[self._job] = self
+        self._done = False
+        self._lock = lock = _allocate_lock()
+        lock.acquire()
+        cache[job] = self
+
+    def ready(self):
+        return self._done
+
+    def wait(self, timeout=None):
+        if not self._done:
+            if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
+                self._lock.release()
+
+    def get(self, timeout=None):
+        if not self._done:
+            self.wait(timeout)
+            if not self._done:
+                raise _MpTimeoutError  # multiprocessing.TimeoutError, as the stdlib
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, i, obj):
+        # the stdlib's _set, with _Cache.__delitem__ inlined
+        self._success, self._value = obj
+        if self._callback and self._success:
+            self._callback(self._value)
+        if self._error_callback and not self._success:
+            self._error_callback(self._value)
+        if not self._done:
+            self._done = True
+            self._lock.release()
+        cache = self._cache
+        dict.__delitem__(cache, self._job)
+        if not cache and cache.notifier.closing:
+            cache.notifier.put(None)
+        self._pool = None
 
 
 class _IterState:
@@ -1176,14 +1208,7 @@ class Pool(_mp_pool.Pool):
             job = item[0]
             if job == _BATCH:
                 pid, results = item[1], item[2]
-                run: List[Tuple[Any, Tuple[bool, Any]]]  # [(i, (ok, value))]
-                run, run_job = [], None  # consecutive results of one job
-                for job, i, ok, value in results:
-                    if job != run_job:
-                        _set_run(cache, run_job, run)
-                        run, run_job = [], job
-                    run.append((i, (ok, value)))
-                _set_run(cache, run_job, run)
+                _set_batch(cache, results)
                 last_done[pid] = results[-1][:2]
                 return
             if job >= 0:
@@ -1252,14 +1277,15 @@ class Pool(_mp_pool.Pool):
         """Asynchronous version of ``apply()``.  When nothing is queued ahead
         of it the task goes straight into the task ring, without a hop
         through the task handler thread."""
-        self._check_running()
-        assert self._inqueue is not None  # set while the pool runs
+        if self._state != RUN:  # _check_running(), inline: this is the hot path
+            raise ValueError("Pool not running")
         result = _ApplyResult(self, callback, error_callback)
-        task = (result._job, 0, func, args, kwds)
+        job = result._job
+        task = (job, 0, func, args, kwds)
         if self._taskqueue.empty():
             try:
-                item = self._tasks.item(result._job, 0, func, args, kwds)
-                self._inqueue.put(item, False)
+                item = self._tasks.item(job, 0, func, args, kwds)
+                self._inqueue.put(item, False)  # type: ignore[union-attr]  # set while running
                 return result
             except (Full, BufferClosed):
                 task = (result._job, 0, _ITEM, item, None)
