@@ -676,12 +676,15 @@ def _set_batch(cache, results):
             e += 1
         result = cache.get(job)
         if result is not None:
-            # a batch: the worker found this job's tasks quick (Pool._task_runs)
-            result._quick = True
             try:
                 if e == k + 1:
                     result._set(i, (ok, value))
                 else:
+                    # a batch of this job's results: the worker found its
+                    # tasks quick (Pool._task_runs).  Only here: a new
+                    # attribute on each apply_async's result object costs
+                    # more than the rest of setting it
+                    result._quick = True
                     run = [(r[1], (r[2], r[3])) for r in results[k:e]]
                     set_many = getattr(result, "_set_many", None)
                     if set_many is not None:
