@@ -12,7 +12,8 @@ Rows (1080x1920x3 uint8 frames, 6.2 MB; every transport holds CAPACITY):
     buf[...] = frame`` (zero-copy put), consumer ``with ring.view() as arr:``
     (zero-copy get).  Lossless: the producer waits for a free slot.
 (a') the same ring, producer ``ring.put(frame)`` (the ring copies the frame
-    in, with streaming stores as a stream's ``write()`` does), consumer
+    in, with ordinary stores: unlike a stream's ``write()``, queue rings
+    leave streaming stores off for their copying consumers), consumer
     ``view()``: for a producer that has its frame already made.
 (b) the same ring, consumer ``ring.get_into(out)`` (one copy, no allocation).
 (c) the same ring, consumer ``ring.get()`` (one copy into a new array).
