@@ -36,7 +36,12 @@ class _Watcher:
         os.set_blocking(self.wfd, False)
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="global_buffer-exitwatch")
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            os.close(self.rfd)
+            os.close(self.wfd)
+            raise
 
     def add(self, reader, pid, start):
         """Watch ``pid``'s exit for ``reader``: True if watched, None if the
@@ -114,7 +119,10 @@ def watch(reader, pid, start):
     if _watcher is None:
         with _create:
             if _watcher is None:
-                _watcher = _Watcher()
+                try:
+                    _watcher = _Watcher()
+                except (OSError, RuntimeError):  # no fds or no thread left
+                    return False
     return _watcher.add(reader, pid, start)
 
 

@@ -505,6 +505,23 @@ def test_a_forked_childs_reader_watches_the_writer_afresh(shm_name, children):
         gb.unlink(name)
 
 
+def test_no_thread_for_the_watch_means_the_fallback(monkeypatch):
+    """A process that cannot start the watching thread (or has no fds left)
+    gets False: its readers sleep in slices, nothing raises."""
+    from global_buffer import _exitwatch
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds: watch() is False anyway")
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(_exitwatch, "_watcher", None)
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    fds = len(os.listdir("/proc/self/fd"))
+    assert _exitwatch.watch(object(), os.getpid(), 0) is False
+    assert _exitwatch._watcher is None
+    assert len(os.listdir("/proc/self/fd")) == fds  # its pipe closed again
+
+
 def test_the_exit_watch_itself():
     """_exitwatch.watch: True and a call on exit for a live process, None
     for a gone one; one pidfd serves every reader of the same writer."""
