@@ -524,23 +524,14 @@ cdef class Handle:
                 if gb_load_u64(&self.r.hdr.writer_pid) == 0 or self._exit_seen:
                     gb_wait_done(q)  # closed or died just now: _check_writer says so
                     continue
-                if self._exit_ok and self._exit_gen == _watch_gen:
-                    # _exitwatch wakes this sleeper when the writer's process
-                    # exits (after the check above, under this same GIL hold,
-                    # or after ev was read: then the sleep returns at once)
-                    if self._park(q, ev, deadline, &poll):
-                        if not self._bound:
-                            raise BufferClosed("handle closed while waiting")
-                        if gb_stream_tail(&self.r) > seen:
-                            return 0
-                        self._check_writer(seen)
-                        return 1
-                    if not self._bound:
-                        raise BufferClosed("handle closed while waiting")
-                    continue
-                # no watch: sleep in slices short enough to notice a dead writer
+                # with a watch, _exitwatch wakes this sleeper when the
+                # writer's process exits (after the check above, under this
+                # same GIL hold, or after ev was read: then the sleep returns
+                # at once); without one, sleep in slices short enough to
+                # notice a dead writer
                 until = gb_now_ns() + _WATCH_NS
-                if deadline < 0 or deadline > until:
+                if not (self._exit_ok and self._exit_gen == _watch_gen) and (
+                        deadline < 0 or deadline > until):
                     self._park(q, ev, until, &poll)
                     if not self._bound:
                         raise BufferClosed("handle closed while waiting")
