@@ -377,6 +377,74 @@ def test_a_raising_callback_does_not_stop_the_pool(pools, capfd):
     assert "RuntimeError: callback failed" in err
 
 
+def test_a_raising_callback_still_sets_its_result(pools, capfd):
+    """A callback that raises is reported, and its result is set all the
+    same: ready, get() returns it, and close()/join() do not wait for it
+    (the stdlib's result handler dies instead, and every result after it
+    hangs)."""
+    p = pools()
+
+    def bad(_):
+        raise RuntimeError("callback failed")
+
+    rs = [p.apply_async(square, (3,), callback=bad),
+          p.apply_async(boom_at, (3,), error_callback=bad),
+          p.map_async(square, range(4), callback=bad),
+          p.map_async(boom_at, range(6), 1, error_callback=bad)]
+    for r in rs:
+        r.wait(TIMEOUT)
+        assert r.ready()
+    assert rs[0].get(0) == 9 and rs[2].get(0) == [0, 1, 4, 9]
+    for r in rs[1::2]:
+        with pytest.raises(Boom):
+            r.get(0)
+    p.close()
+    bounded(p.join)
+    assert capfd.readouterr().err.count("RuntimeError: callback failed") == 4
+
+
+def test_apply_async_burst_past_the_task_ring(pools):
+    """More apply_async calls in a row than the task ring holds: some go
+    straight into the ring, the rest through the task handler (the caller
+    hands it the GIL when the ring runs low, see Pool.apply_async); a
+    map_async and tasks with callbacks in between.  Every result arrives
+    once, on the right result object."""
+    p = pools()
+    n = 8 * p._inqueue.maxsize
+    got = []
+    rs = [p.apply_async(square, (i,), callback=got.append if i % 97 == 0 else None)
+          for i in range(n // 2)]
+    m = p.map_async(square, range(1000), 7)
+    rs += [p.apply_async(square, (i,)) for i in range(n // 2, n)]
+    assert [r.get(TIMEOUT) for r in rs] == [i * i for i in range(n)]
+    assert m.get(TIMEOUT) == [i * i for i in range(1000)]
+    assert sorted(got) == [i * i for i in range(0, n // 2, 97)]
+    assert not p._cache
+
+
+def test_many_threads_wait_for_one_result(pools):
+    """wait() and get() from several threads before the result is there:
+    each passes once it is set; a wait() that times out leaves the result
+    unready and waitable again."""
+    p = pools()
+    r = p.apply_async(sleep_then, ("late", 1.0))
+    r.wait(0.01)
+    assert not r.ready()
+    with pytest.raises(mp.TimeoutError):
+        r.get(0)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(r.get(TIMEOUT))) for _ in range(6)]
+    threads += [threading.Thread(target=lambda: (r.wait(), out.append(r.get(0))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    assert out == ["late"] * 7
+    r.wait(0)  # ready: returns at once, as often as asked
+    assert r.get(0) == "late"
+
+
 @pytest.mark.parametrize("chunksize", [1, 2, 3, 16, 1000])
 def test_chunksize(pools, chunksize):
     p = pools()

@@ -201,6 +201,10 @@ def test_a_raising_callback_does_not_stop_the_pool(pool, capfd):
         err += capfd.readouterr().err
     assert "callback failed on purpose" in err
     assert pool.map(square, range(3)) == [0, 1, 4]
+    # ... and the result whose callback raised is set all the same
+    r = pool.apply_async(square, (5,), callback=bad)
+    r.wait(T)
+    assert r.ready() and r.get(0) == 25
 
 
 def test_remote_exception_keeps_type_and_traceback(pool):

@@ -59,7 +59,6 @@ import queue
 import socket
 import threading
 import time
-import traceback
 import types
 import warnings
 import weakref
@@ -89,6 +88,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
         "pip install 'global_buffer[dask]'") from e
 
 from ..errors import BufferNotFound, WorkerLost
+from .pool import _set_result
 
 __all__ = ["ClusterPool"]
 
@@ -601,13 +601,8 @@ class ClusterPool(_mp_pool.Pool):
         return exc
 
     def _deliver(self, job, i, obj):
-        try:
-            self._cache[job]._set(i, obj)
-        except KeyError:
-            pass
-        except Exception:
-            # a callback raised: report it and keep serving the others
-            traceback.print_exc()
+        # a callback that raises is reported; its result is set all the same
+        _set_result(self._cache, job, i, obj)
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -666,35 +666,48 @@ def _close_fds(*fds):
 def _set_batch(cache, results):
     """Hand a worker's batch of results ``[(job, i, ok, value), ...]`` to
     their result objects: each job's consecutive results at once where the
-    object can take them so (``_set_many``), a lone result (an
-    ``apply_async``'s) straight to its ``_set``, building nothing."""
+    object can take them so (``_set_many``); a lone result of an
+    ``apply_async`` without callbacks is set here inline (this loop runs once
+    per small task: a call to ``_set`` would be a third of it)."""
     n, k = len(results), 0
+    get = cache.get
+    emptied = False
     while k < n:
         job, i, ok, value = results[k]
         e = k + 1
         while e < n and results[e][0] == job:
             e += 1
-        result = cache.get(job)
-        if result is not None:
-            try:
-                if e == k + 1:
-                    result._set(i, (ok, value))
-                else:
-                    # a batch of this job's results: the worker found its
-                    # tasks quick (Pool._task_runs).  Only here: a new
-                    # attribute on each apply_async's result object costs
-                    # more than the rest of setting it
-                    result._quick = True
-                    run = [(r[1], (r[2], r[3])) for r in results[k:e]]
-                    set_many = getattr(result, "_set_many", None)
-                    if set_many is not None:
-                        set_many(run)
-                    else:
-                        for i, obj in run:
-                            result._set(i, obj)
-            except Exception:
-                traceback.print_exc()  # a callback raised: the pool keeps serving
+        result = get(job)
+        if result is None:
+            pass
+        elif e == k + 1:
+            if type(result) is _ApplyResult and result._plain and not result._done:
+                result._success = ok
+                result._value = value
+                result._done = True
+                lock = result._lock
+                if lock is not None:
+                    lock.release()
+                dict.__delitem__(cache, job)
+                result._pool = None
+                emptied = True
+            else:
+                _set_result(cache, job, i, (ok, value))
+        else:
+            # a batch of this job's results: the worker found its tasks quick
+            # (Pool._task_runs).  Only here: a new attribute on each
+            # apply_async's result object costs more than the rest of setting it
+            result._quick = True
+            run = [(r[1], (r[2], r[3])) for r in results[k:e]]
+            set_many = getattr(result, "_set_many", None)
+            if set_many is not None:
+                set_many(run)
+            else:
+                for i, obj in run:
+                    _set_result(cache, job, i, obj)
         k = e
+    if emptied and not cache and cache.notifier.closing:
+        cache.notifier.put(None)  # what _Cache.__delitem__ does
 
 
 def _lost_message(pid, exitcode, job, i):
@@ -765,36 +778,56 @@ def _receive(ring, thread):
             idle = 0
 
 
+_yield_gil = time.sleep  # sleep(0): let another thread of this process run
 _job_counter = _mp_pool.job_counter  # type: ignore[attr-defined]  # shared with the stdlib's
 
 
 class _ApplyResult(_mp_pool.ApplyResult):
     """``multiprocessing.pool.ApplyResult`` (same methods and behaviour),
     made and set once per ``apply_async`` on two threads of the pool process
-    that the GIL serialises, so both are kept flat.  Instead of an Event (a
-    Condition, whose constructor probes its lock with three failed attribute
-    lookups: more than the rest of the call) it holds one lock from birth
-    until its result is set; ``wait()`` takes and gives the lock back, so
-    every waiter passes once it is released."""
+    that the GIL serialises, so both are kept flat: no Event (a Condition,
+    whose constructor costs more than the rest of the call), and a lock only
+    for a caller that waits before the result is there.
+
+    Waiting: ``wait()`` publishes a held lock in the instance's ``__dict__``
+    (``setdefault``: one lock however many threads wait) and then looks at
+    ``_done`` again; ``_set`` sets ``_done`` and then releases the lock if one
+    is published.  Under the GIL either the waiter sees ``_done`` or the
+    setter sees the lock, so no waiter sleeps through its result.
+
+    A callback that raises still leaves the result set, ready and out of the
+    cache (the stdlib's would stay unready, and ``join()`` wait forever); the
+    exception goes on to the result handler, which reports it."""
+
+    _callback = None
+    _error_callback = None
+    _lock = None
+    _plain = True  # no callbacks: the result handler sets it inline (_set_batch)
 
     def __init__(self, pool, callback, error_callback):
         self._pool = pool
         self._job = job = next(_job_counter)
         self._cache = cache = pool._cache
-        self._callback = callback
-        self._error_callback = error_callback
+        if callback is not None or error_callback is not None:
+            self._callback = callback
+            self._error_callback = error_callback
+            self._plain = False
         self._done = False
-        self._lock = lock = _allocate_lock()
-        lock.acquire()
         cache[job] = self
 
     def ready(self):
         return self._done
 
     def wait(self, timeout=None):
-        if not self._done:
-            if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
-                self._lock.release()
+        if self._done:
+            return
+        lock = _allocate_lock()
+        lock.acquire()
+        lock = self.__dict__.setdefault("_lock", lock)
+        if self._done:  # set before our lock was there to release
+            return
+        if lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
+            lock.release()  # for the next waiter
 
     def get(self, timeout=None):
         if not self._done:
@@ -808,18 +841,44 @@ class _ApplyResult(_mp_pool.ApplyResult):
     def _set(self, i, obj):
         # the stdlib's _set, with _Cache.__delitem__ inlined
         self._success, self._value = obj
-        if self._callback and self._success:
-            self._callback(self._value)
-        if self._error_callback and not self._success:
-            self._error_callback(self._value)
-        if not self._done:
-            self._done = True
-            self._lock.release()
-        cache = self._cache
-        dict.__delitem__(cache, self._job)
-        if not cache and cache.notifier.closing:
-            cache.notifier.put(None)
-        self._pool = None
+        try:
+            if self._callback and self._success:
+                self._callback(self._value)
+            if self._error_callback and not self._success:
+                self._error_callback(self._value)
+        finally:
+            if not self._done:
+                self._done = True
+                lock = self._lock
+                if lock is not None:
+                    lock.release()
+            cache = self._cache
+            if dict.pop(cache, self._job, None) is not None and not cache \
+                    and cache.notifier.closing:
+                cache.notifier.put(None)
+            self._pool = None
+
+
+def _set_result(cache, job, i, obj):
+    """``cache[job]._set(i, obj)`` for the pool's handler threads: a job no
+    longer there is ignored, and a callback that raises is reported (on
+    stderr, as the stdlib reports exceptions in threads) without stopping the
+    thread.  A stdlib result object (``MapResult``) whose callback raised on
+    its last result skipped making itself ready and leaving the cache: that is
+    done here, so ``get()`` and ``join()`` do not wait forever."""
+    result = cache.get(job)
+    if result is None:
+        return
+    try:
+        result._set(i, obj)
+    except Exception:
+        traceback.print_exc()
+        if getattr(result, "_number_left", 0) <= 0 and job in cache:
+            del cache[job]
+            event = getattr(result, "_event", None)
+            if event is not None:
+                event.set()
+            result._pool = None
 
 
 class _IterState:
@@ -1028,6 +1087,7 @@ class Pool(_mp_pool.Pool):
             self._release(*made)
             raise
         self._inqueue, self._outqueue, self._board = made
+        self._low_water = self._inqueue.maxsize // 2  # see apply_async
         self._tasks = _Tasks(self._inqueue)
         self._quick_put = self._tasks.put
         self._quick_get = functools.partial(_receive, self._outqueue)
@@ -1172,11 +1232,8 @@ class Pool(_mp_pool.Pool):
                             break
                     except Exception as e:
                         job, idx = task[:2]
-                        try:
-                            for k in range(_run_length(task)):
-                                cache[job]._set(idx + k, (False, e))
-                        except KeyError:
-                            pass
+                        for k in range(_run_length(task)):
+                            _set_result(cache, job, idx + k, (False, e))
                 else:
                     if set_length:
                         util.debug("doing set_length()")
@@ -1239,20 +1296,9 @@ class Pool(_mp_pool.Pool):
                     taken = taken[taken.index(last) + 1:]
                 for job, i in taken:
                     lost = WorkerLost(pid, exitcode, _lost_message(pid, exitcode, job, i))
-                    try:
-                        cache[job]._set(i, (False, lost))
-                    except KeyError:
-                        pass
-                    except Exception:
-                        traceback.print_exc()
+                    _set_result(cache, job, i, (False, lost))
                 return
-            try:
-                cache[job]._set(i, obj)
-            except KeyError:
-                pass
-            except Exception:
-                # a callback raised: report it and keep serving the others
-                traceback.print_exc()
+            _set_result(cache, job, i, obj)
 
         while True:
             item = get(thread)
@@ -1285,16 +1331,27 @@ class Pool(_mp_pool.Pool):
         result = _ApplyResult(self, callback, error_callback)
         job = result._job
         task = (job, 0, func, args, kwds)
-        if self._taskqueue.empty():
+        taskqueue = self._taskqueue
+        if taskqueue.empty():
             try:
                 item = self._tasks.item(job, 0, func, args, kwds)
                 self._inqueue.put(item, False)  # type: ignore[union-attr]  # set while running
                 return result
             except (Full, BufferClosed):
-                task = (result._job, 0, _ITEM, item, None)
+                task = (job, 0, _ITEM, item, None)
             except Exception:
                 pass  # unpicklable: the task handler tries cloudpickle, or reports it
-        self._taskqueue.put(([task], None))
+            taskqueue.put(([task], None))
+            return result
+        taskqueue.put(([task], None))
+        # Tasks wait for the task handler, which needs the GIL to move them
+        # to the ring: a caller submitting in a loop holds it for the switch
+        # interval (5 ms) at a time, the ring runs dry, the workers sleep,
+        # and every later task queues too.  Once the ring is half empty, let
+        # the handler run: it moves the queue and sleeps, and the next
+        # apply_async finds the queue empty again.
+        if self._inqueue._qsize() <= self._low_water:  # type: ignore[union-attr]
+            _yield_gil(0)
         return result
 
     def _task_runs(self, result, func, seq):
