@@ -278,6 +278,8 @@ class QueueHandle(Handle):
     def _put_obj(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> bool:
         """Serialise and put one item; False if it did not fit in time."""
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None: ...
+    def _put_plain(self, obj: Any) -> int:
+        """Put plain data without waiting: 1 put, 0 not plain data, -1 no room."""
     def _defer(self, item: Any) -> None: ...
     def _flush(self) -> Optional[bool]:
         """True once nothing waits, False if the ring is full, None if

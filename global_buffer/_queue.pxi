@@ -667,6 +667,26 @@ cdef class QueueHandle(Handle):
             # that long (the feeder's GIL hand-offs would cap throughput)
             self._defer_c(self._serialize_c(obj))
 
+    def _put_plain(self, obj):
+        """Put ``obj`` without waiting if it is plain data (_plain.pxi)
+        whose encoding fits a slot: 1 if put, 0 if it is not such data
+        (nothing put: the caller puts it its own way), -1 if a bounded
+        ring has no room now.  A caller that must know whether an item
+        can fail to unpickle at its receiver learns here, for the price of
+        the put, that it cannot (gb.Pool's small tasks).  Bounded rings
+        only (0 otherwise); ``ValueError`` after ``close()``."""
+        cdef uint8_t plain[_PLAIN_BUF]
+        cdef Py_ssize_t n
+        if self._closed_put:
+            raise ValueError(f"Queue {self!r} is closed")
+        self._live()
+        if not self._qmax or self._ndim >= 0 or not self._ser.pickle_like:
+            return 0
+        n = _plain_dump(obj, plain, self._plain_cap)
+        if n < 0:
+            return 0
+        return 1 if self._put_inline(plain, n, AUX_PLAIN, False, None) else -1
+
     cdef int _defer_c(self, item) except -1:
         """Queue ``item`` (from _serialize_c) behind the items already
         waiting in this process and make sure a feeder thread runs."""

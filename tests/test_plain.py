@@ -375,3 +375,33 @@ def test_decoder_takes_the_picklers_own_plain_pickles_or_rejects_them():
         accepted += 1
         assert same(got, pickle.loads(bytes(b))), bytes(b)[:80]
     assert accepted
+
+
+def test_put_plain_puts_only_plain_data_without_waiting():
+    """QueueHandle._put_plain (gb.Pool's put of a small task): 1 and the
+    item is in the ring for plain data that fits a slot; 0 and nothing put
+    for anything else (the caller then puts it its own way); -1 and
+    nothing put when a bounded ring is full; 0 for an unbounded ring (whose
+    put may have items waiting in this process ahead of it)."""
+    ring = gb.Ring(maxsize=2, max_bytes=256)
+    try:
+        assert ring._put_plain((1, b"fn", (2, 3), {"k": [4.5, None]})) == 1
+        for obj in (NOT_PLAIN[0], NOT_PLAIN[-1], _BIG, ("y" * 300,)):
+            assert ring._put_plain(obj) == 0
+        assert ring.qsize() == 1
+        assert ring._put_plain("second") == 1
+        assert ring._put_plain("third") == -1           # full: no wait, nothing put
+        assert ring._put_plain(NOT_PLAIN[0]) == 0       # not plain: said first
+        assert same(ring.get(timeout=TIMEOUT), (1, b"fn", (2, 3), {"k": [4.5, None]}))
+        assert ring.get(timeout=TIMEOUT) == "second"
+        assert ring.qsize() == 0
+        ring.close()
+        with pytest.raises(ValueError):
+            ring._put_plain(1)
+    finally:
+        ring.close()
+    unbounded = gb.Ring()
+    try:
+        assert unbounded._put_plain(1) == 0 and unbounded.qsize() == 0
+    finally:
+        unbounded.close()

@@ -186,15 +186,6 @@ def _plain(x):
     return False
 
 
-def _plain_kwds(kwds):
-    if type(kwds) is not dict:
-        return False
-    for k, v in kwds.items():
-        if type(k) is not str or type(v) not in _SCALARS:
-            return False
-    return True
-
-
 def _dumps(obj):
     """``obj`` pickled as the stdlib pool would (ForkingPickler's reducers),
     or by cloudpickle if pickle refuses it (lambdas, closures, local
@@ -238,13 +229,6 @@ class _Tasks:
         self.fns[id(func)] = (func, data)
         return data
 
-    def item(self, job, i, func, args, kwds):
-        entry = self.fns.get(id(func))  # self.fn(func), inline: once per apply_async
-        fn = entry[1] if entry is not None and entry[0] is func else self.fn(func)
-        if _plain(args) and (not kwds or _plain_kwds(kwds)):
-            return (job, i, fn, args, kwds)
-        return (job, i, fn, _Note(job, i), args, kwds)
-
     def put(self, task, thread=None):
         """The task handler's put: a task tuple, or None for a worker to stop.
         False if the pool was terminated first."""
@@ -255,15 +239,29 @@ class _Tasks:
             return _put_until(self.ring, args, thread)
         if type(kwds) is int:  # a run (_is_run, inline): plain scalars, no pickler
             return _put_until(self.ring, (job, i, self.fn(func), args, _RUN), thread)
-        item = self.item(job, i, func, args, kwds)
+        fn = self.fn(func)
+        ring = self.ring
+        item = (job, i, fn, args, kwds)
+        if thread is None:
+            thread = threading.current_thread()
+        while True:
+            done = ring._put_plain(item)
+            if done > 0:
+                return True
+            if done == 0:
+                break
+            if thread._state == TERMINATE:
+                return False
+            ring._wait_ready(True, _SLICE)
+        # not plain data: pickled, after a _Note that names the task
         try:
-            return _put_until(self.ring, item, thread)
+            return _put_until(ring, (job, i, fn, _Note(job, i), args, kwds), thread)
         except Exception as e:
             if _is_ring_error(e):
                 raise
         # pickle refused an argument: cloudpickle (args, kwds)
-        return _put_until(self.ring, (job, i, item[2], _reduction.cloud_dumps((args, kwds)),
-                                      None), thread)
+        return _put_until(ring, (job, i, fn, _reduction.cloud_dumps((args, kwds)), None),
+                          thread)
 
     def clear(self):
         self.fns = {}
@@ -1330,20 +1328,31 @@ class Pool(_mp_pool.Pool):
             raise ValueError("Pool not running")
         result = _ApplyResult(self, callback, error_callback)
         job = result._job
-        task = (job, 0, func, args, kwds)
         taskqueue = self._taskqueue
         if taskqueue.empty():
+            ring = self._inqueue
             try:
-                item = self._tasks.item(job, 0, func, args, kwds)
-                self._inqueue.put(item, False)  # type: ignore[union-attr]  # set while running
+                tasks = self._tasks
+                entry = tasks.fns.get(id(func))  # tasks.fn(func), inline
+                fn = entry[1] if entry is not None and entry[0] is func else tasks.fn(func)
+                item: Tuple[Any, ...] = (job, 0, fn, args, kwds)
+                done = ring._put_plain(item)  # type: ignore[union-attr]  # set while running
+                if done > 0:
+                    return result
+                if done == 0:  # not plain data: pickled, after a _Note naming the task
+                    item = (job, 0, fn, _Note(job, 0), args, kwds)
+                    ring.put(item, False)  # type: ignore[union-attr]
+                    return result
+                taskqueue.put(([(job, 0, _ITEM, item, None)], None))  # the ring is full
                 return result
             except (Full, BufferClosed):
-                task = (job, 0, _ITEM, item, None)
+                taskqueue.put(([(job, 0, _ITEM, item, None)], None))
+                return result
             except Exception:
                 pass  # unpicklable: the task handler tries cloudpickle, or reports it
-            taskqueue.put(([task], None))
+            taskqueue.put(([(job, 0, func, args, kwds)], None))
             return result
-        taskqueue.put(([task], None))
+        taskqueue.put(([(job, 0, func, args, kwds)], None))
         # Tasks wait for the task handler, which needs the GIL to move them
         # to the ring: a caller submitting in a loop holds it for the switch
         # interval (5 ms) at a time, the ring runs dry, the workers sleep,
