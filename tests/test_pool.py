@@ -455,6 +455,27 @@ def test_chunksize(pools, chunksize):
     assert sorted(bounded(list, p.imap_unordered(square, xs, chunksize))) == [x * x for x in xs]
 
 
+@pytest.mark.parametrize("seq", [range(37), range(5, 100, 7), range(50, -3, -4), range(0),
+                                 range(10**6, 10**6 + 5)], ids=repr)
+@pytest.mark.parametrize("chunksize", [None, 1, 3, 1000])
+def test_map_over_a_range_goes_in_range_chunks(pools, seq, chunksize):
+    """map/imap over a range send each chunk as a range (nothing to build or
+    pickle per int), with the stdlib's results and errors."""
+    p, ref = pools(), pools("mp")
+    for pool in (p, ref):
+        assert bounded(pool.map, square, seq, chunksize) == [x * x for x in seq]
+        assert drain(pool.imap(square, seq, chunksize or 2)) == [x * x for x in seq]
+        assert sorted(drain(pool.imap_unordered(square, seq, chunksize or 2))) == \
+            sorted(x * x for x in seq)
+        if len(seq):
+            with pytest.raises(TypeError):  # starmap of ints: the stdlib's error
+                bounded(pool.starmap, add, seq, chunksize)
+    if chunksize and len(seq):
+        chunks = list(gb.Pool._get_tasks(square, seq, chunksize))
+        assert all(type(c) is range and f is square for f, c in chunks)
+        assert [x for _, c in chunks for x in c] == list(seq)
+
+
 def test_maxtasksperchild(pools):
     p = pools(processes=2, maxtasksperchild=2)
     pids = [p.apply_async(getpid).get(TIMEOUT) for _ in range(8)]
