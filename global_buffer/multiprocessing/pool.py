@@ -1359,7 +1359,11 @@ class Pool(_mp_pool.Pool):
         # and every later task queues too.  Once the ring is half empty, let
         # the handler run: it moves the queue and sleeps, and the next
         # apply_async finds the queue empty again.
-        if self._inqueue._qsize() <= self._low_water:  # type: ignore[union-attr]
+        try:
+            low = self._inqueue._qsize() <= self._low_water  # type: ignore[union-attr]
+        except Exception:  # terminate() on another thread released the ring
+            return result
+        if low:
             _yield_gil(0)
         return result
 
