@@ -680,14 +680,14 @@ def _set_batch(cache, results):
             pass
         elif e == k + 1:
             if type(result) is _ApplyResult and result._plain and not result._done:
+                dict.__delitem__(cache, job)  # first, as _ApplyResult._set
+                result._pool = None
                 result._success = ok
                 result._value = value
                 result._done = True
                 lock = result._lock
                 if lock is not None:
                     lock.release()
-                dict.__delitem__(cache, job)
-                result._pool = None
                 emptied = True
             else:
                 _set_result(cache, job, i, (ok, value))
@@ -845,16 +845,17 @@ class _ApplyResult(_mp_pool.ApplyResult):
             if self._error_callback and not self._success:
                 self._error_callback(self._value)
         finally:
-            if not self._done:
-                self._done = True
-                lock = self._lock
-                if lock is not None:
-                    lock.release()
+            # out of the cache first: whoever get() wakes sees it gone
             cache = self._cache
             if dict.pop(cache, self._job, None) is not None and not cache \
                     and cache.notifier.closing:
                 cache.notifier.put(None)
             self._pool = None
+            if not self._done:
+                self._done = True
+                lock = self._lock
+                if lock is not None:
+                    lock.release()
 
 
 def _set_result(cache, job, i, obj):
