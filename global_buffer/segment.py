@@ -69,35 +69,40 @@ def list_names():
 
 # -- process liveness ---------------------------------------------------------
 
-def process_start_time(pid):
-    """Opaque start time of process ``pid`` (0 if unknown / not Linux)."""
+def _proc_stat(pid):
+    """(state, start time) of process ``pid`` from /proc/<pid>/stat; None
+    if it has no entry there; (b"?", 0) if the entry cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
+    except FileNotFoundError:
+        return None
     except OSError:
-        return 0
-    # field 22 (starttime) counted after the parenthesised command name,
-    # which may itself contain spaces and parentheses
+        return (b"?", 0)
+    # the fields after the parenthesised command name, which may itself
+    # contain spaces and parentheses: state (3), ..., starttime (22)
     fields = stat[stat.rfind(b")") + 2:].split()
     try:
-        return int(fields[19])
+        return (fields[0], int(fields[19]))
     except (IndexError, ValueError):
-        return 0
+        return (fields[0] if fields else b"?", 0)
 
 
-def _is_zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
-    return state in (b"Z", b"X")
+def process_start_time(pid):
+    """Opaque start time of process ``pid`` (0 if unknown / not Linux)."""
+    st = _proc_stat(pid)
+    return st[1] if st is not None else 0
+
+
+# /proc is there to ask (a process whose entry is missing has been reaped)
+_HAVE_PROC = sys.platform.startswith("linux") and os.path.exists("/proc/self/stat")
 
 
 def process_alive(pid, start=0):
     """True if process ``pid`` runs and (when ``start`` is known) is the
-    same process that had that start time (pid reuse).  A zombie is dead."""
+    same process that had that start time (pid reuse).  A zombie is dead,
+    and so is a process reaped between the two looks (``kill(pid, 0)``
+    found it, /proc no longer does)."""
     if pid <= 0:
         return False
     if sys.platform == "win32":  # unverified: no cheap probe without psutil
@@ -108,13 +113,15 @@ def process_alive(pid, start=0):
         return False
     except PermissionError:
         pass
-    if sys.platform.startswith("linux"):
-        if _is_zombie(pid):
+    if _HAVE_PROC:
+        st = _proc_stat(pid)
+        if st is None:
             return False
-        if start:
-            now = process_start_time(pid)
-            if now and now != start:
-                return False
+        state, now = st
+        if state in (b"Z", b"X"):
+            return False
+        if start and now and now != start:
+            return False
     return True
 
 

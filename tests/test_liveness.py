@@ -221,3 +221,27 @@ def test_writer_alive_not_fooled_by_pid_reuse(shm_name, children):
         assert not segment.process_alive(me, start + 1)
         assert not segment.process_alive(p.pid)
         assert not segment.process_alive(0) and not segment.process_alive(-1)
+
+
+@pytest.mark.skipif(not segment._HAVE_PROC, reason="Linux /proc: the zombie and reaped checks")
+def test_a_process_reaped_between_the_two_looks_is_dead(children, monkeypatch):
+    """§5: process_alive asks kill(pid, 0), then /proc.  A writer SIGKILLed
+    and reaped by its parent in between (test_sigkill_writer_mid_write's
+    reader met this: it saw WriterGone, then writer_alive True) used to
+    count as alive: no /proc entry was taken for "not a zombie, start time
+    unknown".  kill(pid, 0) is made to succeed here, as it did before the
+    reap; a zombie is dead too."""
+    ctx = mp.get_context("fork")
+    p = children.start(ctx, time.sleep, 60)
+    start = segment.process_start_time(p.pid)
+    assert start and segment.process_alive(p.pid, start)
+    os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + JOIN
+    while segment._proc_stat(p.pid)[0] != b"Z" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not segment.process_alive(p.pid, start)     # a zombie, not reaped yet
+    p.join(JOIN)                                       # reaped
+    monkeypatch.setattr(segment.os, "kill", lambda pid, sig: None)
+    assert segment._proc_stat(p.pid) is None
+    assert not segment.process_alive(p.pid, start)
+    assert not segment.process_alive(p.pid)
