@@ -698,11 +698,14 @@ def _set_batch(cache, results):
             result._quick = True
             run = [(r[1], (r[2], r[3])) for r in results[k:e]]
             set_many = getattr(result, "_set_many", None)
-            if set_many is not None:
-                set_many(run)
-            else:
+            if set_many is None:
                 for i, obj in run:
                     _set_result(cache, job, i, obj)
+            else:
+                try:
+                    set_many(run)
+                except Exception:
+                    traceback.print_exc()  # reported; the result handler goes on
         k = e
     if emptied and not cache and cache.notifier.closing:
         cache.notifier.put(None)  # what _Cache.__delitem__ does
