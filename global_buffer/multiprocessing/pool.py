@@ -241,18 +241,9 @@ class _Tasks:
             return _put_until(self.ring, (job, i, self.fn(func), args, _RUN), thread)
         fn = self.fn(func)
         ring = self.ring
-        item = (job, i, fn, args, kwds)
-        if thread is None:
-            thread = threading.current_thread()
-        while True:
-            done = ring._put_plain(item)
-            if done > 0:
-                return True
-            if done == 0:
-                break
-            if thread._state == TERMINATE:
-                return False
-            ring._wait_ready(True, _SLICE)
+        put = _put_until(ring, (job, i, fn, args, kwds), thread, plain=True)
+        if put is not None:
+            return put
         # not plain data: pickled, after a _Note that names the task
         try:
             return _put_until(ring, (job, i, fn, _Note(job, i), args, kwds), thread)
@@ -679,7 +670,7 @@ def _set_batch(cache, results):
         if result is None:
             pass
         elif e == k + 1:
-            if type(result) is _ApplyResult and result._plain and not result._done:
+            if type(result) is _ApplyResult and result._quiet and not result._done:
                 dict.__delitem__(cache, job)  # first, as _ApplyResult._set
                 result._pool = None
                 result._success = ok
@@ -731,20 +722,30 @@ if TYPE_CHECKING:
         _state: str
 
 
-def _put_until(ring, item, thread=None):
+def _put_until(ring, item, thread=None, plain=False):
     """Put ``item`` on a bounded ring; False if the pool is terminated
     (``thread._state``, default: the calling handler's) first.  Waits for
-    room without holding the GIL (other pool threads keep running)."""
+    room without holding the GIL (other pool threads keep running).  With
+    ``plain``, only as plain data (``QueueHandle._put_plain``): None at once,
+    nothing put, if ``item`` is not."""
     if thread is None:
         thread = threading.current_thread()
     while True:
-        try:
-            ring.put(item, False)
-            return True
-        except Full:
-            if thread._state == TERMINATE:
-                return False
-            ring._wait_ready(True, _SLICE)
+        if plain:
+            done = ring._put_plain(item)
+            if done == 0:
+                return None
+            if done > 0:
+                return True
+        else:
+            try:
+                ring.put(item, False)
+                return True
+            except Full:
+                pass
+        if thread._state == TERMINATE:
+            return False
+        ring._wait_ready(True, _SLICE)
 
 
 def _receive(ring, thread):
@@ -803,7 +804,7 @@ class _ApplyResult(_mp_pool.ApplyResult):
     _callback = None
     _error_callback = None
     _lock = None
-    _plain = True  # no callbacks: the result handler sets it inline (_set_batch)
+    _quiet = True  # no callbacks: the result handler sets it inline (_set_batch)
 
     def __init__(self, pool, callback, error_callback):
         self._pool = pool
@@ -812,7 +813,7 @@ class _ApplyResult(_mp_pool.ApplyResult):
         if callback is not None or error_callback is not None:
             self._callback = callback
             self._error_callback = error_callback
-            self._plain = False
+            self._quiet = False
         self._done = False
         cache[job] = self
 
@@ -1335,11 +1336,12 @@ class Pool(_mp_pool.Pool):
         taskqueue = self._taskqueue
         if taskqueue.empty():
             ring = self._inqueue
+            item: Optional[Tuple[Any, ...]] = None
             try:
                 tasks = self._tasks
                 entry = tasks.fns.get(id(func))  # tasks.fn(func), inline
                 fn = entry[1] if entry is not None and entry[0] is func else tasks.fn(func)
-                item: Tuple[Any, ...] = (job, 0, fn, args, kwds)
+                item = (job, 0, fn, args, kwds)
                 done = ring._put_plain(item)  # type: ignore[union-attr]  # set while running
                 if done > 0:
                     return result
@@ -1347,14 +1349,13 @@ class Pool(_mp_pool.Pool):
                     item = (job, 0, fn, _Note(job, 0), args, kwds)
                     ring.put(item, False)  # type: ignore[union-attr]
                     return result
-                taskqueue.put(([(job, 0, _ITEM, item, None)], None))  # the ring is full
-                return result
             except (Full, BufferClosed):
-                taskqueue.put(([(job, 0, _ITEM, item, None)], None))
-                return result
+                pass
             except Exception:
-                pass  # unpicklable: the task handler tries cloudpickle, or reports it
-            taskqueue.put(([(job, 0, func, args, kwds)], None))
+                item = None  # unpicklable: the task handler tries cloudpickle, or reports it
+            # the ring is full (or refused it): the task handler puts it
+            taskqueue.put(([(job, 0, func, args, kwds) if item is None
+                            else (job, 0, _ITEM, item, None)], None))
             return result
         taskqueue.put(([(job, 0, func, args, kwds)], None))
         # Tasks wait for the task handler, which needs the GIL to move them
